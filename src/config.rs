@@ -1,0 +1,932 @@
+//! The DS01 configuration: `resource-limits.yaml`, `groups/<group>.members` and
+//! `user-overrides.yaml`, read in stages — text → raw YAML → validated [`Config`].
+//!
+//! Every YAML call of the crate lives in this module (serde_yaml is deprecated upstream;
+//! replacing it must stay a one-file change). Parsing is pure (`parse_*` take text);
+//! only [`load`] touches the file system.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::names::{GroupName, SanitizedUser, SliceName, UserName};
+use crate::values::{CpuQuota, MemoryLimit, TasksLimit, ValueError};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/opt/ds01-infra/config/resource-limits.yaml";
+pub const OVERRIDES_FILE: &str = "user-overrides.yaml";
+pub const GROUPS_DIR: &str = "groups";
+
+/// Keys of `aggregate:` that become slice properties.
+const APPLIED_KEYS: [&str; 4] = ["cpu_quota", "memory_max", "memory_high", "tasks_max"];
+/// Keys of `aggregate:` other DS01 tools read; shown, never applied.
+const KNOWN_UNAPPLIED_KEYS: [&str; 1] = ["gpu_limit"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}; pass --config PATH or set DS01_CONFIG to the resource-limits.yaml to use")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{}", render_invalid(.0))]
+    Invalid(Diagnostics),
+}
+
+fn render_invalid(d: &Diagnostics) -> String {
+    let mut out = String::new();
+    for item in &d.items {
+        let _ = writeln!(out, "{item}");
+    }
+    let n = d.errors().count();
+    let _ = write!(out, "configuration has {n} error{}; nothing was changed", if n == 1 { "" } else { "s" });
+    out
+}
+
+/// Limits of one aggregate section, or of a user's effective (merged) aggregate.
+/// `None` means the key is not set; `Infinity` values lift a limit explicitly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Aggregate {
+    pub cpu_quota: Option<CpuQuota>,
+    pub memory_max: Option<MemoryLimit>,
+    pub memory_high: Option<MemoryLimit>,
+    pub tasks_max: Option<TasksLimit>,
+    pub gpu_limit: Option<Json>,
+    /// The section as written (keys in file order, values as in the YAML), for `show`.
+    pub raw: Vec<(String, Json)>,
+}
+
+impl Aggregate {
+    /// Key-by-key merge: every key the override sets replaces the base's.
+    fn merged_with(&self, over: &Aggregate) -> Aggregate {
+        let mut raw = self.raw.clone();
+        for (key, value) in &over.raw {
+            match raw.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value.clone(),
+                None => raw.push((key.clone(), value.clone())),
+            }
+        }
+        Aggregate {
+            cpu_quota: over.cpu_quota.or(self.cpu_quota),
+            memory_max: over.memory_max.or(self.memory_max),
+            memory_high: over.memory_high.or(self.memory_high),
+            tasks_max: over.tasks_max.or(self.tasks_max),
+            gpu_limit: over.gpu_limit.clone().or_else(|| self.gpu_limit.clone()),
+            raw,
+        }
+    }
+
+    pub fn raw_json(&self) -> Json {
+        Json::Object(self.raw.iter().cloned().collect())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: GroupName,
+    /// `None`: the group has no aggregate section, so its users are uncapped.
+    pub aggregate: Option<Aggregate>,
+    pub members_file: PathBuf,
+    pub location: Location,
+}
+
+/// A user listed in a members file, with the group that file gives them.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: UserName,
+    pub sanitized: SanitizedUser,
+    pub group: GroupName,
+    pub slice: SliceName,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub enum OverrideAggregate {
+    /// `aggregate: null`: this user is uncapped.
+    Uncapped,
+    Merge(Aggregate),
+}
+
+#[derive(Debug, Clone)]
+pub struct UserOverride {
+    pub user: UserName,
+    pub aggregate: Option<OverrideAggregate>,
+    pub location: Location,
+}
+
+/// The whole configuration, validated: every value parsed, every name checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub aggregate_limits: bool,
+    pub default_group: Option<GroupName>,
+    pub groups: Vec<Group>,
+    /// Every listed user once, in group order then file order.
+    pub members: Vec<Member>,
+    pub overrides: Vec<UserOverride>,
+    pub warnings: Vec<Diagnostic>,
+    by_name: HashMap<String, usize>,
+    by_sanitized: HashMap<String, usize>,
+}
+
+/// A user as every command sees them: group, slice and effective limits.
+#[derive(Debug, Clone)]
+pub struct ResolvedUser {
+    pub name: UserName,
+    pub group: GroupName,
+    pub slice: SliceName,
+    /// Listed in a members file (otherwise: the default group's user).
+    pub listed: bool,
+    /// `None`: uncapped.
+    pub aggregate: Option<Aggregate>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+    #[error("user {0:?} is in no members file and the configuration has no default_group; add the user to a groups/<group>.members file or set default_group")]
+    NoGroup(String),
+}
+
+impl Config {
+    pub fn group(&self, name: &GroupName) -> Option<&Group> {
+        self.groups.iter().find(|g| &g.name == name)
+    }
+
+    /// The member entry for a name: by the name as listed, then by its sanitized form.
+    pub fn member(&self, user: &UserName) -> Option<&Member> {
+        let index = self.by_name.get(user.as_str()).or_else(|| {
+            let sanitized = user.sanitized().ok()?;
+            self.by_sanitized.get(sanitized.as_str())
+        })?;
+        self.members.get(*index)
+    }
+
+    fn override_for(&self, user: &UserName, sanitized: &SanitizedUser) -> Option<&UserOverride> {
+        self.overrides.iter().find(|o| &o.user == user).or_else(|| {
+            self.overrides
+                .iter()
+                .find(|o| o.user.sanitized().ok().as_ref() == Some(sanitized))
+        })
+    }
+
+    /// Group, slice and effective limits of any user, listed or not.
+    pub fn resolve(&self, user: &UserName) -> Result<ResolvedUser, ResolveError> {
+        let (name, sanitized, group, slice, listed) = match self.member(user) {
+            Some(m) => (m.name.clone(), m.sanitized.clone(), m.group.clone(), m.slice.clone(), true),
+            None => {
+                let sanitized = user.sanitized()?;
+                let group = self
+                    .default_group
+                    .clone()
+                    .ok_or_else(|| ResolveError::NoGroup(user.to_string()))?;
+                let slice = SliceName::user(&group, &sanitized);
+                (user.clone(), sanitized, group, slice, false)
+            }
+        };
+        let base = self.group(&group).and_then(|g| g.aggregate.clone());
+        let aggregate = match self.override_for(&name, &sanitized).and_then(|o| o.aggregate.as_ref()) {
+            None => base,
+            Some(OverrideAggregate::Uncapped) => None,
+            Some(OverrideAggregate::Merge(over)) => Some(base.unwrap_or_default().merged_with(over)),
+        };
+        Ok(ResolvedUser { name, group, slice, listed, aggregate })
+    }
+
+    /// Users named only in overrides (not in any members file): they belong to the default
+    /// group, and the configuration still names their limits.
+    pub fn override_only_users(&self) -> Vec<UserName> {
+        self.overrides
+            .iter()
+            .filter(|o| self.member(&o.user).is_none())
+            .map(|o| o.user.clone())
+            .collect()
+    }
+}
+
+/// Reads the configuration rooted at `path` (the YAML; members and overrides beside it).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    let mut diags = Diagnostics::default();
+    let raw = parse_main(path, &text, &mut diags);
+    let mut members = Vec::new();
+    for (group, _) in raw.as_ref().map(|r| r.group_names.as_slice()).unwrap_or_default() {
+        let file = dir.join(GROUPS_DIR).join(format!("{group}.members"));
+        match std::fs::read(&file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => members.push(MembersFile { group: group.clone(), path: file, text }),
+                Err(_) => diags.error(
+                    Location::new(&file, None),
+                    "members file is not valid UTF-8; save it as UTF-8 text, one user name per line",
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => diags.error(
+                Location::new(&file, None),
+                format!("cannot read members file: {e}; fix its permissions or type (it must be a readable text file)"),
+            ),
+        }
+    }
+    let overrides_path = dir.join(OVERRIDES_FILE);
+    let overrides = match std::fs::read_to_string(&overrides_path) {
+        Ok(text) => Some((overrides_path, text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            diags.error(
+                Location::new(&overrides_path, None),
+                format!("cannot read overrides file: {e}; fix its permissions or encoding (UTF-8 YAML)"),
+            );
+            None
+        }
+    };
+    match raw {
+        Some(raw) => validate(raw, &members, overrides.as_ref().map(|(p, t)| (p.as_path(), t.as_str())), diags),
+        None => Err(ConfigError::Invalid(diags)),
+    }
+}
+
+/// One members file's content.
+#[derive(Debug, Clone)]
+pub struct MembersFile {
+    pub group: GroupName,
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The main file after the YAML stage: structure checked, values parsed.
+#[derive(Debug)]
+pub struct RawConfig {
+    path: PathBuf,
+    aggregate_limits: bool,
+    default_group: Option<(GroupName, Location)>,
+    group_names: Vec<(GroupName, Location)>,
+    groups: Vec<Group>,
+    inline_overrides: Vec<UserOverride>,
+}
+
+/// Finds the line of a key path in block-style YAML by indentation, so that problems found
+/// after parsing can still name their line. Flow-style documents fall back to the nearest
+/// enclosing key found.
+struct LineIndex<'a> {
+    lines: Vec<&'a str>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        LineIndex { lines: text.lines().collect() }
+    }
+
+    fn find(&self, path: &[&str]) -> Option<usize> {
+        let significant = |l: &str| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#') && !t.starts_with("---")
+        };
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let (mut start, mut end) = (0, self.lines.len());
+        let mut parent_indent: Option<usize> = None;
+        let mut found = None;
+        for key in path {
+            let child_indent = self.lines[start..end]
+                .iter()
+                .find(|l| significant(l) && parent_indent.is_none_or(|p| indent(l) > p))
+                .map(|l| indent(l))?;
+            let hit = (start..end).find(|&i| {
+                let l = self.lines[i];
+                significant(l) && indent(l) == child_indent && key_matches(l.trim_start(), key)
+            });
+            let Some(i) = hit else { return found };
+            found = Some(i + 1);
+            let block_end = (i + 1..end)
+                .find(|&j| significant(self.lines[j]) && indent(self.lines[j]) <= child_indent)
+                .unwrap_or(end);
+            start = i + 1;
+            end = block_end;
+            parent_indent = Some(child_indent);
+        }
+        found
+    }
+}
+
+fn key_matches(content: &str, key: &str) -> bool {
+    let rest = content
+        .strip_prefix(key)
+        .or_else(|| content.strip_prefix(&format!("\"{key}\"")))
+        .or_else(|| content.strip_prefix(&format!("'{key}'")));
+    rest.is_some_and(|r| {
+        let r = r.trim_start();
+        r.starts_with(':') && (r.len() == 1 || r[1..].starts_with(char::is_whitespace))
+    })
+}
+
+/// Context for walking one YAML document: where it is, and how to find lines in it.
+struct Doc<'a> {
+    path: &'a Path,
+    lines: LineIndex<'a>,
+}
+
+impl Doc<'_> {
+    fn at(&self, keys: &[&str]) -> Location {
+        Location::new(self.path, self.lines.find(keys).or(Some(1)))
+    }
+}
+
+fn yaml_key(key: &Yaml) -> Option<String> {
+    match key {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn type_name(v: &Yaml) -> &'static str {
+    match v {
+        Yaml::Null => "null",
+        Yaml::Bool(_) => "a boolean",
+        Yaml::Number(_) => "a number",
+        Yaml::String(_) => "a string",
+        Yaml::Sequence(_) => "a list",
+        Yaml::Mapping(_) => "a mapping",
+        Yaml::Tagged(_) => "a tagged value",
+    }
+}
+
+fn to_json(v: &Yaml) -> Json {
+    match v {
+        Yaml::Null => Json::Null,
+        Yaml::Bool(b) => Json::Bool(*b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Json::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Json::from(u)
+            } else {
+                n.as_f64().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null)
+            }
+        }
+        Yaml::String(s) => Json::String(s.clone()),
+        Yaml::Sequence(items) => Json::Array(items.iter().map(to_json).collect()),
+        Yaml::Mapping(m) => Json::Object(
+            m.iter()
+                .filter_map(|(k, v)| Some((yaml_key(k)?, to_json(v))))
+                .collect(),
+        ),
+        Yaml::Tagged(t) => to_json(&t.value),
+    }
+}
+
+fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> {
+    match serde_yaml::from_str::<Yaml>(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            diags.error(
+                Location::new(path, line),
+                format!("not valid YAML: {e}; fix the syntax (indentation, quotes, ':' after keys)"),
+            );
+            None
+        }
+    }
+}
+
+/// Stage one: the main YAML's text to a [`RawConfig`]. Sections this tool does not use are
+/// ignored; inside `aggregate:` every key must be known.
+pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<RawConfig> {
+    let doc = Doc { path, lines: LineIndex::new(text) };
+    let root = parse_yaml(path, text, diags)?;
+    let Yaml::Mapping(root) = root else {
+        diags.error(
+            Location::new(path, Some(1)),
+            format!("the configuration must be a YAML mapping with a `groups:` section, found {}", type_name(&root)),
+        );
+        return None;
+    };
+
+    let mut aggregate_limits = true;
+    match root.get("enforcement") {
+        None | Some(Yaml::Null) => {}
+        Some(Yaml::Mapping(e)) => {
+            match e.get("aggregate_limits") {
+                None => {}
+                Some(Yaml::Bool(b)) => aggregate_limits = *b,
+                Some(other) => diags.error(
+                    doc.at(&["enforcement", "aggregate_limits"]),
+                    format!("enforcement.aggregate_limits must be true or false, found {}", type_name(other)),
+                ),
+            }
+            match e.get("cgroup_driver") {
+                None | Some(Yaml::Null) => {}
+                Some(Yaml::String(s)) if s == "systemd" => {}
+                Some(other) => diags.warning(
+                    doc.at(&["enforcement", "cgroup_driver"]),
+                    format!(
+                        "enforcement.cgroup_driver is {:?}: Docker only places containers in ds01 slices with the systemd cgroup driver, so these limits would not cover containers",
+                        to_json(other)
+                    ),
+                ),
+            }
+        }
+        Some(other) => diags.error(
+            doc.at(&["enforcement"]),
+            format!("`enforcement` must be a mapping, found {}", type_name(other)),
+        ),
+    }
+
+    let mut group_names = Vec::new();
+    let mut groups = Vec::new();
+    match root.get("groups") {
+        Some(Yaml::Mapping(m)) => {
+            for (key, body) in m {
+                let Some(key) = yaml_key(key) else {
+                    diags.error(doc.at(&["groups"]), "a group name must be a plain string");
+                    continue;
+                };
+                let location = doc.at(&["groups", &key]);
+                let name = match GroupName::new(&key) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        diags.error(location, format!("{e}; rename the group and its members file"));
+                        continue;
+                    }
+                };
+                let aggregate = match body {
+                    Yaml::Null => None,
+                    Yaml::Mapping(body) => match body.get("aggregate") {
+                        None | Some(Yaml::Null) => None,
+                        Some(agg) => parse_aggregate(&doc, &["groups", &key, "aggregate"], agg, &format!("group {key}"), diags),
+                    },
+                    other => {
+                        diags.error(location.clone(), format!("group `{key}` must be a mapping of settings, found {}", type_name(other)));
+                        None
+                    }
+                };
+                if let Some(agg) = &aggregate {
+                    check_high_below_max(agg, &doc.at(&["groups", &key, "aggregate", "memory_high"]), &format!("group {key}"), diags);
+                }
+                group_names.push((name.clone(), location.clone()));
+                groups.push(Group {
+                    members_file: path
+                        .parent()
+                        .unwrap_or(Path::new(""))
+                        .join(GROUPS_DIR)
+                        .join(format!("{key}.members")),
+                    name,
+                    aggregate,
+                    location,
+                });
+            }
+        }
+        None => diags.error(Location::new(path, Some(1)), "no `groups:` section: define at least one group (e.g. student) with an `aggregate:` section"),
+        Some(other) => diags.error(doc.at(&["groups"]), format!("`groups` must be a mapping of group names, found {}", type_name(other))),
+    }
+
+    let default_group = match root.get("default_group") {
+        None | Some(Yaml::Null) => None,
+        Some(Yaml::String(s)) => {
+            let location = doc.at(&["default_group"]);
+            match GroupName::new(s) {
+                Ok(g) if group_names.iter().any(|(n, _)| n == &g) => Some((g, location)),
+                Ok(g) => {
+                    diags.error(location, format!("default_group `{g}` is not defined under `groups:`; name one of the groups defined there"));
+                    None
+                }
+                Err(e) => {
+                    diags.error(location, e.to_string());
+                    None
+                }
+            }
+        }
+        Some(other) => {
+            diags.error(doc.at(&["default_group"]), format!("default_group must be a group name, found {}", type_name(other)));
+            None
+        }
+    };
+
+    let inline_overrides = match root.get("user_overrides") {
+        None | Some(Yaml::Null) => Vec::new(),
+        Some(v) => parse_overrides(&doc, &["user_overrides"], v, diags),
+    };
+
+    Some(RawConfig {
+        path: path.to_owned(),
+        aggregate_limits,
+        default_group,
+        group_names,
+        groups,
+        inline_overrides,
+    })
+}
+
+fn closest_key(key: &str) -> Option<&'static str> {
+    APPLIED_KEYS
+        .iter()
+        .chain(KNOWN_UNAPPLIED_KEYS.iter())
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mut Diagnostics) -> Option<Aggregate> {
+    let Yaml::Mapping(m) = value else {
+        diags.error(doc.at(at), format!("aggregate of {owner} must be a mapping (cpu_quota, memory_max, memory_high, tasks_max), found {}", type_name(value)));
+        return None;
+    };
+    // Problems are recorded in `diags`; the partial result still goes on to the cross-key
+    // checks so that one run reports everything.
+    let mut agg = Aggregate::default();
+    for (key, v) in m {
+        let Some(key) = yaml_key(key) else {
+            diags.error(doc.at(at), format!("aggregate of {owner} has a key that is not a string"));
+            continue;
+        };
+        let mut path = at.to_vec();
+        path.push(&key);
+        let location = doc.at(&path);
+        let scalar = match v {
+            Yaml::String(s) => Some(s.clone()),
+            Yaml::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let wrong_type = |diags: &mut Diagnostics, expected: &str| {
+            diags.error(location.clone(), format!("{key} of {owner} must be {expected}, found {}", type_name(v)));
+        };
+        let report = |diags: &mut Diagnostics, e: ValueError| {
+            diags.error(location.clone(), format!("{key} of {owner}: {e}"));
+        };
+        match key.as_str() {
+            "cpu_quota" => match (v, &scalar) {
+                (Yaml::String(_) | Yaml::Number(_), Some(s)) => match CpuQuota::parse(s) {
+                    Ok(parsed) => {
+                        if let Some(from) = parsed.rounded_up_from {
+                            diags.warning(location.clone(), format!(
+                                "cpu_quota of {owner}: {from}% is not a whole percent; rounded up to {} because older systemd truncates fractions at the next reload",
+                                parsed.quota
+                            ));
+                        }
+                        agg.cpu_quota = Some(parsed.quota);
+                    }
+                    Err(e) => report(diags, e),
+                },
+                _ => wrong_type(diags, "a percentage string such as \"9600%\""),
+            },
+            "memory_max" | "memory_high" => {
+                let parsed = match v {
+                    Yaml::String(s) => Some(MemoryLimit::parse(s)),
+                    Yaml::Number(n) => match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+                        Some(i) => Some(MemoryLimit::from_integer(i, &n.to_string())),
+                        None => Some(Err(ValueError::NotANumber(n.to_string()))),
+                    },
+                    _ => None,
+                };
+                match parsed {
+                    Some(Ok(m)) if key == "memory_max" => agg.memory_max = Some(m),
+                    Some(Ok(m)) => agg.memory_high = Some(m),
+                    Some(Err(e)) => report(diags, e),
+                    None => wrong_type(diags, "a size such as \"96G\" or \"infinity\""),
+                }
+            }
+            "tasks_max" => {
+                let parsed = match v {
+                    Yaml::String(s) => Some(TasksLimit::parse(s)),
+                    Yaml::Number(n) => match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+                        Some(i) => Some(TasksLimit::from_integer(i, &n.to_string())),
+                        None => Some(Err(ValueError::NotANumber(n.to_string()))),
+                    },
+                    _ => None,
+                };
+                match parsed {
+                    Some(Ok(t)) => agg.tasks_max = Some(t),
+                    Some(Err(e)) => report(diags, e),
+                    None => wrong_type(diags, "an integer or \"infinity\""),
+                }
+            }
+            "gpu_limit" => match v {
+                Yaml::Number(_) | Yaml::Null => agg.gpu_limit = Some(to_json(v)),
+                _ => wrong_type(diags, "a number (GPU-equivalents) or null"),
+            },
+            other => {
+                let hint = match closest_key(other) {
+                    Some(k) => format!("did you mean `{k}`?"),
+                    None => "known keys: cpu_quota, memory_max, memory_high, tasks_max, gpu_limit".to_owned(),
+                };
+                diags.error(location.clone(), format!(
+                    "unknown key `{other}` in the aggregate of {owner} in {}; {hint} (an unknown key would silently drop a limit)",
+                    doc.path.display()
+                ));
+            }
+        }
+        agg.raw.push((key.clone(), to_json(v)));
+    }
+    Some(agg)
+}
+
+fn check_high_below_max(agg: &Aggregate, location: &Location, owner: &str, diags: &mut Diagnostics) {
+    if let (Some(MemoryLimit::Bytes(high)), Some(MemoryLimit::Bytes(max))) = (agg.memory_high, agg.memory_max) {
+        if high > max {
+            diags.error(location.clone(), format!(
+                "memory_high of {owner} ({}) is above its memory_max ({}): the soft limit must not exceed the hard limit; lower memory_high or raise memory_max",
+                MemoryLimit::Bytes(high),
+                MemoryLimit::Bytes(max)
+            ));
+        }
+    }
+}
+
+fn parse_overrides(doc: &Doc, at: &[&str], value: &Yaml, diags: &mut Diagnostics) -> Vec<UserOverride> {
+    let Yaml::Mapping(m) = value else {
+        diags.error(doc.at(at), format!("user overrides must be a mapping `username: {{aggregate: {{...}}}}`, found {}", type_name(value)));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, settings) in m {
+        let Some(user) = yaml_key(key) else {
+            diags.error(doc.at(at), "an override's user name must be a plain string");
+            continue;
+        };
+        let mut path = at.to_vec();
+        path.push(&user);
+        let location = doc.at(&path);
+        let name = match UserName::new(&user) {
+            Ok(n) => n,
+            Err(e) => {
+                diags.error(location, e.to_string());
+                continue;
+            }
+        };
+        if let Err(e) = name.sanitized() {
+            diags.error(location.clone(), e.to_string());
+            continue;
+        }
+        let aggregate = match settings {
+            Yaml::Null => None,
+            Yaml::Mapping(s) => match s.get("aggregate") {
+                None => None,
+                Some(Yaml::Null) => Some(OverrideAggregate::Uncapped),
+                Some(agg) => {
+                    let mut agg_path = path.clone();
+                    agg_path.push("aggregate");
+                    parse_aggregate(doc, &agg_path, agg, &format!("the override of user {user}"), diags).map(OverrideAggregate::Merge)
+                }
+            },
+            other => {
+                diags.error(location.clone(), format!("override of user {user} must be a mapping of settings, found {}", type_name(other)));
+                None
+            }
+        };
+        out.push(UserOverride { user: name, aggregate, location });
+    }
+    out
+}
+
+/// Parses `user-overrides.yaml` (a mapping `username: {settings...}`; empty is fine).
+pub fn parse_overrides_file(path: &Path, text: &str, diags: &mut Diagnostics) -> Vec<UserOverride> {
+    let doc = Doc { path, lines: LineIndex::new(text) };
+    match parse_yaml(path, text, diags) {
+        None | Some(Yaml::Null) => Vec::new(),
+        Some(v) => parse_overrides(&doc, &[], &v, diags),
+    }
+}
+
+/// Stage two: members and overrides joined to the main file; resolution checked for every
+/// user so that any problem surfaces here, not when a container starts.
+pub fn validate(
+    raw: RawConfig,
+    members_files: &[MembersFile],
+    overrides_file: Option<(&Path, &str)>,
+    mut diags: Diagnostics,
+) -> Result<Config, ConfigError> {
+    // The file's entry for a user wins over the inline one.
+    let mut overrides: Vec<UserOverride> = raw.inline_overrides;
+    if let Some((path, text)) = overrides_file {
+        for o in parse_overrides_file(path, text, &mut diags) {
+            overrides.retain(|existing| existing.user != o.user);
+            overrides.push(o);
+        }
+    }
+
+    let mut members: Vec<Member> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut by_sanitized: HashMap<String, usize> = HashMap::new();
+    let mut by_slice: BTreeMap<SliceName, usize> = BTreeMap::new();
+    for (group, _) in &raw.group_names {
+        let Some(file) = members_files.iter().find(|f| &f.group == group) else { continue };
+        for (index, line) in file.text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or_default().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let location = Location::new(&file.path, Some(index + 1));
+            let name = match UserName::new(entry) {
+                Ok(n) => n,
+                Err(e) => {
+                    diags.error(location, e.to_string());
+                    continue;
+                }
+            };
+            let sanitized = match name.sanitized() {
+                Ok(s) => s,
+                Err(e) => {
+                    diags.error(location, e.to_string());
+                    continue;
+                }
+            };
+            if let Some(&first) = by_name.get(entry) {
+                let first = &members[first];
+                if &first.group != group {
+                    diags.warning(location, format!(
+                        "user {entry} is also listed for group {} at {}; the first group wins, so they stay in {}; remove one of the entries",
+                        first.group, first.location, first.group
+                    ));
+                }
+                continue;
+            }
+            let slice = SliceName::user(group, &sanitized);
+            if let Some(&other) = by_slice.get(&slice) {
+                let other = &members[other];
+                diags.error(location, format!(
+                    "users {entry:?} and {:?} (at {}) both map to slice {slice}; their limits would be shared — rename one account or remove one entry",
+                    other.name.as_str(),
+                    other.location
+                ));
+                continue;
+            }
+            if let Some(&other) = by_sanitized.get(sanitized.as_str()) {
+                let other = &members[other];
+                diags.warning(location.clone(), format!(
+                    "user {entry:?} has the same sanitized name as {:?} (at {}) in group {}; lookups by the sanitized name find the first",
+                    other.name.as_str(),
+                    other.location,
+                    other.group
+                ));
+            }
+            let index = members.len();
+            by_name.insert(entry.to_owned(), index);
+            by_sanitized.entry(sanitized.as_str().to_owned()).or_insert(index);
+            by_slice.insert(slice.clone(), index);
+            members.push(Member { name, sanitized, group: group.clone(), slice, location });
+        }
+    }
+
+    let config = Config {
+        path: raw.path,
+        aggregate_limits: raw.aggregate_limits,
+        default_group: raw.default_group.map(|(g, _)| g),
+        groups: raw.groups,
+        members,
+        overrides,
+        warnings: Vec::new(),
+        by_name,
+        by_sanitized,
+    };
+
+    // Effective limits of every overridden user must hold together (high ≤ max after merge).
+    for o in &config.overrides {
+        match config.resolve(&o.user) {
+            Ok(resolved) => {
+                if let Some(agg) = &resolved.aggregate {
+                    check_high_below_max(agg, &o.location, &format!("user {} (group {} merged with the override)", o.user, resolved.group), &mut diags);
+                }
+                if !resolved.listed {
+                    let slice = &resolved.slice;
+                    if let Some(m) = config.members.iter().find(|m| &m.slice == slice) {
+                        diags.error(o.location.clone(), format!(
+                            "override user {:?} is in no members file and maps to slice {slice}, which belongs to listed user {:?} (at {}); rename the override to the listed name",
+                            o.user.as_str(), m.name.as_str(), m.location
+                        ));
+                    }
+                }
+            }
+            Err(e) => diags.error(o.location.clone(), e.to_string()),
+        }
+    }
+
+    if diags.has_errors() {
+        return Err(ConfigError::Invalid(diags));
+    }
+    let warnings = diags.warnings().cloned().collect();
+    Ok(Config { warnings, ..config })
+}
+
+/// Pure entry point for tests and tools: the whole configuration from in-memory texts.
+pub fn parse_texts(
+    path: &Path,
+    main: &str,
+    members: &[(&str, &str)],
+    overrides: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let mut diags = Diagnostics::default();
+    let raw = parse_main(path, main, &mut diags).ok_or_else(|| ConfigError::Invalid(diags.clone()))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let files: Vec<MembersFile> = members
+        .iter()
+        .filter_map(|(group, text)| {
+            Some(MembersFile {
+                group: GroupName::new(group).ok()?,
+                path: dir.join(GROUPS_DIR).join(format!("{group}.members")),
+                text: (*text).to_owned(),
+            })
+        })
+        .collect();
+    let overrides_path = dir.join(OVERRIDES_FILE);
+    validate(raw, &files, overrides.map(|t| (overrides_path.as_path(), t)), diags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIN: &str = "\
+default_group: student
+enforcement:
+  aggregate_limits: true
+  cgroup_driver: systemd
+groups:
+  student:
+    max_cpus: 32
+    aggregate:
+      cpu_quota: \"9600%\"
+      memory_max: \"96G\"
+      memory_high: \"86G\"
+      tasks_max: 12288
+      gpu_limit: 2.0
+  admin:
+    max_cpus: 64
+";
+
+    fn parse(main: &str, members: &[(&str, &str)], overrides: Option<&str>) -> Result<Config, ConfigError> {
+        parse_texts(Path::new("/cfg/resource-limits.yaml"), main, members, overrides)
+    }
+
+    fn errors(result: Result<Config, ConfigError>) -> Vec<Diagnostic> {
+        match result {
+            Err(ConfigError::Invalid(d)) => d.errors().cloned().collect(),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn line_index_finds_nested_keys() {
+        let idx = LineIndex::new(MAIN);
+        assert_eq!(idx.find(&["groups", "student", "aggregate", "memory_high"]), Some(11));
+        assert_eq!(idx.find(&["groups", "admin"]), Some(14));
+        assert_eq!(idx.find(&["enforcement", "cgroup_driver"]), Some(4));
+        assert_eq!(idx.find(&["groups", "student", "nope"]), Some(6));
+    }
+
+    #[test]
+    fn resolves_members_defaults_and_overrides() {
+        let config = parse(
+            MAIN,
+            &[("student", "alice\n# comment\n  h.baker@hertie-school.lan  \n\n"), ("admin", "root_like\nalice\n")],
+            Some("alice:\n  aggregate:\n    memory_max: infinity\n    memory_high: 100G\nbob:\n  aggregate: null\n"),
+        )
+        .unwrap();
+        assert_eq!(config.members.len(), 3);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].message.contains("first group wins"));
+        let alice = config.resolve(&UserName::new("alice").unwrap()).unwrap();
+        assert_eq!(alice.group.as_str(), "student");
+        let agg = alice.aggregate.unwrap();
+        assert_eq!(agg.memory_max, Some(MemoryLimit::Infinity));
+        assert_eq!(agg.memory_high, Some(MemoryLimit::Bytes(100 << 30)));
+        assert_eq!(agg.cpu_quota, Some(CpuQuota::Percent(9600)));
+        let baker = config.resolve(&UserName::new("h_baker").unwrap()).unwrap();
+        assert_eq!(baker.name.as_str(), "h.baker@hertie-school.lan");
+        assert_eq!(baker.slice.as_str(), "ds01-student-h_baker.slice");
+        let admin = config.resolve(&UserName::new("root_like").unwrap()).unwrap();
+        assert!(admin.aggregate.is_none());
+        let bob = config.resolve(&UserName::new("bob").unwrap()).unwrap();
+        assert!(!bob.listed && bob.aggregate.is_none());
+        let carol = config.resolve(&UserName::new("carol").unwrap()).unwrap();
+        assert_eq!(carol.group.as_str(), "student");
+        assert!(carol.aggregate.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let main = MAIN.replace("memory_high: \"86G\"", "memory_high: \"99G\"").replace("tasks_max: 12288", "taskmax: 12288");
+        let errs = errors(parse(&main, &[], None));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().any(|e| e.location.line == Some(12) && e.message.contains("did you mean `tasks_max`")));
+    }
+}

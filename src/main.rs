@@ -1,0 +1,11 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = ds01_slices::cli::Cli::parse();
+    match ds01_slices::cli::run(cli) {
+        Ok(exit) => exit.into(),
+        Err(err) => ds01_slices::error::report(&err).into(),
+    }
+}
