@@ -7,12 +7,20 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use std::time::Duration;
+
+use crate::apply::{self, ApplyOptions, ApplyReport, Scope};
+use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::diagnostics::{Diagnostic, Severity};
 use crate::error::Exit;
 use crate::names::UserName;
+use crate::ownership::{Ownership, DEFAULT_STATE_DIR};
 use crate::plan::{self, Plan, Property, SliceKind};
 use crate::pyjson;
+use crate::systemd::{BusSystemd, WriteMode};
+use crate::values::MemoryLimit;
+use crate::verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +39,27 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// D-Bus address of the system bus (default: the system bus).
+    #[arg(
+        long,
+        global = true,
+        env = "DBUS_SYSTEM_BUS_ADDRESS",
+        value_name = "ADDRESS"
+    )]
+    pub bus: Option<String>,
+
+    /// Seconds to wait for any one answer from systemd.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// Where ds01-slices records which properties it set (and its writer lock).
+    #[arg(long, global = true, env = "DS01_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// The cgroup file system `verify` reads the kernel's limits from.
+    #[arg(long, global = true, env = "DS01_CGROUP_ROOT", default_value = DEFAULT_CGROUP_ROOT, value_name = "DIR")]
+    pub cgroup_root: PathBuf,
 
     #[command(subcommand)]
     pub command: Command,
@@ -54,6 +83,51 @@ pub enum Command {
     },
     /// Validate the configuration and print every problem found.
     CheckConfig,
+    /// Set the configured limits on every slice over D-Bus, writing only what differs.
+    Apply {
+        /// Only this user's slice (and its parents; their old slices in other groups too).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write runtime properties (/run, gone at reboot) instead of persistent ones.
+        #[arg(long)]
+        runtime: bool,
+        /// Lower MemoryMax even below the memory a running slice uses now (OOM-kills jobs).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hooks for the container runtime.
+    #[command(subcommand)]
+    Hook(HookCommand),
+    /// Read every managed slice back (systemd and kernel) and report drift; exit 3 on drift.
+    Verify {
+        /// Only this user's slice and its parents.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Output format (`--json` is the same as `--format json`).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Ensure USER's slice holds its limits, then print exactly the slice name, for
+    /// `docker run --cgroup-parent=$(ds01-slices hook pre-create "$USER")`.
+    PreCreate {
+        user: String,
+        /// Write runtime properties instead of persistent ones.
+        #[arg(long)]
+        runtime: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -67,7 +141,175 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             let config = load(&cli)?;
             plan_command(&cli, &config, user.as_deref())
         }
+        Command::Apply {
+            user,
+            dry_run,
+            runtime,
+            force,
+        } => {
+            let config = load(&cli)?;
+            let mode = if *runtime {
+                WriteMode::Runtime
+            } else {
+                WriteMode::Persistent
+            };
+            let opts = ApplyOptions {
+                mode,
+                dry_run: *dry_run,
+                force: *force,
+            };
+            let user = user.as_deref().map(parse_user).transpose()?;
+            block_on(apply_command(&cli, &config, user.as_ref(), opts))
+        }
+        Command::Hook(HookCommand::PreCreate { user, runtime }) => {
+            let config = config::load(&cli.config)?;
+            let user = parse_user(user)?;
+            let mode = if *runtime {
+                WriteMode::Runtime
+            } else {
+                WriteMode::Persistent
+            };
+            block_on(hook_command(&cli, &config, &user, mode))
+        }
+        Command::Verify { user, format } => {
+            let config = load(&cli)?;
+            let user = user.as_deref().map(parse_user).transpose()?;
+            let json = cli.json || *format == Format::Json;
+            block_on(verify_command(&cli, &config, user.as_ref(), json))
+        }
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<Exit>>>(f: F) -> anyhow::Result<Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<BusSystemd> {
+    Ok(BusSystemd::connect(cli.bus.as_deref(), Duration::from_secs(cli.timeout.max(1))).await?)
+}
+
+async fn apply_command(
+    cli: &Cli,
+    config: &Config,
+    user: Option<&UserName>,
+    opts: ApplyOptions,
+) -> anyhow::Result<Exit> {
+    let sd = connect(cli).await?;
+    let ownership = Ownership::new(&cli.state_dir);
+    let scope = match user {
+        Some(u) => Scope::User(u),
+        None => Scope::All,
+    };
+    if !config.aggregate_limits {
+        eprintln!("enforcement.aggregate_limits is false: nothing to apply; limits ds01-slices set earlier are taken back");
+    }
+    let report = apply::apply(&sd, config, scope, &ownership, opts).await?;
+    print_apply_report(cli, &report, opts)
+}
+
+fn print_apply_report(cli: &Cli, report: &ApplyReport, opts: ApplyOptions) -> anyhow::Result<Exit> {
+    let failed = !report.failures.is_empty() || !report.refused.is_empty();
+    if cli.json {
+        let change_json = |c: &crate::reconcile::Change| {
+            serde_json::json!({
+                "slice": c.slice,
+                "kind": c.kind,
+                "set": c.sets.iter().map(|s| serde_json::json!({
+                    "property": s.property.bus_name(),
+                    "from": s.from,
+                    "to": s.to,
+                })).collect::<Vec<_>>(),
+            })
+        };
+        print_json(&serde_json::json!({
+            "dry_run": opts.dry_run,
+            "slices_checked": report.slices_checked,
+            "writes": report.writes,
+            "changes": report.changes.iter().map(change_json).collect::<Vec<_>>(),
+            "refused": report.refused.iter().map(change_json).collect::<Vec<_>>(),
+            "failures": report.failures.iter().map(|(s, e)| serde_json::json!({"slice": s, "error": e})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        let mut text = apply::render_changes(&report.changes);
+        let writing = report.changes.iter().filter(|c| c.writes()).count();
+        if writing == 0 && !failed {
+            text.push_str(&format!(
+                "nothing to do: {} slices already as configured\n",
+                report.slices_checked
+            ));
+        } else if opts.dry_run {
+            text.push_str(&format!(
+                "dry run: would write to {writing} of {} slices; nothing was changed\n",
+                report.slices_checked
+            ));
+        } else {
+            text.push_str(&format!(
+                "applied: {} writes, {} slices checked\n",
+                report.writes, report.slices_checked
+            ));
+        }
+        write_stdout(&text)?;
+    }
+    for c in &report.refused {
+        if let Some((usage, max)) = c.memory_below_usage {
+            eprintln!(
+                "ds01-slices: refused {}: MemoryMax {} is below the {} it uses now; writing it would OOM-kill running jobs. Rerun with --force to apply anyway.",
+                c.slice,
+                MemoryLimit::Bytes(max),
+                MemoryLimit::Bytes(usage)
+            );
+        }
+    }
+    for (slice, error) in &report.failures {
+        eprintln!("ds01-slices: failed {slice}: {error}");
+    }
+    if failed {
+        eprintln!(
+            "ds01-slices: {} slice(s) failed, {} refused; the others were applied. Fix the cause and rerun: apply converges.",
+            report.failures.len(),
+            report.refused.len()
+        );
+        return Ok(Exit::Failure);
+    }
+    Ok(Exit::Ok)
+}
+
+async fn hook_command(
+    cli: &Cli,
+    config: &Config,
+    user: &UserName,
+    mode: WriteMode,
+) -> anyhow::Result<Exit> {
+    let sd = connect(cli).await?;
+    let ownership = Ownership::new(&cli.state_dir);
+    let (slice, _report) = apply::hook(&sd, config, user, &ownership, mode).await?;
+    write_stdout(&format!("{slice}\n"))?;
+    Ok(Exit::Ok)
+}
+
+async fn verify_command(
+    cli: &Cli,
+    config: &Config,
+    user: Option<&UserName>,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    let sd = connect(cli).await?;
+    let ownership = Ownership::new(&cli.state_dir);
+    let scope = match user {
+        Some(u) => Scope::User(u),
+        None => Scope::All,
+    };
+    let report = verify::verify(&sd, config, scope, &ownership, &cli.cgroup_root).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        write_stdout(&verify::render_text(&report))?;
+    }
+    Ok(if report.holds { Exit::Ok } else { Exit::Drift })
 }
 
 /// Loads the configuration and prints its warnings on stderr.
@@ -115,7 +357,11 @@ fn show(cli: &Cli, config: &Config, user: &str, aggregate_only: bool) -> anyhow:
         user: resolved.name.to_string(),
         group: resolved.group.to_string(),
         slice: resolved.slice.to_string(),
-        aggregate: resolved.aggregate.as_ref().map(|a| a.raw_json()).unwrap_or(serde_json::Value::Null),
+        aggregate: resolved
+            .aggregate
+            .as_ref()
+            .map(|a| a.raw_json())
+            .unwrap_or(serde_json::Value::Null),
         listed: resolved.listed,
         properties: plan::user_spec(&resolved).properties,
     };
@@ -125,15 +371,28 @@ fn show(cli: &Cli, config: &Config, user: &str, aggregate_only: bool) -> anyhow:
         print_json(&report)?;
     } else {
         let mut text = format!("user:   {}\n", report.user);
-        let how = if report.listed { "" } else { " (in no members file: default_group)" };
+        let how = if report.listed {
+            ""
+        } else {
+            " (in no members file: default_group)"
+        };
         text.push_str(&format!("group:  {}{how}\n", report.group));
         text.push_str(&format!("slice:  {}\n", report.slice));
         if resolved.aggregate.is_none() {
             text.push_str("limits: none (no aggregate cap)\n");
         } else {
-            text.push_str(&format!("limits: {}\n", human_properties(&report.properties)));
-            if let Some(gpu) = resolved.aggregate.as_ref().and_then(|a| a.gpu_limit.as_ref()) {
-                text.push_str(&format!("gpu:    gpu_limit {gpu} (read by other DS01 tools, not a slice property)\n"));
+            text.push_str(&format!(
+                "limits: {}\n",
+                human_properties(&report.properties)
+            ));
+            if let Some(gpu) = resolved
+                .aggregate
+                .as_ref()
+                .and_then(|a| a.gpu_limit.as_ref())
+            {
+                text.push_str(&format!(
+                    "gpu:    gpu_limit {gpu} (read by other DS01 tools, not a slice property)\n"
+                ));
             }
         }
         if !config.aggregate_limits {
@@ -166,7 +425,9 @@ fn plan_command(cli: &Cli, config: &Config, user: Option<&str>) -> anyhow::Resul
     if cli.json {
         print_json(&plan)?;
     } else if !config.aggregate_limits {
-        write_stdout("enforcement.aggregate_limits is false in the configuration: nothing to apply\n")?;
+        write_stdout(
+            "enforcement.aggregate_limits is false in the configuration: nothing to apply\n",
+        )?;
     } else {
         write_stdout(&plan_table(&plan))?;
     }
@@ -175,7 +436,10 @@ fn plan_command(cli: &Cli, config: &Config, user: Option<&str>) -> anyhow::Resul
 
 pub fn plan_table(plan: &Plan) -> String {
     let cell = |spec: &plan::SliceSpec, p: Property| {
-        spec.properties.get(p).map(|v| p.display(v)).unwrap_or_else(|| "-".to_owned())
+        spec.properties
+            .get(p)
+            .map(|v| p.display(v))
+            .unwrap_or_else(|| "-".to_owned())
     };
     let mut rows: Vec<[String; 7]> = vec![[
         "SLICE".into(),
@@ -192,7 +456,11 @@ pub fn plan_table(plan: &Plan) -> String {
             SliceKind::Group => "group",
             SliceKind::User => "user",
         };
-        let user = spec.user.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+        let user = spec
+            .user
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "-".into());
         let limits = if spec.kind == SliceKind::User && !spec.properties.has_limits() {
             ["uncapped".to_owned(), "-".into(), "-".into(), "-".into()]
         } else if spec.kind != SliceKind::User {
@@ -208,10 +476,16 @@ pub fn plan_table(plan: &Plan) -> String {
         let [a, b, c, d] = limits;
         rows.push([spec.slice.to_string(), kind.into(), user, a, b, c, d]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -236,7 +510,13 @@ fn check_config(cli: &Cli) -> anyhow::Result<Exit> {
             overrides: c.overrides.len(),
             problems: c.warnings.clone(),
         },
-        Err(config::ConfigError::Invalid(d)) => CheckReport { ok: false, groups: 0, users: 0, overrides: 0, problems: d.items },
+        Err(config::ConfigError::Invalid(d)) => CheckReport {
+            ok: false,
+            groups: 0,
+            users: 0,
+            overrides: 0,
+            problems: d.items,
+        },
         Err(e) => return Err(e.into()),
     };
     if cli.json {
@@ -245,7 +525,11 @@ fn check_config(cli: &Cli) -> anyhow::Result<Exit> {
         for p in &report.problems {
             eprintln!("{p}");
         }
-        let errors = report.problems.iter().filter(|p| p.severity == Severity::Error).count();
+        let errors = report
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count();
         if report.ok {
             write_stdout(&format!(
                 "{}: ok ({} groups, {} listed users, {} overrides, {} warnings)\n",
@@ -256,7 +540,10 @@ fn check_config(cli: &Cli) -> anyhow::Result<Exit> {
                 report.problems.len()
             ))?;
         } else {
-            eprintln!("{}: {errors} error(s); fix them and run check-config again", cli.config.display());
+            eprintln!(
+                "{}: {errors} error(s); fix them and run check-config again",
+                cli.config.display()
+            );
         }
     }
     Ok(if report.ok { Exit::Ok } else { Exit::Usage })

@@ -39,7 +39,11 @@ fn render_invalid(d: &Diagnostics) -> String {
         let _ = writeln!(out, "{item}");
     }
     let n = d.errors().count();
-    let _ = write!(out, "configuration has {n} error{}; nothing was changed", if n == 1 { "" } else { "s" });
+    let _ = write!(
+        out,
+        "configuration has {n} error{}; nothing was changed",
+        if n == 1 { "" } else { "s" }
+    );
     out
 }
 
@@ -174,7 +178,13 @@ impl Config {
     /// Group, slice and effective limits of any user, listed or not.
     pub fn resolve(&self, user: &UserName) -> Result<ResolvedUser, ResolveError> {
         let (name, sanitized, group, slice, listed) = match self.member(user) {
-            Some(m) => (m.name.clone(), m.sanitized.clone(), m.group.clone(), m.slice.clone(), true),
+            Some(m) => (
+                m.name.clone(),
+                m.sanitized.clone(),
+                m.group.clone(),
+                m.slice.clone(),
+                true,
+            ),
             None => {
                 let sanitized = user.sanitized()?;
                 let group = self
@@ -186,12 +196,23 @@ impl Config {
             }
         };
         let base = self.group(&group).and_then(|g| g.aggregate.clone());
-        let aggregate = match self.override_for(&name, &sanitized).and_then(|o| o.aggregate.as_ref()) {
+        let aggregate = match self
+            .override_for(&name, &sanitized)
+            .and_then(|o| o.aggregate.as_ref())
+        {
             None => base,
             Some(OverrideAggregate::Uncapped) => None,
-            Some(OverrideAggregate::Merge(over)) => Some(base.unwrap_or_default().merged_with(over)),
+            Some(OverrideAggregate::Merge(over)) => {
+                Some(base.unwrap_or_default().merged_with(over))
+            }
         };
-        Ok(ResolvedUser { name, group, slice, listed, aggregate })
+        Ok(ResolvedUser {
+            name,
+            group,
+            slice,
+            listed,
+            aggregate,
+        })
     }
 
     /// Users named only in overrides (not in any members file): they belong to the default
@@ -215,7 +236,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut diags = Diagnostics::default();
     let raw = parse_main(path, &text, &mut diags);
     let mut members = Vec::new();
-    for (group, _) in raw.as_ref().map(|r| r.group_names.as_slice()).unwrap_or_default() {
+    for (group, _) in raw
+        .as_ref()
+        .map(|r| r.group_names.as_slice())
+        .unwrap_or_default()
+    {
         let file = dir.join(GROUPS_DIR).join(format!("{group}.members"));
         match std::fs::read(&file) {
             Ok(bytes) => match String::from_utf8(bytes) {
@@ -239,13 +264,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Err(e) => {
             diags.error(
                 Location::new(&overrides_path, None),
-                format!("cannot read overrides file: {e}; fix its permissions or encoding (UTF-8 YAML)"),
+                format!(
+                    "cannot read overrides file: {e}; fix its permissions or encoding (UTF-8 YAML)"
+                ),
             );
             None
         }
     };
     match raw {
-        Some(raw) => validate(raw, &members, overrides.as_ref().map(|(p, t)| (p.as_path(), t.as_str())), diags),
+        Some(raw) => validate(
+            raw,
+            &members,
+            overrides.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            diags,
+        ),
         None => Err(ConfigError::Invalid(diags)),
     }
 }
@@ -278,7 +310,9 @@ struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
-        LineIndex { lines: text.lines().collect() }
+        LineIndex {
+            lines: text.lines().collect(),
+        }
     }
 
     fn find(&self, path: &[&str]) -> Option<usize> {
@@ -366,7 +400,10 @@ fn to_json(v: &Yaml) -> Json {
             } else if let Some(u) = n.as_u64() {
                 Json::from(u)
             } else {
-                n.as_f64().and_then(serde_json::Number::from_f64).map(Json::Number).unwrap_or(Json::Null)
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Json::Number)
+                    .unwrap_or(Json::Null)
             }
         }
         Yaml::String(s) => Json::String(s.clone()),
@@ -387,7 +424,9 @@ fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> 
             let line = e.location().map(|l| l.line());
             diags.error(
                 Location::new(path, line),
-                format!("not valid YAML: {e}; fix the syntax (indentation, quotes, ':' after keys)"),
+                format!(
+                    "not valid YAML: {e}; fix the syntax (indentation, quotes, ':' after keys)"
+                ),
             );
             None
         }
@@ -397,12 +436,18 @@ fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> 
 /// Stage one: the main YAML's text to a [`RawConfig`]. Sections this tool does not use are
 /// ignored; inside `aggregate:` every key must be known.
 pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<RawConfig> {
-    let doc = Doc { path, lines: LineIndex::new(text) };
+    let doc = Doc {
+        path,
+        lines: LineIndex::new(text),
+    };
     let root = parse_yaml(path, text, diags)?;
     let Yaml::Mapping(root) = root else {
         diags.error(
             Location::new(path, Some(1)),
-            format!("the configuration must be a YAML mapping with a `groups:` section, found {}", type_name(&root)),
+            format!(
+                "the configuration must be a YAML mapping with a `groups:` section, found {}",
+                type_name(&root)
+            ),
         );
         return None;
     };
@@ -416,7 +461,10 @@ pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Ra
                 Some(Yaml::Bool(b)) => aggregate_limits = *b,
                 Some(other) => diags.error(
                     doc.at(&["enforcement", "aggregate_limits"]),
-                    format!("enforcement.aggregate_limits must be true or false, found {}", type_name(other)),
+                    format!(
+                        "enforcement.aggregate_limits must be true or false, found {}",
+                        type_name(other)
+                    ),
                 ),
             }
             match e.get("cgroup_driver") {
@@ -433,7 +481,10 @@ pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Ra
         }
         Some(other) => diags.error(
             doc.at(&["enforcement"]),
-            format!("`enforcement` must be a mapping, found {}", type_name(other)),
+            format!(
+                "`enforcement` must be a mapping, found {}",
+                type_name(other)
+            ),
         ),
     }
 
@@ -502,7 +553,13 @@ pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Ra
             }
         }
         Some(other) => {
-            diags.error(doc.at(&["default_group"]), format!("default_group must be a group name, found {}", type_name(other)));
+            diags.error(
+                doc.at(&["default_group"]),
+                format!(
+                    "default_group must be a group name, found {}",
+                    type_name(other)
+                ),
+            );
             None
         }
     };
@@ -546,7 +603,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mut Diagnostics) -> Option<Aggregate> {
+fn parse_aggregate(
+    doc: &Doc,
+    at: &[&str],
+    value: &Yaml,
+    owner: &str,
+    diags: &mut Diagnostics,
+) -> Option<Aggregate> {
     let Yaml::Mapping(m) = value else {
         diags.error(doc.at(at), format!("aggregate of {owner} must be a mapping (cpu_quota, memory_max, memory_high, tasks_max), found {}", type_name(value)));
         return None;
@@ -556,7 +619,10 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
     let mut agg = Aggregate::default();
     for (key, v) in m {
         let Some(key) = yaml_key(key) else {
-            diags.error(doc.at(at), format!("aggregate of {owner} has a key that is not a string"));
+            diags.error(
+                doc.at(at),
+                format!("aggregate of {owner} has a key that is not a string"),
+            );
             continue;
         };
         let mut path = at.to_vec();
@@ -568,7 +634,13 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
             _ => None,
         };
         let wrong_type = |diags: &mut Diagnostics, expected: &str| {
-            diags.error(location.clone(), format!("{key} of {owner} must be {expected}, found {}", type_name(v)));
+            diags.error(
+                location.clone(),
+                format!(
+                    "{key} of {owner} must be {expected}, found {}",
+                    type_name(v)
+                ),
+            );
         };
         let report = |diags: &mut Diagnostics, e: ValueError| {
             diags.error(location.clone(), format!("{key} of {owner}: {e}"));
@@ -592,10 +664,12 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
             "memory_max" | "memory_high" => {
                 let parsed = match v {
                     Yaml::String(s) => Some(MemoryLimit::parse(s)),
-                    Yaml::Number(n) => match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
-                        Some(i) => Some(MemoryLimit::from_integer(i, &n.to_string())),
-                        None => Some(Err(ValueError::NotANumber(n.to_string()))),
-                    },
+                    Yaml::Number(n) => {
+                        match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+                            Some(i) => Some(MemoryLimit::from_integer(i, &n.to_string())),
+                            None => Some(Err(ValueError::NotANumber(n.to_string()))),
+                        }
+                    }
                     _ => None,
                 };
                 match parsed {
@@ -608,10 +682,12 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
             "tasks_max" => {
                 let parsed = match v {
                     Yaml::String(s) => Some(TasksLimit::parse(s)),
-                    Yaml::Number(n) => match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
-                        Some(i) => Some(TasksLimit::from_integer(i, &n.to_string())),
-                        None => Some(Err(ValueError::NotANumber(n.to_string()))),
-                    },
+                    Yaml::Number(n) => {
+                        match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+                            Some(i) => Some(TasksLimit::from_integer(i, &n.to_string())),
+                            None => Some(Err(ValueError::NotANumber(n.to_string()))),
+                        }
+                    }
                     _ => None,
                 };
                 match parsed {
@@ -627,7 +703,8 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
             other => {
                 let hint = match closest_key(other) {
                     Some(k) => format!("did you mean `{k}`?"),
-                    None => "known keys: cpu_quota, memory_max, memory_high, tasks_max, gpu_limit".to_owned(),
+                    None => "known keys: cpu_quota, memory_max, memory_high, tasks_max, gpu_limit"
+                        .to_owned(),
                 };
                 diags.error(location.clone(), format!(
                     "unknown key `{other}` in the aggregate of {owner} in {}; {hint} (an unknown key would silently drop a limit)",
@@ -640,8 +717,15 @@ fn parse_aggregate(doc: &Doc, at: &[&str], value: &Yaml, owner: &str, diags: &mu
     Some(agg)
 }
 
-fn check_high_below_max(agg: &Aggregate, location: &Location, owner: &str, diags: &mut Diagnostics) {
-    if let (Some(MemoryLimit::Bytes(high)), Some(MemoryLimit::Bytes(max))) = (agg.memory_high, agg.memory_max) {
+fn check_high_below_max(
+    agg: &Aggregate,
+    location: &Location,
+    owner: &str,
+    diags: &mut Diagnostics,
+) {
+    if let (Some(MemoryLimit::Bytes(high)), Some(MemoryLimit::Bytes(max))) =
+        (agg.memory_high, agg.memory_max)
+    {
         if high > max {
             diags.error(location.clone(), format!(
                 "memory_high of {owner} ({}) is above its memory_max ({}): the soft limit must not exceed the hard limit; lower memory_high or raise memory_max",
@@ -652,9 +736,20 @@ fn check_high_below_max(agg: &Aggregate, location: &Location, owner: &str, diags
     }
 }
 
-fn parse_overrides(doc: &Doc, at: &[&str], value: &Yaml, diags: &mut Diagnostics) -> Vec<UserOverride> {
+fn parse_overrides(
+    doc: &Doc,
+    at: &[&str],
+    value: &Yaml,
+    diags: &mut Diagnostics,
+) -> Vec<UserOverride> {
     let Yaml::Mapping(m) = value else {
-        diags.error(doc.at(at), format!("user overrides must be a mapping `username: {{aggregate: {{...}}}}`, found {}", type_name(value)));
+        diags.error(
+            doc.at(at),
+            format!(
+                "user overrides must be a mapping `username: {{aggregate: {{...}}}}`, found {}",
+                type_name(value)
+            ),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -685,22 +780,42 @@ fn parse_overrides(doc: &Doc, at: &[&str], value: &Yaml, diags: &mut Diagnostics
                 Some(agg) => {
                     let mut agg_path = path.clone();
                     agg_path.push("aggregate");
-                    parse_aggregate(doc, &agg_path, agg, &format!("the override of user {user}"), diags).map(OverrideAggregate::Merge)
+                    parse_aggregate(
+                        doc,
+                        &agg_path,
+                        agg,
+                        &format!("the override of user {user}"),
+                        diags,
+                    )
+                    .map(OverrideAggregate::Merge)
                 }
             },
             other => {
-                diags.error(location.clone(), format!("override of user {user} must be a mapping of settings, found {}", type_name(other)));
+                diags.error(
+                    location.clone(),
+                    format!(
+                        "override of user {user} must be a mapping of settings, found {}",
+                        type_name(other)
+                    ),
+                );
                 None
             }
         };
-        out.push(UserOverride { user: name, aggregate, location });
+        out.push(UserOverride {
+            user: name,
+            aggregate,
+            location,
+        });
     }
     out
 }
 
 /// Parses `user-overrides.yaml` (a mapping `username: {settings...}`; empty is fine).
 pub fn parse_overrides_file(path: &Path, text: &str, diags: &mut Diagnostics) -> Vec<UserOverride> {
-    let doc = Doc { path, lines: LineIndex::new(text) };
+    let doc = Doc {
+        path,
+        lines: LineIndex::new(text),
+    };
     match parse_yaml(path, text, diags) {
         None | Some(Yaml::Null) => Vec::new(),
         Some(v) => parse_overrides(&doc, &[], &v, diags),
@@ -729,7 +844,9 @@ pub fn validate(
     let mut by_sanitized: HashMap<String, usize> = HashMap::new();
     let mut by_slice: BTreeMap<SliceName, usize> = BTreeMap::new();
     for (group, _) in &raw.group_names {
-        let Some(file) = members_files.iter().find(|f| &f.group == group) else { continue };
+        let Some(file) = members_files.iter().find(|f| &f.group == group) else {
+            continue;
+        };
         for (index, line) in file.text.lines().enumerate() {
             let entry = line.split('#').next().unwrap_or_default().trim();
             if entry.is_empty() {
@@ -781,9 +898,17 @@ pub fn validate(
             }
             let index = members.len();
             by_name.insert(entry.to_owned(), index);
-            by_sanitized.entry(sanitized.as_str().to_owned()).or_insert(index);
+            by_sanitized
+                .entry(sanitized.as_str().to_owned())
+                .or_insert(index);
             by_slice.insert(slice.clone(), index);
-            members.push(Member { name, sanitized, group: group.clone(), slice, location });
+            members.push(Member {
+                name,
+                sanitized,
+                group: group.clone(),
+                slice,
+                location,
+            });
         }
     }
 
@@ -804,7 +929,15 @@ pub fn validate(
         match config.resolve(&o.user) {
             Ok(resolved) => {
                 if let Some(agg) = &resolved.aggregate {
-                    check_high_below_max(agg, &o.location, &format!("user {} (group {} merged with the override)", o.user, resolved.group), &mut diags);
+                    check_high_below_max(
+                        agg,
+                        &o.location,
+                        &format!(
+                            "user {} (group {} merged with the override)",
+                            o.user, resolved.group
+                        ),
+                        &mut diags,
+                    );
                 }
                 if !resolved.listed {
                     let slice = &resolved.slice;
@@ -835,7 +968,8 @@ pub fn parse_texts(
     overrides: Option<&str>,
 ) -> Result<Config, ConfigError> {
     let mut diags = Diagnostics::default();
-    let raw = parse_main(path, main, &mut diags).ok_or_else(|| ConfigError::Invalid(diags.clone()))?;
+    let raw =
+        parse_main(path, main, &mut diags).ok_or_else(|| ConfigError::Invalid(diags.clone()))?;
     let dir = path.parent().unwrap_or(Path::new(""));
     let files: Vec<MembersFile> = members
         .iter()
@@ -848,7 +982,12 @@ pub fn parse_texts(
         })
         .collect();
     let overrides_path = dir.join(OVERRIDES_FILE);
-    validate(raw, &files, overrides.map(|t| (overrides_path.as_path(), t)), diags)
+    validate(
+        raw,
+        &files,
+        overrides.map(|t| (overrides_path.as_path(), t)),
+        diags,
+    )
 }
 
 #[cfg(test)]
@@ -873,8 +1012,17 @@ groups:
     max_cpus: 64
 ";
 
-    fn parse(main: &str, members: &[(&str, &str)], overrides: Option<&str>) -> Result<Config, ConfigError> {
-        parse_texts(Path::new("/cfg/resource-limits.yaml"), main, members, overrides)
+    fn parse(
+        main: &str,
+        members: &[(&str, &str)],
+        overrides: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        parse_texts(
+            Path::new("/cfg/resource-limits.yaml"),
+            main,
+            members,
+            overrides,
+        )
     }
 
     fn errors(result: Result<Config, ConfigError>) -> Vec<Diagnostic> {
@@ -887,7 +1035,10 @@ groups:
     #[test]
     fn line_index_finds_nested_keys() {
         let idx = LineIndex::new(MAIN);
-        assert_eq!(idx.find(&["groups", "student", "aggregate", "memory_high"]), Some(11));
+        assert_eq!(
+            idx.find(&["groups", "student", "aggregate", "memory_high"]),
+            Some(11)
+        );
         assert_eq!(idx.find(&["groups", "admin"]), Some(14));
         assert_eq!(idx.find(&["enforcement", "cgroup_driver"]), Some(4));
         assert_eq!(idx.find(&["groups", "student", "nope"]), Some(6));
@@ -913,7 +1064,9 @@ groups:
         let baker = config.resolve(&UserName::new("h_baker").unwrap()).unwrap();
         assert_eq!(baker.name.as_str(), "h.baker@hertie-school.lan");
         assert_eq!(baker.slice.as_str(), "ds01-student-h_baker.slice");
-        let admin = config.resolve(&UserName::new("root_like").unwrap()).unwrap();
+        let admin = config
+            .resolve(&UserName::new("root_like").unwrap())
+            .unwrap();
         assert!(admin.aggregate.is_none());
         let bob = config.resolve(&UserName::new("bob").unwrap()).unwrap();
         assert!(!bob.listed && bob.aggregate.is_none());
@@ -924,9 +1077,15 @@ groups:
 
     #[test]
     fn every_problem_is_reported_with_its_line() {
-        let main = MAIN.replace("memory_high: \"86G\"", "memory_high: \"99G\"").replace("tasks_max: 12288", "taskmax: 12288");
+        let main = MAIN
+            .replace("memory_high: \"86G\"", "memory_high: \"99G\"")
+            .replace("tasks_max: 12288", "taskmax: 12288");
         let errs = errors(parse(&main, &[], None));
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs.iter().any(|e| e.location.line == Some(12) && e.message.contains("did you mean `tasks_max`")));
+        assert!(
+            errs.iter()
+                .any(|e| e.location.line == Some(12)
+                    && e.message.contains("did you mean `tasks_max`"))
+        );
     }
 }

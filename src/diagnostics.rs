@@ -20,7 +20,10 @@ pub struct Location {
 
 impl Location {
     pub fn new(file: &Path, line: Option<usize>) -> Self {
-        Location { file: file.to_owned(), line }
+        Location {
+            file: file.to_owned(),
+            line,
+        }
     }
 }
 
@@ -42,11 +45,19 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(location: Location, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, location, message: message.into() }
+        Diagnostic {
+            severity: Severity::Error,
+            location,
+            message: message.into(),
+        }
     }
 
     pub fn warning(location: Location, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, location, message: message.into() }
+        Diagnostic {
+            severity: Severity::Warning,
+            location,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,6 +96,8 @@ impl Diagnostics {
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items.iter().filter(|d| d.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 }

@@ -31,6 +31,9 @@ pub struct UsageError(pub String);
 /// Chooses the exit code for an error by what it is about.
 pub fn exit_code_for(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
+        if let Some(crate::apply::HookError::Resolve(_)) = cause.downcast_ref() {
+            return Exit::Usage;
+        }
         if cause.is::<ConfigError>()
             || cause.is::<ResolveError>()
             || cause.is::<NameError>()

@@ -2,11 +2,17 @@
 //!
 //! The domain (`names`, `values`, `config`, `plan`) is pure; I/O lives in the backends.
 
+pub mod apply;
+pub mod cgroupfs;
+pub mod cli;
 pub mod config;
 pub mod diagnostics;
-pub mod names;
-pub mod plan;
-pub mod values;
-pub mod cli;
 pub mod error;
+pub mod names;
+pub mod ownership;
+pub mod plan;
 pub mod pyjson;
+pub mod reconcile;
+pub mod systemd;
+pub mod values;
+pub mod verify;

@@ -239,7 +239,12 @@ mod tests {
         let vectors: Vectors = serde_json::from_str(text).unwrap();
         assert!(vectors.vectors.len() >= 20);
         for v in vectors.vectors {
-            assert_eq!(sanitize_username(&v.input), v.sanitized, "input {:?}", v.input);
+            assert_eq!(
+                sanitize_username(&v.input),
+                v.sanitized,
+                "input {:?}",
+                v.input
+            );
         }
     }
 
@@ -262,7 +267,10 @@ mod tests {
     #[test]
     fn slice_names_round_trip_through_parse() {
         let g = GroupName::new("student").unwrap();
-        let u = UserName::new("h.baker@hertie-school.lan").unwrap().sanitized().unwrap();
+        let u = UserName::new("h.baker@hertie-school.lan")
+            .unwrap()
+            .sanitized()
+            .unwrap();
         let s = SliceName::user(&g, &u);
         assert_eq!(s.as_str(), "ds01-student-h_baker.slice");
         assert_eq!(SliceName::parse(s.as_str()).unwrap(), s);

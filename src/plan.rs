@@ -82,7 +82,9 @@ impl Property {
         match (self, value) {
             (_, BusValue::Bool(b)) => if b { "yes" } else { "no" }.to_owned(),
             (Property::CpuQuotaPerSecUSec, BusValue::U64(v)) => CpuQuota::from_bus(v).to_string(),
-            (Property::MemoryMax | Property::MemoryHigh, BusValue::U64(v)) => MemoryLimit::from_bus(v).to_string(),
+            (Property::MemoryMax | Property::MemoryHigh, BusValue::U64(v)) => {
+                MemoryLimit::from_bus(v).to_string()
+            }
             (Property::TasksMax, BusValue::U64(v)) => TasksLimit::from_bus(v).to_string(),
             (_, BusValue::U64(v)) => v.to_string(),
         }
@@ -125,7 +127,12 @@ impl Properties {
     }
 
     fn accounting() -> Self {
-        Properties(Property::ACCOUNTING.iter().map(|p| (*p, BusValue::Bool(true))).collect())
+        Properties(
+            Property::ACCOUNTING
+                .iter()
+                .map(|p| (*p, BusValue::Bool(true)))
+                .collect(),
+        )
     }
 
     /// The properties for a user's aggregate. `Infinity` is sent explicitly so that a lifted
@@ -187,7 +194,13 @@ impl Plan {
 }
 
 fn root_spec() -> SliceSpec {
-    SliceSpec { slice: SliceName::root(), kind: SliceKind::Root, group: None, user: None, properties: Properties::accounting() }
+    SliceSpec {
+        slice: SliceName::root(),
+        kind: SliceKind::Root,
+        group: None,
+        user: None,
+        properties: Properties::accounting(),
+    }
 }
 
 fn group_spec(group: &GroupName) -> SliceSpec {
@@ -206,7 +219,11 @@ pub fn user_spec(user: &ResolvedUser) -> SliceSpec {
         kind: SliceKind::User,
         group: Some(user.group.clone()),
         user: Some(user.name.clone()),
-        properties: user.aggregate.as_ref().map(Properties::limits).unwrap_or_default(),
+        properties: user
+            .aggregate
+            .as_ref()
+            .map(Properties::limits)
+            .unwrap_or_default(),
     }
 }
 
@@ -234,7 +251,13 @@ pub fn plan_user(config: &Config, user: &UserName) -> Result<Plan, ResolveError>
         return Ok(Plan { slices: Vec::new() });
     }
     let resolved = config.resolve(user)?;
-    Ok(Plan { slices: vec![root_spec(), group_spec(&resolved.group), user_spec(&resolved)] })
+    Ok(Plan {
+        slices: vec![
+            root_spec(),
+            group_spec(&resolved.group),
+            user_spec(&resolved),
+        ],
+    })
 }
 
 #[cfg(test)]
@@ -246,25 +269,54 @@ mod tests {
     #[test]
     fn plan_has_parents_groups_and_users() {
         let main = "default_group: student\ngroups:\n  student:\n    aggregate:\n      cpu_quota: \"9600%\"\n      memory_max: 96G\n  admin: {}\n";
-        let config = parse_texts(Path::new("/c/r.yaml"), main, &[("student", "a\nb\n"), ("admin", "root1\n")], None).unwrap();
+        let config = parse_texts(
+            Path::new("/c/r.yaml"),
+            main,
+            &[("student", "a\nb\n"), ("admin", "root1\n")],
+            None,
+        )
+        .unwrap();
         let plan = plan(&config).unwrap();
         let names: Vec<&str> = plan.slices.iter().map(|s| s.slice.as_str()).collect();
-        assert_eq!(names, ["ds01.slice", "ds01-student.slice", "ds01-admin.slice", "ds01-student-a.slice", "ds01-student-b.slice", "ds01-admin-root1.slice"]);
+        assert_eq!(
+            names,
+            [
+                "ds01.slice",
+                "ds01-student.slice",
+                "ds01-admin.slice",
+                "ds01-student-a.slice",
+                "ds01-student-b.slice",
+                "ds01-admin-root1.slice"
+            ]
+        );
         let a = &plan.slices[3];
-        assert_eq!(a.properties.get(Property::CpuQuotaPerSecUSec), Some(BusValue::U64(96_000_000)));
-        assert_eq!(a.properties.get(Property::MemoryMax), Some(BusValue::U64(96 << 30)));
+        assert_eq!(
+            a.properties.get(Property::CpuQuotaPerSecUSec),
+            Some(BusValue::U64(96_000_000))
+        );
+        assert_eq!(
+            a.properties.get(Property::MemoryMax),
+            Some(BusValue::U64(96 << 30))
+        );
         assert_eq!(a.properties.get(Property::TasksMax), None);
         assert!(plan.slices[5].properties.is_empty());
-        assert_eq!(plan.slices[0].properties.get(Property::IoAccounting), Some(BusValue::Bool(true)));
+        assert_eq!(
+            plan.slices[0].properties.get(Property::IoAccounting),
+            Some(BusValue::Bool(true))
+        );
         let json = serde_json::to_value(&plan).unwrap();
-        assert_eq!(json["slices"][3]["properties"]["CPUQuotaPerSecUSec"], 96_000_000);
+        assert_eq!(
+            json["slices"][3]["properties"]["CPUQuotaPerSecUSec"],
+            96_000_000
+        );
         assert_eq!(json["slices"][3]["kind"], "user");
     }
 
     #[test]
     fn disabled_enforcement_plans_nothing() {
         let main = "enforcement: {aggregate_limits: false}\ngroups:\n  student:\n    aggregate: {tasks_max: 5}\n";
-        let config = parse_texts(Path::new("/c/r.yaml"), main, &[("student", "a\n")], None).unwrap();
+        let config =
+            parse_texts(Path::new("/c/r.yaml"), main, &[("student", "a\n")], None).unwrap();
         assert!(plan(&config).unwrap().slices.is_empty());
     }
 }

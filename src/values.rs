@@ -49,19 +49,29 @@ impl CpuQuota {
     pub fn parse(text: &str) -> Result<ParsedCpuQuota, ValueError> {
         let t = text.trim();
         if t == "infinity" {
-            return Ok(ParsedCpuQuota { quota: CpuQuota::Infinity, rounded_up_from: None });
+            return Ok(ParsedCpuQuota {
+                quota: CpuQuota::Infinity,
+                rounded_up_from: None,
+            });
         }
         let number = t
             .strip_suffix('%')
             .ok_or_else(|| ValueError::CpuWithoutPercent(text.to_owned()))?
             .trim();
         let (whole, fraction) = parse_decimal(number, text)?;
-        let rounded = if fraction.is_some() { whole.checked_add(1) } else { Some(whole) }
-            .ok_or_else(|| ValueError::Overflow(text.to_owned()))?;
+        let rounded = if fraction.is_some() {
+            whole.checked_add(1)
+        } else {
+            Some(whole)
+        }
+        .ok_or_else(|| ValueError::Overflow(text.to_owned()))?;
         if rounded == 0 {
             return Err(ValueError::Zero(text.to_owned()));
         }
-        if rounded.checked_mul(USEC_PER_PERCENT).is_none_or(|us| us == BUS_INFINITY) {
+        if rounded
+            .checked_mul(USEC_PER_PERCENT)
+            .is_none_or(|us| us == BUS_INFINITY)
+        {
             return Err(ValueError::Overflow(text.to_owned()));
         }
         Ok(ParsedCpuQuota {
@@ -107,7 +117,12 @@ impl fmt::Display for BusCpuQuota {
         } else if us % USEC_PER_PERCENT == 0 {
             write!(f, "{}%", us / USEC_PER_PERCENT)
         } else {
-            write!(f, "{}.{:02}%", us / USEC_PER_PERCENT, (us % USEC_PER_PERCENT) / 100)
+            write!(
+                f,
+                "{}.{:02}%",
+                us / USEC_PER_PERCENT,
+                (us % USEC_PER_PERCENT) / 100
+            )
         }
     }
 }
@@ -119,8 +134,14 @@ pub enum MemoryLimit {
     Infinity,
 }
 
-const SIZE_SUFFIXES: [(char, u32); 6] =
-    [('K', 10), ('M', 20), ('G', 30), ('T', 40), ('P', 50), ('E', 60)];
+const SIZE_SUFFIXES: [(char, u32); 6] = [
+    ('K', 10),
+    ('M', 20),
+    ('G', 30),
+    ('T', 40),
+    ('P', 50),
+    ('E', 60),
+];
 
 impl MemoryLimit {
     /// Parses sizes as systemd's `parse_size` does for memory properties: plain bytes, or
@@ -157,7 +178,9 @@ impl MemoryLimit {
         let overflow = || ValueError::Overflow(text.to_owned());
         let mut bytes = whole.checked_mul(1u64 << shift).ok_or_else(overflow)?;
         if let Some(digits) = fraction {
-            bytes = bytes.checked_add(fraction_of(&digits, shift)).ok_or_else(overflow)?;
+            bytes = bytes
+                .checked_add(fraction_of(&digits, shift))
+                .ok_or_else(overflow)?;
         }
         if bytes == 0 {
             return Err(ValueError::Zero(text.to_owned()));
@@ -234,7 +257,9 @@ impl TasksLimit {
         if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit()) {
             return Err(ValueError::NotANumber(text.to_owned()));
         }
-        let n = t.parse::<u64>().map_err(|_| ValueError::Overflow(text.to_owned()))?;
+        let n = t
+            .parse::<u64>()
+            .map_err(|_| ValueError::Overflow(text.to_owned()))?;
         Self::from_integer(n as i128, text)
     }
 
@@ -300,7 +325,9 @@ fn parse_decimal(number: &str, original: &str) -> Result<(u64, Option<String>), 
     if !digits_ok(whole) || fraction.is_some_and(|f| !digits_ok(f)) {
         return Err(ValueError::NotANumber(original.to_owned()));
     }
-    let whole = whole.parse::<u64>().map_err(|_| ValueError::Overflow(original.to_owned()))?;
+    let whole = whole
+        .parse::<u64>()
+        .map_err(|_| ValueError::Overflow(original.to_owned()))?;
     let fraction = fraction
         .map(|f| f.trim_end_matches('0').to_owned())
         .filter(|f| !f.is_empty());
@@ -340,8 +367,20 @@ mod tests {
         assert_eq!(frac.quota, CpuQuota::Percent(151));
         assert_eq!(frac.rounded_up_from, Some(150.2));
         assert_eq!(CpuQuota::parse("150.0%").unwrap().rounded_up_from, None);
-        assert_eq!(CpuQuota::parse("infinity").unwrap().quota.to_bus(), u64::MAX);
-        for bad in ["9600", "0%", "0.0%", "-5%", "%", "abc%", "1e3%", "99999999999999999999%"] {
+        assert_eq!(
+            CpuQuota::parse("infinity").unwrap().quota.to_bus(),
+            u64::MAX
+        );
+        for bad in [
+            "9600",
+            "0%",
+            "0.0%",
+            "-5%",
+            "%",
+            "abc%",
+            "1e3%",
+            "99999999999999999999%",
+        ] {
             assert!(CpuQuota::parse(bad).is_err(), "{bad}");
         }
     }
@@ -362,16 +401,41 @@ mod tests {
             ("0.5K", 512),
         ];
         for (text, bytes) in cases {
-            assert_eq!(MemoryLimit::parse(text).unwrap(), MemoryLimit::Bytes(bytes), "{text}");
+            assert_eq!(
+                MemoryLimit::parse(text).unwrap(),
+                MemoryLimit::Bytes(bytes),
+                "{text}"
+            );
         }
-        assert_eq!(MemoryLimit::parse("infinity").unwrap(), MemoryLimit::Infinity);
-        assert!(matches!(MemoryLimit::parse("50%"), Err(ValueError::PercentMemory(_))));
-        assert!(matches!(MemoryLimit::parse("96g"), Err(ValueError::UnknownSuffix(..))));
-        assert!(matches!(MemoryLimit::parse("96GB"), Err(ValueError::UnknownSuffix(..))));
+        assert_eq!(
+            MemoryLimit::parse("infinity").unwrap(),
+            MemoryLimit::Infinity
+        );
+        assert!(matches!(
+            MemoryLimit::parse("50%"),
+            Err(ValueError::PercentMemory(_))
+        ));
+        assert!(matches!(
+            MemoryLimit::parse("96g"),
+            Err(ValueError::UnknownSuffix(..))
+        ));
+        assert!(matches!(
+            MemoryLimit::parse("96GB"),
+            Err(ValueError::UnknownSuffix(..))
+        ));
         assert!(matches!(MemoryLimit::parse("0G"), Err(ValueError::Zero(_))));
-        assert!(matches!(MemoryLimit::parse("-1G"), Err(ValueError::Negative(_))));
-        assert!(matches!(MemoryLimit::parse("16E"), Err(ValueError::Overflow(_))));
-        assert!(matches!(MemoryLimit::parse("G"), Err(ValueError::NotANumber(_))));
+        assert!(matches!(
+            MemoryLimit::parse("-1G"),
+            Err(ValueError::Negative(_))
+        ));
+        assert!(matches!(
+            MemoryLimit::parse("16E"),
+            Err(ValueError::Overflow(_))
+        ));
+        assert!(matches!(
+            MemoryLimit::parse("G"),
+            Err(ValueError::NotANumber(_))
+        ));
         assert_eq!(MemoryLimit::Bytes(96 << 30).to_string(), "96G");
         assert_eq!(MemoryLimit::Bytes(1536 << 20).to_string(), "1536M");
         assert_eq!(MemoryLimit::Bytes(1000).to_string(), "1000");
@@ -379,13 +443,28 @@ mod tests {
 
     #[test]
     fn tasks_table() {
-        assert_eq!(TasksLimit::parse("12288").unwrap(), TasksLimit::Count(12288));
+        assert_eq!(
+            TasksLimit::parse("12288").unwrap(),
+            TasksLimit::Count(12288)
+        );
         assert_eq!(TasksLimit::parse("infinity").unwrap().to_bus(), u64::MAX);
-        assert!(matches!(TasksLimit::parse("10%"), Err(ValueError::PercentTasks(_))));
+        assert!(matches!(
+            TasksLimit::parse("10%"),
+            Err(ValueError::PercentTasks(_))
+        ));
         assert!(matches!(TasksLimit::parse("0"), Err(ValueError::Zero(_))));
-        assert!(matches!(TasksLimit::parse("-3"), Err(ValueError::Negative(_))));
-        assert!(matches!(TasksLimit::parse("4k"), Err(ValueError::NotANumber(_))));
-        assert!(matches!(TasksLimit::from_integer(-1, "-1"), Err(ValueError::Negative(_))));
+        assert!(matches!(
+            TasksLimit::parse("-3"),
+            Err(ValueError::Negative(_))
+        ));
+        assert!(matches!(
+            TasksLimit::parse("4k"),
+            Err(ValueError::NotANumber(_))
+        ));
+        assert!(matches!(
+            TasksLimit::from_integer(-1, "-1"),
+            Err(ValueError::Negative(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,368 @@
+//! `apply` and `hook pre-create`: read live state, compute changes, write only what
+//! differs — one SetUnitProperties call per changed slice — within systemd's safe limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::config::Config;
+use crate::names::{SliceIdentity, SliceName, UserName};
+use crate::ownership::{Ownership, StateError};
+use crate::plan::{self, Plan, Property, SliceSpec};
+use crate::reconcile::{self, Change, ChangeKind};
+use crate::systemd::{BusError, LiveSlice, Systemd, WriteMode};
+
+/// Calls in flight at once. The system bus allows 128 pending replies per connection;
+/// half of that leaves room for anything else the connection does.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Units pinned (Unit.Ref) at once while writing. Each pin costs systemd a bus match rule
+/// (512 allowed per connection); ~500 at once knocked systemd off the bus here.
+pub const PIN_BATCH: usize = 100;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    pub mode: WriteMode,
+    pub dry_run: bool,
+    pub force: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Changes that were (or, with --dry-run, would be) made.
+    pub changes: Vec<Change>,
+    /// Changes refused because they would OOM-kill running jobs (needs --force).
+    pub refused: Vec<Change>,
+    pub failures: Vec<(SliceName, String)>,
+    /// SetUnitProperties calls made.
+    pub writes: usize,
+    pub slices_checked: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Runs `f` over `items` with at most [`MAX_IN_FLIGHT`] calls outstanding, results in order.
+pub async fn bounded<'a, T, R, F, Fut>(items: &'a [T], f: F) -> Vec<R>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = R> + 'a,
+{
+    stream::iter(items.iter().map(f))
+        .buffered(MAX_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Reads every slice, failing on the first error that is not about one unit.
+pub async fn read_all<S: Systemd>(
+    sd: &S,
+    slices: &[SliceName],
+) -> Result<Vec<Result<LiveSlice, BusError>>, BusError> {
+    let results = bounded(slices, |s| sd.read_slice(s)).await;
+    for r in &results {
+        if let Err(
+            e @ (BusError::ServiceUnknown { .. }
+            | BusError::Unreachable { .. }
+            | BusError::AccessDenied { .. }
+            | BusError::LimitsExceeded { .. }),
+        ) = r
+        {
+            return Err(clone_fatal(e));
+        }
+    }
+    Ok(results)
+}
+
+fn clone_fatal(e: &BusError) -> BusError {
+    match e {
+        BusError::ServiceUnknown { address } => BusError::ServiceUnknown {
+            address: address.clone(),
+        },
+        BusError::Unreachable { address, reason } => BusError::Unreachable {
+            address: address.clone(),
+            reason: reason.clone(),
+        },
+        BusError::AccessDenied { what, detail } => BusError::AccessDenied {
+            what: what.clone(),
+            detail: detail.clone(),
+        },
+        other => BusError::Other {
+            what: "reading slices".into(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Which slices an apply covers: the whole configuration, or one user.
+pub enum Scope<'a> {
+    All,
+    User(&'a UserName),
+}
+
+pub async fn apply<S: Systemd>(
+    sd: &S,
+    config: &Config,
+    scope: Scope<'_>,
+    ownership: &Ownership,
+    opts: ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(ownership.lock()?)
+    };
+    let owned = ownership.read_all()?;
+    let (plan, known) = match scope {
+        Scope::All => {
+            let plan = plan::plan(config).map_err(|e| BusError::Other {
+                what: "planning".into(),
+                detail: e.to_string(),
+            })?;
+            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
+            known.extend(sd.loaded_slices().await?);
+            (plan, known)
+        }
+        Scope::User(user) => {
+            let plan = plan::plan_user(config, user).map_err(|e| BusError::Other {
+                what: "planning".into(),
+                detail: e.to_string(),
+            })?;
+            // The same user's slices in other groups (moved since): taken back too.
+            let sanitized = user.sanitized().ok();
+            let mine = |s: &SliceName| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref());
+            let known = owned.keys().filter(|s| mine(s)).cloned().collect();
+            (plan, known)
+        }
+    };
+    let desired = reconcile::desired_state(config, &plan, &known);
+    reconcile_and_write(sd, &desired, &owned, ownership, opts).await
+}
+
+/// The shared core of apply and the hook.
+async fn reconcile_and_write<S: Systemd>(
+    sd: &S,
+    desired: &BTreeMap<SliceName, Option<SliceSpec>>,
+    owned: &BTreeMap<SliceName, BTreeSet<Property>>,
+    ownership: &Ownership,
+    opts: ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    let slices: Vec<SliceName> = desired.keys().cloned().collect();
+    let live = read_all(sd, &slices).await?;
+    let empty = BTreeSet::new();
+    let mut report = ApplyReport {
+        slices_checked: slices.len(),
+        ..Default::default()
+    };
+    let mut todo = Vec::new();
+    for (slice, live) in slices.iter().zip(live) {
+        let live = match live {
+            Ok(l) => l,
+            Err(e) => {
+                report.failures.push((slice.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let Some(change) = reconcile::diff(
+            desired[slice].as_ref(),
+            &live,
+            owned.get(slice).unwrap_or(&empty),
+        ) else {
+            continue;
+        };
+        if change.memory_below_usage.is_some() && !opts.force {
+            report.refused.push(change);
+        } else {
+            todo.push(change);
+        }
+    }
+    todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
+    if opts.dry_run {
+        report.changes = todo;
+        return Ok(report);
+    }
+    for batch in todo.chunks(PIN_BATCH) {
+        write_batch(sd, batch, owned, ownership, opts.mode, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn write_batch<S: Systemd>(
+    sd: &S,
+    batch: &[Change],
+    owned: &BTreeMap<SliceName, BTreeSet<Property>>,
+    ownership: &Ownership,
+    mode: WriteMode,
+    report: &mut ApplyReport,
+) -> Result<(), ApplyError> {
+    let writing: Vec<&Change> = batch.iter().filter(|c| c.writes()).collect();
+    // Record intent first: a crash between the two leaves a record that claims at most
+    // what was about to be written, never a limit we set but forgot.
+    for change in &writing {
+        let mut intent = owned.get(&change.slice).cloned().unwrap_or_default();
+        intent.extend(change.sets.iter().map(|s| s.property));
+        intent.extend(change.owned_after.iter().copied());
+        ownership.record(&change.slice, &intent)?;
+    }
+    // A write to a unit that is not loaded makes systemd reload its unit-name map, whose
+    // cost grows with every drop-in directory: pinned units are written in ~2 ms instead.
+    let pin_results = bounded(&writing, |c| sd.pin(&c.slice)).await;
+    let results = bounded(&writing, |c| async move {
+        let props = c.properties();
+        sd.set_properties(&c.slice, mode, &props).await
+    })
+    .await;
+    for (change, pinned) in writing.iter().zip(&pin_results) {
+        if pinned.is_ok() {
+            // Losing a pin only costs speed; the write result is what matters.
+            let _ = sd.unpin(&change.slice).await;
+        }
+    }
+    let mut ok: BTreeSet<SliceName> = BTreeSet::new();
+    for (change, result) in writing.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                report.writes += 1;
+                ok.insert(change.slice.clone());
+            }
+            Err(
+                e @ (BusError::ServiceUnknown { .. }
+                | BusError::Unreachable { .. }
+                | BusError::AccessDenied { .. }),
+            ) => return Err(e.into()),
+            Err(e) => report.failures.push((change.slice.clone(), e.to_string())),
+        }
+    }
+    for change in batch {
+        if !change.writes() || ok.contains(&change.slice) {
+            ownership.record(&change.slice, &change.owned_after)?;
+            report.changes.push(change.clone());
+        }
+    }
+    Ok(())
+}
+
+/// `hook pre-create`: make sure the user's slice and its parents hold the configured
+/// limits, cheaply when they already do. Returns the slice to use as cgroup parent.
+pub async fn hook<S: Systemd>(
+    sd: &S,
+    config: &Config,
+    user: &UserName,
+    ownership: &Ownership,
+    mode: WriteMode,
+) -> Result<(SliceName, ApplyReport), HookError> {
+    let plan = plan::plan_user(config, user)?;
+    let resolved = config.resolve(user)?;
+    let slice = resolved.slice.clone();
+    let desired: BTreeMap<SliceName, Option<SliceSpec>> = plan
+        .slices
+        .iter()
+        .map(|s| (s.slice.clone(), Some(s.clone())))
+        .collect();
+    // Fast path: read without the lock; most containers start on a slice already right.
+    let owned_now = read_owned(ownership, &plan)?;
+    let names: Vec<SliceName> = desired.keys().cloned().collect();
+    let live = read_all(sd, &names).await?;
+    let mut in_sync = true;
+    for (name, live) in names.iter().zip(&live) {
+        let live = live.as_ref().map_err(|e| HookError::Bus(clone_fatal(e)))?;
+        if reconcile::diff(
+            desired[name].as_ref(),
+            live,
+            owned_now.get(name).unwrap_or(&BTreeSet::new()),
+        )
+        .is_some()
+        {
+            in_sync = false;
+        }
+    }
+    if in_sync {
+        return Ok((
+            slice,
+            ApplyReport {
+                slices_checked: names.len(),
+                ..Default::default()
+            },
+        ));
+    }
+    // Slow path: under the writer lock, read again (another hook may have just written).
+    let _lock = ownership.lock().map_err(ApplyError::from)?;
+    let owned = read_owned(ownership, &plan)?;
+    let opts = ApplyOptions {
+        mode,
+        dry_run: false,
+        force: true,
+    };
+    let report = reconcile_and_write(sd, &desired, &owned, ownership, opts).await?;
+    if let Some((failed, why)) = report.failures.first() {
+        return Err(HookError::Incomplete(failed.clone(), why.clone()));
+    }
+    Ok((slice, report))
+}
+
+fn read_owned(
+    ownership: &Ownership,
+    plan: &Plan,
+) -> Result<BTreeMap<SliceName, BTreeSet<Property>>, StateError> {
+    plan.slices
+        .iter()
+        .map(|s| Ok((s.slice.clone(), ownership.read(&s.slice)?)))
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error(transparent)]
+    Resolve(#[from] crate::config::ResolveError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("could not set the limits of {0}: {1}; the container was not started so that it cannot run unlimited")]
+    Incomplete(SliceName, String),
+}
+
+/// The plan-style diff: `+` new slice, `~` changed, `-` limits removed, in human units.
+pub fn render_changes(changes: &[Change]) -> String {
+    let mut out = String::new();
+    for c in changes {
+        let mark = match c.kind {
+            ChangeKind::New => '+',
+            ChangeKind::Update => '~',
+            ChangeKind::Remove => '-',
+        };
+        if c.sets.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {} (already as configured; now recorded as managed)",
+                c.slice
+            );
+            continue;
+        }
+        let _ = writeln!(out, "{mark} {}", c.slice);
+        for s in &c.sets {
+            let setting = s.property.unit_setting();
+            match c.kind {
+                ChangeKind::New => {
+                    let _ = writeln!(out, "    + {setting}={}", s.property.display(s.to));
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "    ~ {setting} {} -> {}",
+                        s.property.display(s.from),
+                        s.property.display(s.to)
+                    );
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,211 @@
+//! What the kernel enforces: a slice's limits read from its cgroup files, on cgroup v2
+//! (`cpu.max`, `memory.max`, `memory.high`, `pids.max`) or v1 (`cpu.cfs_quota_us` /
+//! `cpu.cfs_period_us`, `memory.limit_in_bytes`, `pids.max`; v1 has no MemoryHigh).
+
+use std::path::{Path, PathBuf};
+
+use crate::plan::{BusValue, Property};
+
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 reports "no memory limit" as the largest page-aligned signed value, not a keyword.
+const V1_UNLIMITED_FLOOR: u64 = 1 << 62;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum KernelValue {
+    /// The value in bus terms (CPU in µs per second, bytes, tasks; u64::MAX = no limit).
+    Value {
+        value: u64,
+        file: PathBuf,
+    },
+    NotEnforcedOnV1,
+    Unreadable {
+        file: PathBuf,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    V2,
+    V1,
+}
+
+fn layout(root: &Path) -> Layout {
+    if root.join("cgroup.controllers").exists() {
+        Layout::V2
+    } else {
+        Layout::V1
+    }
+}
+
+fn read(file: PathBuf, parse: impl Fn(&str) -> Option<u64>) -> KernelValue {
+    match std::fs::read_to_string(&file) {
+        Ok(text) => match parse(text.trim()) {
+            Some(value) => KernelValue::Value { value, file },
+            None => KernelValue::Unreadable {
+                file,
+                reason: format!("unexpected content {:?}", text.trim()),
+            },
+        },
+        Err(e) => KernelValue::Unreadable {
+            file,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn max_or_number(s: &str) -> Option<u64> {
+    if s == "max" {
+        Some(u64::MAX)
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// `cpu.max` ("QUOTA PERIOD" or "max PERIOD") to µs of CPU per second.
+pub fn parse_cpu_max(s: &str) -> Option<u64> {
+    let mut parts = s.split_whitespace();
+    let quota = parts.next()?;
+    let period: u64 = parts.next().unwrap_or("100000").parse().ok()?;
+    if quota == "max" {
+        return Some(u64::MAX);
+    }
+    per_second(quota.parse().ok()?, period)
+}
+
+/// v1 quota and period (µs) to µs per second; a quota of -1 means none.
+pub fn parse_cfs(quota: &str, period: &str) -> Option<u64> {
+    let quota: i64 = quota.trim().parse().ok()?;
+    if quota < 0 {
+        return Some(u64::MAX);
+    }
+    per_second(quota as u64, period.trim().parse().ok()?)
+}
+
+fn per_second(quota: u64, period: u64) -> Option<u64> {
+    if period == 0 {
+        return None;
+    }
+    Some(((quota as u128) * 1_000_000 / period as u128) as u64)
+}
+
+pub fn parse_v1_memory(s: &str) -> Option<u64> {
+    let n: u64 = s.parse().ok()?;
+    Some(if n >= V1_UNLIMITED_FLOOR { u64::MAX } else { n })
+}
+
+/// The kernel's value for `property` on the cgroup `control_group` (as systemd's
+/// `ControlGroup` names it) under the cgroup file system at `root`.
+pub fn kernel_value(root: &Path, control_group: &str, property: Property) -> Option<KernelValue> {
+    let rel = control_group.trim_start_matches('/');
+    Some(match layout(root) {
+        Layout::V2 => {
+            let dir = root.join(rel);
+            match property {
+                Property::CpuQuotaPerSecUSec => read(dir.join("cpu.max"), parse_cpu_max),
+                Property::MemoryMax => read(dir.join("memory.max"), max_or_number),
+                Property::MemoryHigh => read(dir.join("memory.high"), max_or_number),
+                Property::TasksMax => read(dir.join("pids.max"), max_or_number),
+                _ => return None,
+            }
+        }
+        Layout::V1 => match property {
+            Property::CpuQuotaPerSecUSec => {
+                let dir = v1_dir(root, &["cpu", "cpu,cpuacct"], rel);
+                let period =
+                    std::fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap_or_default();
+                read(dir.join("cpu.cfs_quota_us"), |q| parse_cfs(q, &period))
+            }
+            Property::MemoryMax => read(
+                v1_dir(root, &["memory"], rel).join("memory.limit_in_bytes"),
+                parse_v1_memory,
+            ),
+            Property::MemoryHigh => KernelValue::NotEnforcedOnV1,
+            Property::TasksMax => {
+                read(v1_dir(root, &["pids"], rel).join("pids.max"), max_or_number)
+            }
+            _ => return None,
+        },
+    })
+}
+
+fn v1_dir(root: &Path, controllers: &[&str], rel: &str) -> PathBuf {
+    let base = controllers
+        .iter()
+        .map(|c| root.join(c))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| root.join(controllers[0]));
+    base.join(rel)
+}
+
+/// Whether the kernel's value matches the bus value systemd holds.
+pub fn matches(property: Property, bus: BusValue, kernel: u64) -> bool {
+    let BusValue::U64(want) = bus else {
+        return true;
+    };
+    match property {
+        // The kernel stores quota per period; allow the rounding of one µs per period.
+        Property::CpuQuotaPerSecUSec if want != u64::MAX && kernel != u64::MAX => {
+            want.abs_diff(kernel) <= 10
+        }
+        // The kernel rounds memory limits down to whole pages.
+        Property::MemoryMax | Property::MemoryHigh if want != u64::MAX && kernel != u64::MAX => {
+            want >= kernel && want - kernel < 65536
+        }
+        _ => want == kernel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_and_v2_forms() {
+        assert_eq!(parse_cpu_max("50000 100000"), Some(500_000));
+        assert_eq!(parse_cpu_max("max 100000"), Some(u64::MAX));
+        assert_eq!(parse_cpu_max("9600000 100000"), Some(96_000_000));
+        assert_eq!(parse_cfs("50000", "100000"), Some(500_000));
+        assert_eq!(parse_cfs("-1", "100000"), Some(u64::MAX));
+        assert_eq!(parse_cfs("x", "100000"), None);
+        assert_eq!(parse_v1_memory("67108864"), Some(64 << 20));
+        assert_eq!(parse_v1_memory("9223372036854771712"), Some(u64::MAX));
+        assert_eq!(max_or_number("max"), Some(u64::MAX));
+        assert_eq!(max_or_number("20"), Some(20));
+        assert!(matches(
+            Property::MemoryMax,
+            BusValue::U64((64 << 20) + 100),
+            64 << 20
+        ));
+        assert!(!matches(Property::TasksMax, BusValue::U64(20), 21));
+    }
+
+    #[test]
+    fn reads_a_v2_tree() {
+        let root = std::env::temp_dir().join(format!("ds01-cg-{}", std::process::id()));
+        let dir = root.join("ds01.slice/ds01-s.slice");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        std::fs::write(dir.join("cpu.max"), "50000 100000\n").unwrap();
+        std::fs::write(dir.join("memory.high"), "max\n").unwrap();
+        let cg = "/ds01.slice/ds01-s.slice";
+        assert!(matches!(
+            kernel_value(&root, cg, Property::CpuQuotaPerSecUSec),
+            Some(KernelValue::Value { value: 500_000, .. })
+        ));
+        assert!(matches!(
+            kernel_value(&root, cg, Property::MemoryHigh),
+            Some(KernelValue::Value {
+                value: u64::MAX,
+                ..
+            })
+        ));
+        assert!(matches!(
+            kernel_value(&root, cg, Property::TasksMax),
+            Some(KernelValue::Unreadable { .. })
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

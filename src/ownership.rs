@@ -1,0 +1,180 @@
+//! What this tool owns on the system, recorded by the tool itself.
+//!
+//! systemd cannot say who set a property: `systemctl set-property` and our
+//! SetUnitProperties calls write the same drop-ins. So before the tool sets a property on a
+//! slice it records the property's name in `<state-dir>/owned/<slice>`; a slice that is no
+//! longer desired only gets back what that record lists, and a slice without a record is
+//! never changed by cleanup. The record also finds stale slices that systemd no longer has
+//! loaded. `<state-dir>/lock` serialises writers (apply, render, concurrent hooks).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::names::SliceName;
+use crate::plan::Property;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ds01-slices";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot use state directory {path}: {source}; it must be writable by root (pass --state-dir or set DS01_STATE_DIR to use another)")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write ownership record {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot take the lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Holds the exclusive writer lock until dropped.
+pub struct WriterLock {
+    _file: File,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    dir: PathBuf,
+}
+
+impl Ownership {
+    pub fn new(state_dir: &Path) -> Self {
+        Ownership {
+            dir: state_dir.to_owned(),
+        }
+    }
+
+    fn owned_dir(&self) -> PathBuf {
+        self.dir.join("owned")
+    }
+
+    fn ensure_dirs(&self) -> Result<(), StateError> {
+        let owned = self.owned_dir();
+        fs::create_dir_all(&owned).map_err(|source| StateError::Dir {
+            path: owned,
+            source,
+        })
+    }
+
+    /// Blocks until no other ds01-slices writer runs. Readers (verify, plan) never lock.
+    pub fn lock(&self) -> Result<WriterLock, StateError> {
+        self.ensure_dirs()?;
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StateError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(WriterLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(StateError::Lock { path, source: err });
+            }
+        }
+    }
+
+    /// Every slice with a record, and the properties recorded for it.
+    pub fn read_all(&self) -> Result<BTreeMap<SliceName, BTreeSet<Property>>, StateError> {
+        let dir = self.owned_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(source) => return Err(StateError::Dir { path: dir, source }),
+        };
+        let mut out = BTreeMap::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            // Names that are not ds01 slices (a temporary file, something foreign) are skipped.
+            let Some(slice) = name.to_str().and_then(|n| SliceName::parse(n).ok()) else {
+                continue;
+            };
+            out.insert(slice.clone(), self.read(&slice)?);
+        }
+        Ok(out)
+    }
+
+    pub fn read(&self, slice: &SliceName) -> Result<BTreeSet<Property>, StateError> {
+        let path = self.owned_dir().join(slice.as_str());
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .split_whitespace()
+                .filter_map(Property::from_bus_name)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(source) => Err(StateError::Dir { path, source }),
+        }
+    }
+
+    /// Records the full set of properties owned on `slice` (empty: forget the slice).
+    /// Written before the properties are set, so a crash leaves a record that claims at
+    /// most what we were about to write.
+    pub fn record(&self, slice: &SliceName, props: &BTreeSet<Property>) -> Result<(), StateError> {
+        self.ensure_dirs()?;
+        let path = self.owned_dir().join(slice.as_str());
+        if props.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StateError::Write { path, source: e })
+                }
+                _ => Ok(()),
+            };
+        }
+        let text: String = props
+            .iter()
+            .map(|p| format!("{}\n", p.bus_name()))
+            .collect();
+        let tmp = self
+            .owned_dir()
+            .join(format!(".{}.tmp{}", slice.as_str(), std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            StateError::Write { path, source }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_skip_foreign_names() {
+        let dir = std::env::temp_dir().join(format!("ds01-own-{}", std::process::id()));
+        let own = Ownership::new(&dir);
+        let slice = SliceName::parse("ds01-student-alice.slice").unwrap();
+        let props: BTreeSet<Property> = [Property::MemoryMax, Property::TasksMax].into();
+        own.record(&slice, &props).unwrap();
+        fs::write(dir.join("owned").join("user.slice"), "MemoryMax\n").unwrap();
+        let all = own.read_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[&slice], props);
+        let _lock = own.lock().unwrap();
+        own.record(&slice, &BTreeSet::new()).unwrap();
+        assert!(own.read_all().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,381 @@
+//! The only code that talks to systemd. A small trait ([`Systemd`]) so that apply, the hook
+//! and verify can be tested against a real systemd and reasoned about without the bus.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use super::proxies::{self, ManagerProxy};
+use crate::names::SliceName;
+use crate::plan::{BusValue, Property};
+
+/// How long one call may take before we give up. A busy systemd answers slowly; this is
+/// deliberately generous and reported by name when it expires.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether writes persist across reboots (`/etc/systemd/system.control`) or only until
+/// the next reboot (`/run/systemd/system.control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Persistent,
+    Runtime,
+}
+
+/// A slice as systemd reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSlice {
+    pub slice: SliceName,
+    pub load_state: String,
+    pub active_state: String,
+    pub control_group: Option<String>,
+    /// Bytes in use, when systemd knows (active slices with memory accounting).
+    pub memory_current: Option<u64>,
+    pub values: BTreeMap<Property, BusValue>,
+    pub drop_in_paths: Vec<String>,
+}
+
+impl LiveSlice {
+    pub fn is_active(&self) -> bool {
+        self.active_state == "active"
+            || self.active_state == "activating"
+            || self.active_state == "reloading"
+    }
+
+    pub fn value(&self, p: Property) -> BusValue {
+        self.values.get(&p).copied().unwrap_or(p.unset_value())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to the system bus at {address}: {reason}; is dbus running? (pass --bus ADDRESS or set DBUS_SYSTEM_BUS_ADDRESS to use another bus, or `--backend files` to render drop-ins instead)")]
+    Unreachable { address: String, reason: String },
+    #[error("systemd is not on the bus at {address} (org.freedesktop.systemd1: ServiceUnknown); is systemd PID 1 and connected to dbus? `systemctl status dbus` and `busctl status org.freedesktop.systemd1` tell")]
+    ServiceUnknown { address: String },
+    #[error(
+        "{what}: access denied by systemd ({detail}); run ds01-slices as root (e.g. with sudo)"
+    )]
+    AccessDenied { what: String, detail: String },
+    #[error("{what}: no such unit ({detail})")]
+    NoSuchUnit { what: String, detail: String },
+    #[error("{what}: the bus refused the call because too many are pending (LimitsExceeded: {detail}); this is a bug in ds01-slices' pipelining, please report it")]
+    LimitsExceeded { what: String, detail: String },
+    #[error("{what}: no answer from systemd within {secs} s; systemd may be overloaded (check `systemctl status`), retry later or raise --timeout")]
+    Timeout { what: String, secs: u64 },
+    #[error("{what}: systemd refused it: {name}: {detail}")]
+    Refused {
+        what: String,
+        name: String,
+        detail: String,
+    },
+    #[error("{what}: unexpected reply from systemd: {detail}")]
+    Protocol { what: String, detail: String },
+    #[error("{what}: D-Bus error: {detail}")]
+    Other { what: String, detail: String },
+}
+
+impl BusError {
+    /// Classifies a zbus error for the operation `what` (naming the unit and call).
+    pub fn from_zbus(what: impl Into<String>, err: zbus::Error, timeout: Duration) -> BusError {
+        let what = what.into();
+        match err {
+            zbus::Error::MethodError(name, detail, _) => {
+                let detail = detail.unwrap_or_default();
+                let short = name
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                match short.as_str() {
+                    "AccessDenied" | "InteractiveAuthorizationRequired" | "AuthFailed" => BusError::AccessDenied { what, detail },
+                    "NoSuchUnit" | "LoadFailed" => BusError::NoSuchUnit { what, detail },
+                    "LimitsExceeded" => BusError::LimitsExceeded { what, detail },
+                    "ServiceUnknown" | "NameHasNoOwner" => BusError::Refused {
+                        what,
+                        name: name.to_string(),
+                        detail: format!("{detail}; systemd is not on the bus (is it PID 1 and connected to dbus?)"),
+                    },
+                    "NoReply" | "Timeout" | "TimedOut" => BusError::Timeout { what, secs: timeout.as_secs() },
+                    _ => BusError::Refused { what, name: name.to_string(), detail },
+                }
+            }
+            zbus::Error::InputOutput(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                BusError::Timeout {
+                    what,
+                    secs: timeout.as_secs(),
+                }
+            }
+            zbus::Error::Variant(e) => BusError::Protocol {
+                what,
+                detail: e.to_string(),
+            },
+            other => {
+                let detail = other.to_string();
+                if detail.contains("timed out") || detail.contains("Timeout") {
+                    BusError::Timeout {
+                        what,
+                        secs: timeout.as_secs(),
+                    }
+                } else {
+                    BusError::Other { what, detail }
+                }
+            }
+        }
+    }
+
+    pub fn is_service_unknown(&self) -> bool {
+        matches!(self, BusError::ServiceUnknown { .. })
+            || matches!(self, BusError::Refused { name, .. } if name.ends_with("ServiceUnknown") || name.ends_with("NameHasNoOwner"))
+    }
+}
+
+/// Everything the tool needs from systemd. Implemented over D-Bus by [`BusSystemd`].
+#[allow(async_fn_in_trait)]
+pub trait Systemd {
+    async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError>;
+    async fn set_properties(
+        &self,
+        slice: &SliceName,
+        mode: WriteMode,
+        props: &[(Property, BusValue)],
+    ) -> Result<(), BusError>;
+    /// `ds01*.slice` units systemd has loaded now.
+    async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError>;
+    /// Keeps a unit loaded (and so cheap to write) until [`Systemd::unpin`].
+    async fn pin(&self, slice: &SliceName) -> Result<(), BusError>;
+    async fn unpin(&self, slice: &SliceName) -> Result<(), BusError>;
+    async fn reload(&self) -> Result<(), BusError>;
+}
+
+/// systemd over one shared zbus connection.
+#[derive(Clone)]
+pub struct BusSystemd {
+    connection: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    timeout: Duration,
+    address: String,
+}
+
+impl BusSystemd {
+    /// Connects to `address` (a D-Bus address), or the system bus (honouring
+    /// `DBUS_SYSTEM_BUS_ADDRESS`) when `None`, and checks that systemd is there.
+    pub async fn connect(address: Option<&str>, timeout: Duration) -> Result<BusSystemd, BusError> {
+        let shown = address
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok())
+            .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_owned());
+        let unreachable = |e: zbus::Error| BusError::Unreachable {
+            address: shown.clone(),
+            reason: e.to_string(),
+        };
+        let builder = match address {
+            Some(a) => zbus::connection::Builder::address(a).map_err(unreachable)?,
+            None => zbus::connection::Builder::system().map_err(unreachable)?,
+        };
+        let connect = builder.method_timeout(timeout).build();
+        let connection = match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result.map_err(unreachable)?,
+            Err(_) => {
+                return Err(BusError::Timeout {
+                    what: format!("connecting to the system bus at {shown}"),
+                    secs: timeout.as_secs(),
+                })
+            }
+        };
+        let manager = ManagerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(unreachable)?;
+        Ok(BusSystemd {
+            connection,
+            manager,
+            timeout,
+            address: shown,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn err(&self, what: impl Into<String>, e: zbus::Error) -> BusError {
+        let e = BusError::from_zbus(what, e, self.timeout);
+        if e.is_service_unknown() {
+            BusError::ServiceUnknown {
+                address: self.address.clone(),
+            }
+        } else {
+            e
+        }
+    }
+
+    /// Checks that systemd answers, returning its version.
+    pub async fn version(&self) -> Result<String, BusError> {
+        self.manager
+            .version()
+            .await
+            .map_err(|e| self.err("reading systemd's Version", e))
+    }
+
+    pub async fn system_state(&self) -> Result<String, BusError> {
+        self.manager
+            .system_state()
+            .await
+            .map_err(|e| self.err("reading systemd's SystemState", e))
+    }
+
+    async fn get_all(
+        &self,
+        path: &str,
+        interface: &str,
+        what: &str,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let reply = self
+            .connection
+            .call_method(
+                Some(proxies::SERVICE),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(interface,),
+            )
+            .await
+            .map_err(|e| self.err(what, e))?;
+        reply
+            .body()
+            .deserialize::<HashMap<String, OwnedValue>>()
+            .map_err(|e| BusError::Protocol {
+                what: what.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+fn as_u64(v: Option<&OwnedValue>) -> Option<u64> {
+    match v.map(|v| &**v) {
+        Some(Value::U64(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn as_bool(v: Option<&OwnedValue>) -> Option<bool> {
+    match v.map(|v| &**v) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+fn as_string(v: Option<&OwnedValue>) -> Option<String> {
+    match v.map(|v| &**v) {
+        Some(Value::Str(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn as_strings(v: Option<&OwnedValue>) -> Vec<String> {
+    match v.map(|v| &**v) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|item| match item {
+                Value::Str(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn to_value(v: BusValue) -> Value<'static> {
+    match v {
+        BusValue::Bool(b) => Value::Bool(b),
+        BusValue::U64(n) => Value::U64(n),
+    }
+}
+
+impl Systemd for BusSystemd {
+    async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError> {
+        let path = proxies::unit_object_path(slice.as_str());
+        let what_unit = format!("reading unit properties of {slice}");
+        let what_slice = format!("reading slice properties of {slice}");
+        // Both requests go out before either reply is awaited: one round trip, not two.
+        let (unit, props) = tokio::join!(
+            self.get_all(&path, proxies::UNIT_INTERFACE, &what_unit),
+            self.get_all(&path, proxies::SLICE_INTERFACE, &what_slice)
+        );
+        let (unit, props) = (unit?, props?);
+        let mut values = BTreeMap::new();
+        for p in Property::ACCOUNTING {
+            if let Some(b) = as_bool(props.get(p.bus_name())) {
+                values.insert(p, BusValue::Bool(b));
+            }
+        }
+        for p in Property::LIMITS {
+            if let Some(n) = as_u64(props.get(p.bus_name())) {
+                values.insert(p, BusValue::U64(n));
+            }
+        }
+        let memory_current = as_u64(props.get("MemoryCurrent")).filter(|n| *n != u64::MAX);
+        Ok(LiveSlice {
+            slice: slice.clone(),
+            load_state: as_string(unit.get("LoadState")).unwrap_or_default(),
+            active_state: as_string(unit.get("ActiveState")).unwrap_or_default(),
+            control_group: as_string(props.get("ControlGroup")).filter(|s| !s.is_empty()),
+            memory_current,
+            values,
+            drop_in_paths: as_strings(unit.get("DropInPaths")),
+        })
+    }
+
+    async fn set_properties(
+        &self,
+        slice: &SliceName,
+        mode: WriteMode,
+        props: &[(Property, BusValue)],
+    ) -> Result<(), BusError> {
+        let values: Vec<(&str, Value<'_>)> = props
+            .iter()
+            .map(|(p, v)| (p.bus_name(), to_value(*v)))
+            .collect();
+        let names: Vec<&str> = props.iter().map(|(p, _)| p.bus_name()).collect();
+        self.manager
+            .set_unit_properties(slice.as_str(), mode == WriteMode::Runtime, &values)
+            .await
+            .map_err(|e| self.err(format!("setting {} on {slice}", names.join(", ")), e))
+    }
+
+    async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError> {
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &["ds01.slice", "ds01-*.slice"])
+            .await
+            .map_err(|e| self.err("listing loaded ds01 slices", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| SliceName::parse(&row.0).ok())
+            .collect())
+    }
+
+    async fn pin(&self, slice: &SliceName) -> Result<(), BusError> {
+        self.manager
+            .ref_unit(slice.as_str())
+            .await
+            .map_err(|e| self.err(format!("pinning {slice}"), e))
+    }
+
+    async fn unpin(&self, slice: &SliceName) -> Result<(), BusError> {
+        self.manager
+            .unref_unit(slice.as_str())
+            .await
+            .map_err(|e| self.err(format!("releasing {slice}"), e))
+    }
+
+    async fn reload(&self) -> Result<(), BusError> {
+        self.manager
+            .reload()
+            .await
+            .map_err(|e| self.err("reloading systemd (Manager.Reload)", e))
+    }
+}

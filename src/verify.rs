@@ -1,0 +1,368 @@
+//! `verify`: every managed slice read back from systemd (and, for active slices, from the
+//! kernel's cgroup files) and compared with the plan.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::apply::{read_all, ApplyError, Scope};
+use crate::cgroupfs::{self, KernelValue};
+use crate::config::Config;
+use crate::names::{SliceIdentity, SliceName};
+use crate::ownership::Ownership;
+use crate::plan::{self, BusValue, Property, SliceKind, SliceSpec};
+use crate::reconcile;
+use crate::systemd::{BusError, LiveSlice, Systemd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// Set, but to another value than configured.
+    Drift,
+    /// Configured, but not set at all.
+    Missing,
+    /// A limit still in force on a slice that should have none.
+    Stale,
+    /// The kernel does not hold what systemd says.
+    KernelMismatch,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelCheck {
+    pub status: &'static str,
+    pub value: Option<String>,
+    pub file: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PropertyCheck {
+    pub property: &'static str,
+    pub status: Status,
+    pub expected: Option<String>,
+    pub actual: String,
+    pub expected_value: Option<BusValue>,
+    pub actual_value: BusValue,
+    pub owned: bool,
+    pub kernel: Option<KernelCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceCheck {
+    pub slice: SliceName,
+    pub kind: SliceKind,
+    pub active: bool,
+    pub stale: bool,
+    pub properties: Vec<PropertyCheck>,
+    pub drop_in_paths: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub slices: usize,
+    pub ok: usize,
+    pub drift: usize,
+    pub missing: usize,
+    pub stale: usize,
+    pub kernel_mismatch: usize,
+    pub errors: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub holds: bool,
+    pub counts: Counts,
+    pub slices: Vec<SliceCheck>,
+}
+
+pub async fn verify<S: Systemd>(
+    sd: &S,
+    config: &Config,
+    scope: Scope<'_>,
+    ownership: &Ownership,
+    cgroup_root: &Path,
+) -> Result<VerifyReport, ApplyError> {
+    let owned = ownership.read_all()?;
+    let (plan, known): (plan::Plan, BTreeSet<SliceName>) = match scope {
+        Scope::All => {
+            let plan = plan::plan(config).map_err(|e| BusError::Other {
+                what: "planning".into(),
+                detail: e.to_string(),
+            })?;
+            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
+            known.extend(sd.loaded_slices().await?);
+            (plan, known)
+        }
+        Scope::User(user) => {
+            let plan = plan::plan_user(config, user).map_err(|e| BusError::Other {
+                what: "planning".into(),
+                detail: e.to_string(),
+            })?;
+            let sanitized = user.sanitized().ok();
+            let known = owned
+                .keys()
+                .filter(|s| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref()))
+                .cloned()
+                .collect();
+            (plan, known)
+        }
+    };
+    let desired = reconcile::desired_state(config, &plan, &known);
+    let names: Vec<SliceName> = desired.keys().cloned().collect();
+    let live = read_all(sd, &names).await?;
+    let empty = BTreeSet::new();
+    let mut slices = Vec::new();
+    for (name, live) in names.iter().zip(live) {
+        let owned = owned.get(name).unwrap_or(&empty);
+        slices.push(match live {
+            Ok(live) => check_slice(desired[name].as_ref(), &live, owned, cgroup_root),
+            Err(e) => SliceCheck {
+                slice: name.clone(),
+                kind: reconcile::kind_of(name),
+                active: false,
+                stale: false,
+                properties: Vec::new(),
+                drop_in_paths: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    // Stale slices without any limit left are not worth a line.
+    slices.retain(|s| !(s.stale && s.properties.is_empty() && s.error.is_none()));
+    slices.sort_by_key(|s| (reconcile::write_order(&s.slice), s.slice.clone()));
+    let mut counts = Counts {
+        slices: slices.len(),
+        ..Default::default()
+    };
+    for s in &slices {
+        if s.error.is_some() {
+            counts.errors += 1;
+        }
+        for p in &s.properties {
+            match p.status {
+                Status::Ok => counts.ok += 1,
+                Status::Drift => counts.drift += 1,
+                Status::Missing => counts.missing += 1,
+                Status::Stale => counts.stale += 1,
+                Status::KernelMismatch => counts.kernel_mismatch += 1,
+            }
+        }
+    }
+    let holds =
+        counts.drift + counts.missing + counts.stale + counts.kernel_mismatch + counts.errors == 0;
+    Ok(VerifyReport {
+        holds,
+        counts,
+        slices,
+    })
+}
+
+/// Compares one slice; pure but for reading the kernel's cgroup files.
+pub fn check_slice(
+    desired: Option<&SliceSpec>,
+    live: &LiveSlice,
+    owned: &BTreeSet<Property>,
+    cgroup_root: &Path,
+) -> SliceCheck {
+    let mut properties = Vec::new();
+    let kernel_for = |p: Property, value: BusValue| -> Option<KernelCheck> {
+        let cg = live.control_group.as_deref().filter(|_| live.is_active())?;
+        Some(match cgroupfs::kernel_value(cgroup_root, cg, p)? {
+            KernelValue::Value { value: k, file } => KernelCheck {
+                status: if cgroupfs::matches(p, value, k) {
+                    "ok"
+                } else {
+                    "mismatch"
+                },
+                value: Some(p.display(BusValue::U64(k))),
+                file: Some(file.display().to_string()),
+                detail: None,
+            },
+            KernelValue::NotEnforcedOnV1 => KernelCheck {
+                status: "not enforced on cgroup v1",
+                value: None,
+                file: None,
+                detail: None,
+            },
+            KernelValue::Unreadable { file, reason } => KernelCheck {
+                status: "unreadable",
+                value: None,
+                file: Some(file.display().to_string()),
+                detail: Some(reason),
+            },
+        })
+    };
+    match desired {
+        Some(spec) => {
+            for (p, want) in spec.properties.iter() {
+                let have = live.value(p);
+                let mut status = if have == want {
+                    Status::Ok
+                } else if have == p.unset_value() {
+                    Status::Missing
+                } else {
+                    Status::Drift
+                };
+                let kernel = if Property::LIMITS.contains(&p) {
+                    kernel_for(p, have)
+                } else {
+                    None
+                };
+                if status == Status::Ok && kernel.as_ref().is_some_and(|k| k.status == "mismatch") {
+                    status = Status::KernelMismatch;
+                }
+                properties.push(PropertyCheck {
+                    property: p.bus_name(),
+                    status,
+                    expected: Some(p.display(want)),
+                    actual: p.display(have),
+                    expected_value: Some(want),
+                    actual_value: have,
+                    owned: owned.contains(&p),
+                    kernel,
+                });
+            }
+            // A limit we set earlier that the configuration dropped is stale too.
+            for p in Property::LIMITS {
+                let have = live.value(p);
+                if spec.properties.get(p).is_none() && owned.contains(&p) && have != p.unset_value()
+                {
+                    properties.push(stale_check(p, have, true, kernel_for(p, have)));
+                }
+            }
+        }
+        None => {
+            for p in Property::LIMITS {
+                let have = live.value(p);
+                if have != p.unset_value() {
+                    properties.push(stale_check(
+                        p,
+                        have,
+                        owned.contains(&p),
+                        kernel_for(p, have),
+                    ));
+                }
+            }
+        }
+    }
+    SliceCheck {
+        slice: live.slice.clone(),
+        kind: reconcile::kind_of(&live.slice),
+        active: live.is_active(),
+        stale: desired.is_none(),
+        properties,
+        drop_in_paths: live.drop_in_paths.clone(),
+        error: None,
+    }
+}
+
+fn stale_check(
+    p: Property,
+    have: BusValue,
+    owned: bool,
+    kernel: Option<KernelCheck>,
+) -> PropertyCheck {
+    PropertyCheck {
+        property: p.bus_name(),
+        status: Status::Stale,
+        expected: Some(p.display(p.unset_value())),
+        actual: p.display(have),
+        expected_value: Some(p.unset_value()),
+        actual_value: have,
+        owned,
+        kernel,
+    }
+}
+
+pub fn render_text(report: &VerifyReport) -> String {
+    let mut out = String::new();
+    for s in &report.slices {
+        let state = if s.active { "active" } else { "inactive" };
+        let stale = if s.stale {
+            ", stale: not in the configuration"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{} ({state}{stale})", s.slice);
+        if let Some(e) = &s.error {
+            let _ = writeln!(out, "    error    {e}");
+        }
+        for p in &s.properties {
+            let setting = Property::from_bus_name(p.property)
+                .map(|q| q.unit_setting())
+                .unwrap_or(p.property);
+            let line = match p.status {
+                Status::Ok => format!("ok       {setting}={}", p.actual),
+                Status::Drift => format!(
+                    "drift    {setting}: expected {}, actual {}",
+                    p.expected.as_deref().unwrap_or("-"),
+                    p.actual
+                ),
+                Status::Missing => format!(
+                    "missing  {setting}: expected {}, not set",
+                    p.expected.as_deref().unwrap_or("-")
+                ),
+                Status::Stale => format!(
+                    "stale    {setting}={} still in force{}",
+                    p.actual,
+                    if p.owned {
+                        ""
+                    } else {
+                        " (not set by ds01-slices: left alone by apply)"
+                    }
+                ),
+                Status::KernelMismatch => format!(
+                    "kernel   {setting}: systemd holds {}, the kernel does not",
+                    p.actual
+                ),
+            };
+            let kernel = match &p.kernel {
+                Some(KernelCheck {
+                    status: "ok",
+                    value: Some(v),
+                    ..
+                }) => format!("  [kernel {v}]"),
+                Some(KernelCheck {
+                    status,
+                    value,
+                    file,
+                    detail,
+                }) => format!(
+                    "  [kernel: {status}{}{}{}]",
+                    value.as_ref().map(|v| format!(" {v}")).unwrap_or_default(),
+                    file.as_ref()
+                        .map(|f| format!(" in {f}"))
+                        .unwrap_or_default(),
+                    detail
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(out, "    {line}{kernel}");
+        }
+    }
+    let c = &report.counts;
+    let _ = writeln!(
+        out,
+        "{}: {} slices, {} ok, {} drift, {} missing, {} stale, {} kernel mismatches, {} errors",
+        if report.holds {
+            "all limits hold"
+        } else {
+            "DRIFT"
+        },
+        c.slices,
+        c.ok,
+        c.drift,
+        c.missing,
+        c.stale,
+        c.kernel_mismatch,
+        c.errors
+    );
+    out
+}
