@@ -13,12 +13,13 @@ use crate::apply::{self, ApplyOptions, ApplyReport, Scope};
 use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::diagnostics::{Diagnostic, Severity};
-use crate::error::Exit;
+use crate::error::{Exit, UsageError};
 use crate::names::UserName;
 use crate::ownership::{Ownership, DEFAULT_STATE_DIR};
 use crate::plan::{self, Plan, Property, SliceKind};
 use crate::pyjson;
-use crate::systemd::{BusSystemd, WriteMode};
+use crate::render;
+use crate::systemd::{BusSystemd, Systemd, WriteMode};
 use crate::values::MemoryLimit;
 use crate::verify;
 
@@ -61,6 +62,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "DS01_CGROUP_ROOT", default_value = DEFAULT_CGROUP_ROOT, value_name = "DIR")]
     pub cgroup_root: PathBuf,
 
+    /// The file-system root of the host whose systemd is managed: `render` writes under it,
+    /// `apply` removes rendered files under it, `verify` reads drop-ins under it.
+    #[arg(
+        long,
+        global = true,
+        env = "DS01_ROOT",
+        default_value = "/",
+        value_name = "DIR"
+    )]
+    pub root: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -97,6 +109,23 @@ pub enum Command {
         /// Lower MemoryMax even below the memory a running slice uses now (OOM-kills jobs).
         #[arg(long)]
         force: bool,
+        /// How to apply: over D-Bus, as rendered drop-in files, or D-Bus when systemd answers
+        /// and files otherwise.
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Write the limits as drop-in files under --root (etc/systemd/system/<slice>.d/10-resource-limits.conf),
+    /// for hosts whose systemd cannot be reached; then reload systemd if --root is / (or --bus is given).
+    Render {
+        /// Only this user's slice and its parents.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask systemd to reload afterwards.
+        #[arg(long)]
+        no_reload: bool,
     },
     /// Hooks for the container runtime.
     #[command(subcommand)]
@@ -109,7 +138,17 @@ pub enum Command {
         /// Output format (`--json` is the same as `--format json`).
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Check the rendered files under --root against the configuration, without systemd.
+        #[arg(long)]
+        offline: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Auto,
+    Dbus,
+    Files,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             dry_run,
             runtime,
             force,
+            backend,
         } => {
             let config = load(&cli)?;
             let mode = if *runtime {
@@ -159,7 +199,32 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
                 force: *force,
             };
             let user = user.as_deref().map(parse_user).transpose()?;
-            block_on(apply_command(&cli, &config, user.as_ref(), opts))
+            if *backend == Backend::Files && *runtime {
+                return Err(UsageError(
+                    "--runtime applies to the D-Bus backend only; rendered files are persistent (drop --runtime or use --backend dbus)".into(),
+                )
+                .into());
+            }
+            block_on(apply_command(&cli, &config, user.as_ref(), opts, *backend))
+        }
+        Command::Render {
+            user,
+            dry_run,
+            no_reload,
+        } => {
+            let config = load(&cli)?;
+            let user = user.as_deref().map(parse_user).transpose()?;
+            let opts = render::command::RenderOptions {
+                dry_run: *dry_run,
+                no_reload: *no_reload,
+                systemd_unreachable: false,
+            };
+            block_on(render::command::render(
+                &render_context(&cli),
+                &config,
+                user.as_ref(),
+                opts,
+            ))
         }
         Command::Hook(HookCommand::PreCreate { user, runtime }) => {
             let config = config::load(&cli.config)?;
@@ -171,10 +236,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             };
             block_on(hook_command(&cli, &config, &user, mode))
         }
-        Command::Verify { user, format } => {
+        Command::Verify {
+            user,
+            format,
+            offline,
+        } => {
             let config = load(&cli)?;
             let user = user.as_deref().map(parse_user).transpose()?;
             let json = cli.json || *format == Format::Json;
+            if *offline {
+                return render::command::verify_offline(
+                    &render_context(&cli),
+                    &config,
+                    user.as_ref(),
+                    json,
+                );
+            }
             block_on(verify_command(&cli, &config, user.as_ref(), json))
         }
     }
@@ -192,13 +269,64 @@ async fn connect(cli: &Cli) -> anyhow::Result<BusSystemd> {
     Ok(BusSystemd::connect(cli.bus.as_deref(), Duration::from_secs(cli.timeout.max(1))).await?)
 }
 
+fn render_context(cli: &Cli) -> render::command::Context<'_> {
+    render::command::Context {
+        root: &cli.root,
+        bus: cli.bus.as_deref(),
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        state_dir: &cli.state_dir,
+        json: cli.json,
+    }
+}
+
 async fn apply_command(
     cli: &Cli,
     config: &Config,
     user: Option<&UserName>,
     opts: ApplyOptions,
+    backend: Backend,
 ) -> anyhow::Result<Exit> {
-    let sd = connect(cli).await?;
+    let render_opts = |systemd_unreachable| render::command::RenderOptions {
+        dry_run: opts.dry_run,
+        no_reload: false,
+        systemd_unreachable,
+    };
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let sd = match backend {
+        Backend::Files => {
+            return render::command::render(&render_context(cli), config, user, render_opts(false))
+                .await
+        }
+        Backend::Dbus => render::command::connect_checked(cli.bus.as_deref(), timeout).await?,
+        Backend::Auto => {
+            match render::command::connect_checked(cli.bus.as_deref(), timeout).await {
+                Ok(sd) => sd,
+                Err(e) => {
+                    // Runtime limits promise to vanish at reboot; rendered files would not.
+                    let Some(why) = render::command::systemd_absent(&e)
+                        .filter(|_| opts.mode == WriteMode::Persistent)
+                    else {
+                        return Err(e.into());
+                    };
+                    eprintln!(
+                        "ds01-slices: {why}: rendering drop-in files under {} instead",
+                        cli.root.display()
+                    );
+                    let exit = render::command::render(
+                        &render_context(cli),
+                        config,
+                        user,
+                        render_opts(true),
+                    )
+                    .await?;
+                    if !opts.dry_run {
+                        eprintln!("ds01-slices: rendered drop-in files instead of applying over D-Bus; run 'systemctl daemon-reload' or boot to activate them");
+                    }
+                    return Ok(exit);
+                }
+            }
+        }
+    };
     let ownership = Ownership::new(&cli.state_dir);
     let scope = match user {
         Some(u) => Scope::User(u),
@@ -207,8 +335,55 @@ async fn apply_command(
     if !config.aggregate_limits {
         eprintln!("enforcement.aggregate_limits is false: nothing to apply; limits ds01-slices set earlier are taken back");
     }
-    let report = apply::apply(&sd, config, scope, &ownership, opts).await?;
-    print_apply_report(cli, &report, opts)
+    // Files rendered earlier are taken over: D-Bus first gets every value they hold (hidden
+    // from apply's reads so that it writes them), then they are removed.
+    let plan = render::command::plan_for(config, user)?;
+    let sanitized = user.and_then(|u| u.sanitized().ok());
+    let rendered = render::tree::find_rendered(&cli.root, |s| {
+        render::tree::in_scope(s, &plan, sanitized.as_ref())
+    })?;
+    for f in &rendered.foreign {
+        eprintln!(
+            "ds01-slices: warning: {} was not written by ds01-slices: left alone (values set over D-Bus override it)",
+            f.display()
+        );
+    }
+    let masked = render::mask::RenderedMask::new(&sd, rendered.files.clone());
+    let report = apply::apply(&masked, config, scope, &ownership, opts).await?;
+    let exit = print_apply_report(cli, &report, opts)?;
+    if opts.dry_run {
+        if !rendered.files.is_empty() {
+            eprintln!(
+                "dry run: would remove {} rendered drop-in files under {} once their values are set over D-Bus",
+                rendered.files.len(),
+                cli.root.display()
+            );
+        }
+        return Ok(exit);
+    }
+    // A slice whose write failed keeps its file: it is all that holds its limits.
+    let kept: std::collections::BTreeSet<&crate::names::SliceName> = report
+        .failures
+        .iter()
+        .map(|(s, _)| s)
+        .chain(report.refused.iter().map(|c| &c.slice))
+        .collect();
+    let slices: Vec<crate::names::SliceName> = rendered
+        .files
+        .keys()
+        .filter(|s| !kept.contains(s))
+        .cloned()
+        .collect();
+    let removed = render::tree::take_over_rendered(&cli.root, &slices)?;
+    if !removed.is_empty() {
+        for f in &removed {
+            eprintln!("ds01-slices: removed {} (now set over D-Bus)", f.display());
+        }
+        sd.reload()
+            .await
+            .context("rendered drop-ins were removed, but systemd did not reload; run 'systemctl daemon-reload'")?;
+    }
+    Ok(exit)
 }
 
 fn print_apply_report(cli: &Cli, report: &ApplyReport, opts: ApplyOptions) -> anyhow::Result<Exit> {
@@ -303,7 +478,8 @@ async fn verify_command(
         Some(u) => Scope::User(u),
         None => Scope::All,
     };
-    let report = verify::verify(&sd, config, scope, &ownership, &cli.cgroup_root).await?;
+    let mut report = verify::verify(&sd, config, scope, &ownership, &cli.cgroup_root).await?;
+    verify::explain(&mut report, &cli.root);
     if json {
         print_json(&report)?;
     } else {
@@ -516,6 +692,16 @@ fn check_config(cli: &Cli) -> anyhow::Result<Exit> {
             users: 0,
             overrides: 0,
             problems: d.items,
+        },
+        Err(e @ config::ConfigError::Unreadable { .. }) if cli.json => CheckReport {
+            ok: false,
+            groups: 0,
+            users: 0,
+            overrides: 0,
+            problems: vec![Diagnostic::error(
+                crate::diagnostics::Location::new(&cli.config, None),
+                e.to_string(),
+            )],
         },
         Err(e) => return Err(e.into()),
     };

@@ -685,7 +685,7 @@ fn parse_aggregate(
                     Yaml::Number(n) => {
                         match n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
                             Some(i) => Some(TasksLimit::from_integer(i, &n.to_string())),
-                            None => Some(Err(ValueError::NotANumber(n.to_string()))),
+                            None => Some(Err(ValueError::NotATaskCount(n.to_string()))),
                         }
                     }
                     _ => None,
@@ -925,6 +925,7 @@ pub fn validate(
     };
 
     // Effective limits of every overridden user must hold together (high ≤ max after merge).
+    let mut override_slices: BTreeMap<SliceName, (UserName, Location)> = BTreeMap::new();
     for o in &config.overrides {
         match config.resolve(&o.user) {
             Ok(resolved) => {
@@ -939,14 +940,21 @@ pub fn validate(
                         &mut diags,
                     );
                 }
-                if !resolved.listed {
-                    let slice = &resolved.slice;
-                    if let Some(m) = config.members.iter().find(|m| &m.slice == slice) {
-                        diags.error(o.location.clone(), format!(
-                            "override user {:?} is in no members file and maps to slice {slice}, which belongs to listed user {:?} (at {}); rename the override to the listed name",
-                            o.user.as_str(), m.name.as_str(), m.location
-                        ));
-                    }
+                // Two override entries for one slice (`maria.garcia` and `maria_garcia`):
+                // one would silently win, so neither is guessed.
+                if let Some(first) = override_slices.get(&resolved.slice) {
+                    diags.error(
+                        o.location.clone(),
+                        format!(
+                            "override for {:?} and override for {:?} (at {first_at}) both apply to slice {}; keep one entry",
+                            o.user.as_str(),
+                            first.0.as_str(),
+                            resolved.slice,
+                            first_at = first.1
+                        ),
+                    );
+                } else {
+                    override_slices.insert(resolved.slice.clone(), (o.user.clone(), o.location.clone()));
                 }
             }
             Err(e) => diags.error(o.location.clone(), e.to_string()),

@@ -13,6 +13,7 @@ pub mod ownership;
 pub mod plan;
 pub mod pyjson;
 pub mod reconcile;
+pub mod render;
 pub mod systemd;
 pub mod values;
 pub mod verify;

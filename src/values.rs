@@ -17,6 +17,8 @@ pub enum ValueError {
     UnknownSuffix(String, String),
     #[error("{0:?} is a percentage of RAM; write an absolute size such as \"96G\" (ds01-slices always sends absolute numbers)")]
     PercentMemory(String),
+    #[error("{0:?} is not a number of tasks: write a whole number such as 12288, or \"infinity\"")]
+    NotATaskCount(String),
     #[error("{0:?} is a percentage; write an absolute number of tasks or \"infinity\"")]
     PercentTasks(String),
     #[error("{0:?} must be a percentage of one CPU such as \"9600%\" (100% = one CPU)")]
@@ -159,6 +161,9 @@ impl MemoryLimit {
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
             .unwrap_or(t.len());
         let (number, suffix) = t.split_at(split);
+        if number.is_empty() {
+            return Err(ValueError::NotANumber(text.to_owned()));
+        }
         let suffix = suffix.trim();
         let shift = match suffix {
             "" | "B" => 0,
@@ -255,7 +260,7 @@ impl TasksLimit {
             return Err(ValueError::Negative(text.to_owned()));
         }
         if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit()) {
-            return Err(ValueError::NotANumber(text.to_owned()));
+            return Err(ValueError::NotATaskCount(text.to_owned()));
         }
         let n = t
             .parse::<u64>()
@@ -459,7 +464,7 @@ mod tests {
         ));
         assert!(matches!(
             TasksLimit::parse("4k"),
-            Err(ValueError::NotANumber(_))
+            Err(ValueError::NotATaskCount(_))
         ));
         assert!(matches!(
             TasksLimit::from_integer(-1, "-1"),

@@ -14,6 +14,7 @@ use crate::names::{SliceIdentity, SliceName};
 use crate::ownership::Ownership;
 use crate::plan::{self, BusValue, Property, SliceKind, SliceSpec};
 use crate::reconcile;
+use crate::render::explain::{self, Shadowing};
 use crate::systemd::{BusError, LiveSlice, Systemd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +49,8 @@ pub struct PropertyCheck {
     pub actual_value: BusValue,
     pub owned: bool,
     pub kernel: Option<KernelCheck>,
+    /// The drop-in the effective value comes from (see [`explain`]).
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +61,8 @@ pub struct SliceCheck {
     pub stale: bool,
     pub properties: Vec<PropertyCheck>,
     pub drop_in_paths: Vec<String>,
+    /// Rendered values that a D-Bus drop-in overrides with another value: a contradiction.
+    pub shadowed: Vec<Shadowing>,
     pub error: Option<String>,
 }
 
@@ -70,6 +75,7 @@ pub struct Counts {
     pub stale: usize,
     pub kernel_mismatch: usize,
     pub errors: usize,
+    pub contradictions: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +133,7 @@ pub async fn verify<S: Systemd>(
                 stale: false,
                 properties: Vec::new(),
                 drop_in_paths: Vec::new(),
+                shadowed: Vec::new(),
                 error: Some(e.to_string()),
             },
         });
@@ -224,6 +231,7 @@ pub fn check_slice(
                     actual_value: have,
                     owned: owned.contains(&p),
                     kernel,
+                    source: None,
                 });
             }
             // A limit we set earlier that the configuration dropped is stale too.
@@ -256,6 +264,7 @@ pub fn check_slice(
         stale: desired.is_none(),
         properties,
         drop_in_paths: live.drop_in_paths.clone(),
+        shadowed: Vec::new(),
         error: None,
     }
 }
@@ -275,6 +284,28 @@ fn stale_check(
         actual_value: have,
         owned,
         kernel,
+        source: None,
+    }
+}
+
+/// Says where each effective value comes from, reading the slices' drop-ins (their
+/// `DropInPaths`) under `root`, and counts every rendered value that a D-Bus drop-in
+/// contradicts: with both in place, which one holds depends only on file names, and the next
+/// `render` or `apply` would silently flip it.
+pub fn explain(report: &mut VerifyReport, root: &Path) {
+    for s in &mut report.slices {
+        let (assignments, _unreadable) = explain::read_assignments(root, &s.drop_in_paths);
+        let effective = explain::effective(&assignments);
+        for p in &mut s.properties {
+            p.source = Property::from_bus_name(p.property)
+                .and_then(|q| effective.get(&q))
+                .map(|a| a.file.clone());
+        }
+        s.shadowed = explain::shadowings(&assignments);
+        report.counts.contradictions += s.shadowed.len();
+    }
+    if report.counts.contradictions > 0 {
+        report.holds = false;
     }
 }
 
@@ -344,7 +375,15 @@ pub fn render_text(report: &VerifyReport) -> String {
                 ),
                 None => String::new(),
             };
-            let _ = writeln!(out, "    {line}{kernel}");
+            let source = p
+                .source
+                .as_ref()
+                .map(|f| format!("  (from {f})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    {line}{kernel}{source}");
+        }
+        for sh in &s.shadowed {
+            let _ = writeln!(out, "    conflict {sh}");
         }
     }
     let c = &report.counts;
@@ -364,5 +403,14 @@ pub fn render_text(report: &VerifyReport) -> String {
         c.kernel_mismatch,
         c.errors
     );
+    if c.contradictions > 0 {
+        // Appended, not inserted: scripts may parse the line above.
+        out.truncate(out.trim_end().len());
+        let _ = writeln!(
+            out,
+            ", {} contradicting drop-ins (a rendered value shadowed by a D-Bus one: run 'ds01-slices render' or 'ds01-slices apply' to settle on one)",
+            c.contradictions
+        );
+    }
     out
 }

@@ -147,7 +147,29 @@ pub trait Systemd {
     async fn pin(&self, slice: &SliceName) -> Result<(), BusError>;
     async fn unpin(&self, slice: &SliceName) -> Result<(), BusError>;
     async fn reload(&self) -> Result<(), BusError>;
+    /// Keeps many units loaded at once without pins: a short-lived transient service
+    /// ordered `After=` them holds a reference to each, which systemd's garbage collector
+    /// honours. Returns the holder's name for [`Systemd::release`].
+    async fn hold_loaded(&self, slices: &[SliceName]) -> Result<String, BusError> {
+        Err(BusError::Other {
+            what: format!("holding {} slices loaded", slices.len()),
+            detail: "not supported by this client".into(),
+        })
+    }
+    async fn release(&self, _holder: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// Holders left by an earlier run that died before releasing them.
+    async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
+        Ok(Vec::new())
+    }
 }
+
+/// Transient services that keep slices loaded during an apply are named with this prefix.
+pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
+/// A holder outlives a crashed run by at most this long: its process then exits and
+/// systemd collects it.
+const HOLDER_LIFETIME_SECS: &str = "900";
 
 /// systemd over one shared zbus connection.
 #[derive(Clone)]
@@ -377,5 +399,57 @@ impl Systemd for BusSystemd {
             .reload()
             .await
             .map_err(|e| self.err("reloading systemd (Manager.Reload)", e))
+    }
+
+    async fn hold_loaded(&self, slices: &[SliceName]) -> Result<String, BusError> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "{HOLDER_PREFIX}{}-{}.service",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let after: Vec<&str> = slices.iter().map(SliceName::as_str).collect();
+        let exec: Vec<(&str, Vec<&str>, bool)> = vec![(
+            "/bin/sleep",
+            vec!["/bin/sleep", HOLDER_LIFETIME_SECS],
+            false,
+        )];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            (
+                "Description",
+                Value::from("ds01-slices: keeps ds01 slices loaded while their limits are written"),
+            ),
+            ("After", Value::from(after)),
+            ("ExecStart", Value::from(exec)),
+            ("CollectMode", Value::from("inactive-or-failed")),
+        ];
+        self.manager
+            .start_transient_unit(&name, "fail", &props, &[])
+            .await
+            .map_err(|e| {
+                self.err(
+                    format!("starting holder unit {name} for {} slices", slices.len()),
+                    e,
+                )
+            })?;
+        Ok(name)
+    }
+
+    async fn release(&self, holder: &str) -> Result<(), BusError> {
+        self.manager
+            .stop_unit(holder, "replace")
+            .await
+            .map(drop)
+            .map_err(|e| self.err(format!("stopping holder unit {holder}"), e))
+    }
+
+    async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
+        let pattern = format!("{HOLDER_PREFIX}*.service");
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &[pattern.as_str()])
+            .await
+            .map_err(|e| self.err("listing holder units", e))?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

@@ -43,6 +43,16 @@ pub trait Manager {
         properties: &[(&str, Value<'_>)],
     ) -> zbus::Result<()>;
 
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, Vec<(&str, Value<'_>)>)],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     fn ref_unit(&self, name: &str) -> zbus::Result<()>;
 
     fn unref_unit(&self, name: &str) -> zbus::Result<()>;
