@@ -140,6 +140,9 @@ pub async fn apply<S: Systemd>(
             (plan, known)
         }
     };
+    if !opts.dry_run {
+        release_orphan_holders(sd).await;
+    }
     let desired = reconcile::desired_state(config, &plan, &known);
     reconcile_and_write(sd, &desired, &owned, ownership, opts).await
 }
@@ -153,7 +156,18 @@ async fn reconcile_and_write<S: Systemd>(
     opts: ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
     let slices: Vec<SliceName> = desired.keys().cloned().collect();
-    let live = read_all(sd, &slices).await?;
+    let holder = if opts.dry_run {
+        None
+    } else {
+        hold_if_many(sd, &slices).await
+    };
+    let live = match read_all(sd, &slices).await {
+        Ok(live) => live,
+        Err(e) => {
+            release_hold(sd, holder).await;
+            return Err(e.into());
+        }
+    };
     let empty = BTreeSet::new();
     let mut report = ApplyReport {
         slices_checked: slices.len(),
@@ -184,39 +198,73 @@ async fn reconcile_and_write<S: Systemd>(
     todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
     if opts.dry_run {
         report.changes = todo;
+        release_hold(sd, holder).await;
         return Ok(report);
     }
-    let writing: Vec<SliceName> = todo.iter().filter(|c| c.writes()).map(|c| c.slice.clone()).collect();
-    // Many writes: one holder keeps every slice loaded, so systemd rebuilds its unit-name
-    // map once instead of once per batch. Few writes: pins are cheaper than a holder.
-    let holder = if writing.len() > HOLD_THRESHOLD {
-        match sd.hold_loaded(&writing).await {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("ds01-slices: note: {e}; writing in pinned batches instead (slower)");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let mut result = Ok(());
     for batch in todo.chunks(PIN_BATCH) {
-        result = write_batch(sd, batch, owned, ownership, opts.mode, holder.is_none(), &mut report).await;
+        result = write_batch(
+            sd,
+            batch,
+            owned,
+            ownership,
+            opts.mode,
+            holder.is_none(),
+            &mut report,
+        )
+        .await;
         if result.is_err() {
             break;
         }
     }
-    if let Some(h) = holder {
-        if let Err(e) = sd.release(&h).await {
-            eprintln!("ds01-slices: warning: {e}; it stops by itself within 15 minutes");
-        }
-    }
+    release_hold(sd, holder).await;
     result.map(|()| report)
 }
 
-/// Above this many writes an apply holds all slices loaded with one transient unit.
-pub const HOLD_THRESHOLD: usize = 16;
+/// Above this many slices, one holder keeps them all loaded while they are read and
+/// written: each call on an unloaded unit makes systemd load it, and after a write the first
+/// load rebuilds its unit-name map, whose cost grows with every drop-in directory.
+pub const HOLD_THRESHOLD: usize = 64;
+
+pub async fn hold_if_many<S: Systemd>(sd: &S, slices: &[SliceName]) -> Option<String> {
+    if slices.len() <= HOLD_THRESHOLD {
+        return None;
+    }
+    match sd.hold_loaded(slices).await {
+        Ok(h) => Some(h),
+        // Without the right to start units (verify as non-root) reads are just slower.
+        Err(BusError::AccessDenied { .. }) => None,
+        Err(e) => {
+            eprintln!("ds01-slices: note: {e}; going on without it (slower)");
+            None
+        }
+    }
+}
+
+pub async fn release_hold<S: Systemd>(sd: &S, holder: Option<String>) {
+    if let Some(h) = holder {
+        if let Err(e) = sd.release(&h).await {
+            eprintln!("ds01-slices: warning: {e}; the holder stops by itself within 15 minutes");
+        }
+    }
+}
+
+/// Stops holders whose process is gone (an apply that was killed mid-way).
+pub async fn release_orphan_holders<S: Systemd>(sd: &S) {
+    let Ok(holders) = sd.stale_holders().await else {
+        return;
+    };
+    for h in holders {
+        let pid = h
+            .strip_prefix(crate::systemd::client::HOLDER_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            release_hold(sd, Some(h)).await;
+        }
+    }
+}
 
 async fn write_batch<S: Systemd>(
     sd: &S,

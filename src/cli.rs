@@ -303,8 +303,11 @@ async fn apply_command(
                 Ok(sd) => sd,
                 Err(e) => {
                     // Runtime limits promise to vanish at reboot; rendered files would not.
+                    // A named bus may be another machine's (or a sandbox's): rendering into
+                    // this host's /etc would be the wrong files, so that needs --root.
+                    let local = cli.bus.is_none() || cli.root != std::path::Path::new("/");
                     let Some(why) = render::command::systemd_absent(&e)
-                        .filter(|_| opts.mode == WriteMode::Persistent)
+                        .filter(|_| opts.mode == WriteMode::Persistent && local)
                     else {
                         return Err(e.into());
                     };
@@ -337,11 +340,17 @@ async fn apply_command(
     }
     // Files rendered earlier are taken over: D-Bus first gets every value they hold (hidden
     // from apply's reads so that it writes them), then they are removed.
+    // With --bus naming another systemd, the default --root (this host) is not its root:
+    // this host's files are only taken over when --root is given with --bus, or without it.
     let plan = render::command::plan_for(config, user)?;
     let sanitized = user.and_then(|u| u.sanitized().ok());
-    let rendered = render::tree::find_rendered(&cli.root, |s| {
-        render::tree::in_scope(s, &plan, sanitized.as_ref())
-    })?;
+    let rendered = if render::command::root_is_host(&cli.root) && cli.bus.is_some() {
+        render::tree::Rendered::default()
+    } else {
+        render::tree::find_rendered(&cli.root, |s| {
+            render::tree::in_scope(s, &plan, sanitized.as_ref())
+        })?
+    };
     for f in &rendered.foreign {
         eprintln!(
             "ds01-slices: warning: {} was not written by ds01-slices: left alone (values set over D-Bus override it)",
@@ -350,7 +359,7 @@ async fn apply_command(
     }
     let masked = render::mask::RenderedMask::new(&sd, rendered.files.clone());
     let report = apply::apply(&masked, config, scope, &ownership, opts).await?;
-    let exit = print_apply_report(cli, &report, opts)?;
+    let exit = print_apply_report(cli, &report, opts, Some(sd.stats()))?;
     if opts.dry_run {
         if !rendered.files.is_empty() {
             eprintln!(
@@ -386,7 +395,12 @@ async fn apply_command(
     Ok(exit)
 }
 
-fn print_apply_report(cli: &Cli, report: &ApplyReport, opts: ApplyOptions) -> anyhow::Result<Exit> {
+fn print_apply_report(
+    cli: &Cli,
+    report: &ApplyReport,
+    opts: ApplyOptions,
+    bus: Option<crate::systemd::client::BusStatsSnapshot>,
+) -> anyhow::Result<Exit> {
     let failed = !report.failures.is_empty() || !report.refused.is_empty();
     if cli.json {
         let change_json = |c: &crate::reconcile::Change| {
@@ -407,6 +421,7 @@ fn print_apply_report(cli: &Cli, report: &ApplyReport, opts: ApplyOptions) -> an
             "changes": report.changes.iter().map(change_json).collect::<Vec<_>>(),
             "refused": report.refused.iter().map(change_json).collect::<Vec<_>>(),
             "failures": report.failures.iter().map(|(s, e)| serde_json::json!({"slice": s, "error": e})).collect::<Vec<_>>(),
+            "bus": bus,
         }))?;
     } else {
         let mut text = apply::render_changes(&report.changes);

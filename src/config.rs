@@ -131,6 +131,9 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
     by_name: HashMap<String, usize>,
     by_sanitized: HashMap<String, usize>,
+    // Resolution runs once per user in a plan: indexed, not scanned.
+    override_by_name: HashMap<String, usize>,
+    override_by_sanitized: HashMap<String, usize>,
 }
 
 /// A user as every command sees them: group, slice and effective limits.
@@ -168,11 +171,11 @@ impl Config {
     }
 
     fn override_for(&self, user: &UserName, sanitized: &SanitizedUser) -> Option<&UserOverride> {
-        self.overrides.iter().find(|o| &o.user == user).or_else(|| {
-            self.overrides
-                .iter()
-                .find(|o| o.user.sanitized().ok().as_ref() == Some(sanitized))
-        })
+        let index = self
+            .override_by_name
+            .get(user.as_str())
+            .or_else(|| self.override_by_sanitized.get(sanitized.as_str()))?;
+        self.overrides.get(*index)
     }
 
     /// Group, slice and effective limits of any user, listed or not.
@@ -912,6 +915,16 @@ pub fn validate(
         }
     }
 
+    let mut override_by_name = HashMap::new();
+    let mut override_by_sanitized = HashMap::new();
+    for (i, o) in overrides.iter().enumerate() {
+        override_by_name.insert(o.user.as_str().to_owned(), i);
+        if let Ok(s) = o.user.sanitized() {
+            override_by_sanitized
+                .entry(s.as_str().to_owned())
+                .or_insert(i);
+        }
+    }
     let config = Config {
         path: raw.path,
         aggregate_limits: raw.aggregate_limits,
@@ -922,6 +935,8 @@ pub fn validate(
         warnings: Vec::new(),
         by_name,
         by_sanitized,
+        override_by_name,
+        override_by_sanitized,
     };
 
     // Effective limits of every overridden user must hold together (high ≤ max after merge).
@@ -954,7 +969,8 @@ pub fn validate(
                         ),
                     );
                 } else {
-                    override_slices.insert(resolved.slice.clone(), (o.user.clone(), o.location.clone()));
+                    override_slices
+                        .insert(resolved.slice.clone(), (o.user.clone(), o.location.clone()));
                 }
             }
             Err(e) => diags.error(o.location.clone(), e.to_string()),

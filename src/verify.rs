@@ -119,7 +119,33 @@ pub async fn verify<S: Systemd>(
     };
     let desired = reconcile::desired_state(config, &plan, &known);
     let names: Vec<SliceName> = desired.keys().cloned().collect();
-    let live = read_all(sd, &names).await?;
+    let holder = crate::apply::hold_if_many(sd, &names).await;
+    let read = async {
+        let mut live = read_all(sd, &names).await?;
+        let states = crate::apply::bounded(&live, |l| async move {
+            match l {
+                Ok(l) => Some(sd.read_unit_state(&l.slice).await),
+                Err(_) => None,
+            }
+        })
+        .await;
+        for (l, state) in live.iter_mut().zip(states) {
+            match (l.as_mut(), state) {
+                (Ok(l), Some(Ok(state))) => {
+                    if !state.active_state.is_empty() {
+                        l.active_state = state.active_state;
+                    }
+                    l.drop_in_paths = state.drop_in_paths;
+                }
+                (Ok(_), Some(Err(e))) => *l = Err(e),
+                _ => {}
+            }
+        }
+        Ok::<_, BusError>(live)
+    };
+    let live = read.await;
+    crate::apply::release_hold(sd, holder).await;
+    let live = live?;
     let empty = BTreeSet::new();
     let mut slices = Vec::new();
     for (name, live) in names.iter().zip(live) {

@@ -53,8 +53,38 @@ pub fn root_is_host(root: &Path) -> bool {
 /// Connects and reads systemd's Version: the check `--backend auto` makes.
 pub async fn connect_checked(bus: Option<&str>, timeout: Duration) -> Result<BusSystemd, BusError> {
     let sd = BusSystemd::connect(bus, timeout).await?;
-    sd.version().await?;
-    Ok(sd)
+    match sd.version().await {
+        Ok(_) => Ok(sd),
+        Err(e) => Err(name_not_owned(e, sd.address())),
+    }
+}
+
+/// D-Bus errors that mean nobody owns org.freedesktop.systemd1 on the bus: the daemon's
+/// answer when systemd is absent, or, when a service file makes the name activatable, the
+/// failed activation.
+const NOT_OWNED: [&str; 3] = [
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Spawn.",
+];
+
+/// Property reads come back from zbus as `fdo` errors, which `BusError::from_zbus` files
+/// under `Other` with the D-Bus error name in the text; this recovers "systemd is absent"
+/// from them so that `--backend auto` falls back and the message says what is wrong.
+fn name_not_owned(e: BusError, address: &str) -> BusError {
+    match &e {
+        BusError::Other { detail, .. } | BusError::Refused { detail, .. }
+            if NOT_OWNED.iter().any(|n| detail.contains(n)) =>
+        {
+            BusError::ServiceUnknown {
+                address: address.to_owned(),
+            }
+        }
+        _ if e.is_service_unknown() => BusError::ServiceUnknown {
+            address: address.to_owned(),
+        },
+        _ => e,
+    }
 }
 
 /// Errors that mean "no systemd to talk to" (rather than "systemd refused" or "systemd is
@@ -137,13 +167,17 @@ pub async fn render(
         }
     }
     for s in tp.shadows.iter().filter(|s| !s.owned) {
+        let human = |text: &str| match super::property_for_setting(s.property) {
+            Some(p) => super::display_setting_value(p, text),
+            None => text.to_owned(),
+        };
         eprintln!(
             "ds01-slices: warning: {} sets {}={}, which shadows {}={} in {}: it was not set by ds01-slices, so it stays; delete it if that value is not wanted, then run 'systemctl daemon-reload'",
             s.dbus_file.display(),
             s.property,
-            s.dbus_value,
+            human(&s.dbus_value),
             s.property,
-            s.rendered_value,
+            human(&s.rendered_value),
             s.rendered_file.display()
         );
     }
@@ -329,6 +363,28 @@ mod tests {
         ] {
             assert_eq!(root_is_host(Path::new(root)), host, "{root:?}");
         }
+    }
+
+    #[test]
+    fn an_unowned_systemd_name_is_an_absent_systemd() {
+        for detail in [
+            "org.freedesktop.DBus.Error.ServiceUnknown: The name org.freedesktop.systemd1 was not provided by any .service files",
+            "org.freedesktop.DBus.Error.Spawn.ChildExited: Process /bin/false exited with status 1",
+        ] {
+            let e = BusError::Other {
+                what: "reading systemd's Version".into(),
+                detail: detail.into(),
+            };
+            assert!(matches!(
+                name_not_owned(e, "unix:path=/b"),
+                BusError::ServiceUnknown { address } if address == "unix:path=/b"
+            ));
+        }
+        let other = BusError::Other {
+            what: "x".into(),
+            detail: "org.freedesktop.DBus.Error.Failed: no".into(),
+        };
+        assert!(matches!(name_not_owned(other, "a"), BusError::Other { .. }));
     }
 
     #[test]

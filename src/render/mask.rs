@@ -57,6 +57,18 @@ impl<S: Systemd> Systemd for RenderedMask<'_, S> {
     async fn reload(&self) -> Result<(), BusError> {
         self.inner.reload().await
     }
+
+    async fn hold_loaded(&self, slices: &[SliceName]) -> Result<String, BusError> {
+        self.inner.hold_loaded(slices).await
+    }
+
+    async fn release(&self, holder: &str) -> Result<(), BusError> {
+        self.inner.release(holder).await
+    }
+
+    async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
+        self.inner.stale_holders().await
+    }
 }
 
 #[cfg(test)]

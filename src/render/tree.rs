@@ -499,7 +499,7 @@ pub fn execute(tp: &TreePlan, ownership: &Ownership) -> Result<Executed, RenderE
     for tmp in &tp.leftover_temps {
         remove_if_present(tmp)?;
     }
-    let mut staging = Staging::default();
+    let mut staging = Staging::new();
     for (file, content) in tp.writes() {
         staging.stage(&tp.root, &file.path, content)?;
     }
@@ -577,9 +577,20 @@ struct Staging {
     staged: Vec<Staged>,
     created_dirs: Vec<PathBuf>,
     committed: bool,
+    /// O_TMPFILE files are linked through /proc/self/fd, which a chroot may lack.
+    unnamed: bool,
 }
 
 impl Staging {
+    fn new() -> Staging {
+        Staging {
+            staged: Vec::new(),
+            created_dirs: Vec::new(),
+            committed: false,
+            unnamed: Path::new("/proc/self/fd").is_dir(),
+        }
+    }
+
     fn stage(&mut self, root: &Path, path: &Path, content: &str) -> Result<(), RenderError> {
         let dir = parent(path);
         let write_err = |source| RenderError::Write {
@@ -587,7 +598,12 @@ impl Staging {
             source,
         };
         self.ensure_dir(root, dir).map_err(write_err)?;
-        let temp = match open_unnamed(dir) {
+        let opened = if self.unnamed {
+            open_unnamed(dir)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        };
+        let temp = match opened {
             Ok(mut file) => {
                 file.write_all(content.as_bytes())
                     .and_then(|_| file.sync_all())
@@ -1160,6 +1176,55 @@ mod tests {
             "not ours: kept"
         );
         assert_eq!(own.read(&alice).unwrap(), [Property::TasksMax].into());
+    }
+
+    #[test]
+    fn named_temporary_files_are_committed_or_removed() {
+        for commit in [true, false] {
+            let root = TempRoot::new("named");
+            let dir = root.0.join(UNIT_DIR).join("ds01.slice.d");
+            let path = dir.join(DROP_IN_FILE);
+            let mut staging = Staging::default();
+            staging.stage(&root.0, &path, "new\n").unwrap();
+            assert!(dir
+                .join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", std::process::id()))
+                .exists());
+            if commit {
+                staging.commit().unwrap();
+                assert_eq!(
+                    all_files(&root.0.join(UNIT_DIR)),
+                    ["ds01.slice.d/", "ds01.slice.d/10-resource-limits.conf"]
+                );
+                assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+            } else {
+                drop(staging);
+                assert_eq!(
+                    all_files(&root.0),
+                    Vec::<String>::new(),
+                    "temp file and created dirs removed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_found_by_name_only() {
+        let root = TempRoot::new("leftover");
+        let dir = root.0.join(UNIT_DIR).join("ds01.slice.d");
+        fs::create_dir_all(&dir).unwrap();
+        for name in [
+            ".10-resource-limits.conf.123.tmp",
+            ".10-resource-limits.conf.x.tmp",
+            "keep.tmp",
+            ".10-resource-limits.conf..tmp",
+        ] {
+            fs::write(dir.join(name), "").unwrap();
+        }
+        let scan = scan(&root.0).unwrap();
+        assert_eq!(
+            scan.leftover_temps,
+            [dir.join(".10-resource-limits.conf.123.tmp")]
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and verify can be tested against a real systemd and reasoned about without the bus.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use zbus::zvariant::{OwnedValue, Value};
@@ -51,7 +53,7 @@ impl LiveSlice {
 pub enum BusError {
     #[error("cannot connect to the system bus at {address}: {reason}; is dbus running? (pass --bus ADDRESS or set DBUS_SYSTEM_BUS_ADDRESS to use another bus, or `--backend files` to render drop-ins instead)")]
     Unreachable { address: String, reason: String },
-    #[error("systemd is not on the bus at {address} (org.freedesktop.systemd1: ServiceUnknown); is systemd PID 1 and connected to dbus? `systemctl status dbus` and `busctl status org.freedesktop.systemd1` tell")]
+    #[error("systemd is not on the bus at {address} (nobody owns the name org.freedesktop.systemd1 there); is systemd PID 1 and connected to dbus? `systemctl status dbus` and `busctl status org.freedesktop.systemd1` tell")]
     ServiceUnknown { address: String },
     #[error(
         "{what}: access denied by systemd ({detail}); run ds01-slices as root (e.g. with sudo)"
@@ -79,28 +81,53 @@ impl BusError {
     /// Classifies a zbus error for the operation `what` (naming the unit and call).
     pub fn from_zbus(what: impl Into<String>, err: zbus::Error, timeout: Duration) -> BusError {
         let what = what.into();
-        match err {
+        // Property reads report D-Bus errors as `FDO`, method calls as `MethodError`: both
+        // are classified by the error name.
+        let (name, detail) = match err {
             zbus::Error::MethodError(name, detail, _) => {
-                let detail = detail.unwrap_or_default();
-                let short = name
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                match short.as_str() {
-                    "AccessDenied" | "InteractiveAuthorizationRequired" | "AuthFailed" => BusError::AccessDenied { what, detail },
-                    "NoSuchUnit" | "LoadFailed" => BusError::NoSuchUnit { what, detail },
-                    "LimitsExceeded" => BusError::LimitsExceeded { what, detail },
-                    "ServiceUnknown" | "NameHasNoOwner" => BusError::Refused {
-                        what,
-                        name: name.to_string(),
-                        detail: format!("{detail}; systemd is not on the bus (is it PID 1 and connected to dbus?)"),
-                    },
-                    "NoReply" | "Timeout" | "TimedOut" => BusError::Timeout { what, secs: timeout.as_secs() },
-                    _ => BusError::Refused { what, name: name.to_string(), detail },
-                }
+                (name.to_string(), detail.unwrap_or_default())
             }
+            zbus::Error::FDO(e) => {
+                use zbus::DBusError;
+                (
+                    e.name().to_string(),
+                    e.description().unwrap_or_default().to_owned(),
+                )
+            }
+            other => return Self::from_transport(what, other, timeout),
+        };
+        Self::from_error_name(what, &name, detail, timeout)
+    }
+
+    fn from_error_name(what: String, name: &str, detail: String, timeout: Duration) -> BusError {
+        let short = name.rsplit('.').next().unwrap_or_default();
+        match short {
+            "AccessDenied" | "InteractiveAuthorizationRequired" | "AuthFailed" => {
+                BusError::AccessDenied { what, detail }
+            }
+            "NoSuchUnit" | "LoadFailed" => BusError::NoSuchUnit { what, detail },
+            "LimitsExceeded" => BusError::LimitsExceeded { what, detail },
+            "ServiceUnknown" | "NameHasNoOwner" => BusError::Refused {
+                what,
+                name: name.to_owned(),
+                detail: format!(
+                    "{detail}; systemd is not on the bus (is it PID 1 and connected to dbus?)"
+                ),
+            },
+            "NoReply" | "Timeout" | "TimedOut" => BusError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+            },
+            _ => BusError::Refused {
+                what,
+                name: name.to_owned(),
+                detail,
+            },
+        }
+    }
+
+    fn from_transport(what: String, err: zbus::Error, timeout: Duration) -> BusError {
+        match err {
             zbus::Error::InputOutput(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 BusError::Timeout {
                     what,
@@ -127,14 +154,22 @@ impl BusError {
 
     pub fn is_service_unknown(&self) -> bool {
         matches!(self, BusError::ServiceUnknown { .. })
-            || matches!(self, BusError::Refused { name, .. } if name.ends_with("ServiceUnknown") || name.ends_with("NameHasNoOwner"))
+            || matches!(self, BusError::Refused { name, .. } if name.ends_with("ServiceUnknown") || name.ends_with("NameHasNoOwner")
+                // With systemd off the bus, dbus-daemon tries to activate it from its service
+                // file (Exec=/bin/false) and answers Spawn.ChildExited instead.
+                || name.starts_with("org.freedesktop.DBus.Error.Spawn."))
     }
 }
 
 /// Everything the tool needs from systemd. Implemented over D-Bus by [`BusSystemd`].
 #[allow(async_fn_in_trait)]
 pub trait Systemd {
+    /// The slice's properties (one call). `active_state` is inferred from its cgroup and
+    /// `drop_in_paths` is empty: [`Systemd::read_unit_state`] has both.
     async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError>;
+    async fn read_unit_state(&self, _slice: &SliceName) -> Result<UnitState, BusError> {
+        Ok(UnitState::default())
+    }
     async fn set_properties(
         &self,
         slice: &SliceName,
@@ -165,11 +200,61 @@ pub trait Systemd {
     }
 }
 
+/// What verify adds to a slice's properties: its exact state and drop-in files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    pub active_state: String,
+    pub drop_in_paths: Vec<String>,
+}
+
 /// Transient services that keep slices loaded during an apply are named with this prefix.
 pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
 /// A holder outlives a crashed run by at most this long: its process then exits and
 /// systemd collects it.
 const HOLDER_LIFETIME_SECS: &str = "900";
+
+/// Calls outstanding at once on our connection, enforced here for every caller. The bus
+/// allows 128 pending replies per connection; half leaves headroom.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+
+/// What this process did on the bus, for `--json` output and the benchmark's safety checks.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    pinned: AtomicUsize,
+    max_pinned: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BusStatsSnapshot {
+    pub calls: usize,
+    pub max_in_flight: usize,
+    pub max_pinned: usize,
+}
+
+impl BusStats {
+    pub fn snapshot(&self) -> BusStatsSnapshot {
+        BusStatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
+            max_pinned: self.max_pinned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One call on the wire: holds a slot of the in-flight budget until dropped.
+struct CallSlot<'a> {
+    stats: &'a BusStats,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for CallSlot<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// systemd over one shared zbus connection.
 #[derive(Clone)]
@@ -178,6 +263,8 @@ pub struct BusSystemd {
     manager: ManagerProxy<'static>,
     timeout: Duration,
     address: String,
+    slots: Arc<tokio::sync::Semaphore>,
+    stats: Arc<BusStats>,
 }
 
 impl BusSystemd {
@@ -216,7 +303,29 @@ impl BusSystemd {
             manager,
             timeout,
             address: shown,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            stats: Arc::new(BusStats::default()),
         })
+    }
+
+    pub fn stats(&self) -> BusStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    async fn slot(&self) -> CallSlot<'_> {
+        // The semaphore is never closed, so acquire cannot fail; if it somehow did, going
+        // on without a permit only loosens a budget the counters below still report.
+        let permit = match self.slots.acquire().await {
+            Ok(p) => p,
+            Err(_) => unreachable_semaphore(),
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        CallSlot {
+            stats: &self.stats,
+            _permit: permit,
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -255,6 +364,7 @@ impl BusSystemd {
         interface: &str,
         what: &str,
     ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let _slot = self.slot().await;
         let reply = self
             .connection
             .call_method(
@@ -274,6 +384,12 @@ impl BusSystemd {
                 detail: e.to_string(),
             })
     }
+}
+
+#[cold]
+fn unreachable_semaphore() -> ! {
+    // BusSystemd owns the semaphore and never closes it.
+    panic!("the bus call semaphore was closed")
 }
 
 fn as_u64(v: Option<&OwnedValue>) -> Option<u64> {
@@ -320,14 +436,10 @@ fn to_value(v: BusValue) -> Value<'static> {
 impl Systemd for BusSystemd {
     async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError> {
         let path = proxies::unit_object_path(slice.as_str());
-        let what_unit = format!("reading unit properties of {slice}");
-        let what_slice = format!("reading slice properties of {slice}");
-        // Both requests go out before either reply is awaited: one round trip, not two.
-        let (unit, props) = tokio::join!(
-            self.get_all(&path, proxies::UNIT_INTERFACE, &what_unit),
-            self.get_all(&path, proxies::SLICE_INTERFACE, &what_slice)
-        );
-        let (unit, props) = (unit?, props?);
+        let what = format!("reading slice properties of {slice}");
+        // One call per slice: the Slice interface holds every value apply needs, and each
+        // call on a unit that is not loaded makes systemd load it (the costly part).
+        let props = self.get_all(&path, proxies::SLICE_INTERFACE, &what).await?;
         let mut values = BTreeMap::new();
         for p in Property::ACCOUNTING {
             if let Some(b) = as_bool(props.get(p.bus_name())) {
@@ -340,14 +452,55 @@ impl Systemd for BusSystemd {
             }
         }
         let memory_current = as_u64(props.get("MemoryCurrent")).filter(|n| *n != u64::MAX);
+        let control_group = as_string(props.get("ControlGroup")).filter(|s| !s.is_empty());
+        // A slice has a cgroup exactly while it is started; read_unit_state tells precisely.
+        let active_state = if control_group.is_some() {
+            "active"
+        } else {
+            "inactive"
+        };
         Ok(LiveSlice {
             slice: slice.clone(),
-            load_state: as_string(unit.get("LoadState")).unwrap_or_default(),
-            active_state: as_string(unit.get("ActiveState")).unwrap_or_default(),
-            control_group: as_string(props.get("ControlGroup")).filter(|s| !s.is_empty()),
+            load_state: "loaded".to_owned(),
+            active_state: active_state.to_owned(),
+            control_group,
             memory_current,
             values,
-            drop_in_paths: as_strings(unit.get("DropInPaths")),
+            drop_in_paths: Vec::new(),
+        })
+    }
+
+    async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError> {
+        let path = proxies::unit_object_path(slice.as_str());
+        let get = |prop: &'static str| {
+            let path = path.clone();
+            async move {
+                let what = format!("reading {prop} of {slice}");
+                let _slot = self.slot().await;
+                let reply = self
+                    .connection
+                    .call_method(
+                        Some(proxies::SERVICE),
+                        path.as_str(),
+                        Some("org.freedesktop.DBus.Properties"),
+                        "Get",
+                        &(proxies::UNIT_INTERFACE, prop),
+                    )
+                    .await
+                    .map_err(|e| self.err(what.clone(), e))?;
+                reply
+                    .body()
+                    .deserialize::<OwnedValue>()
+                    .map_err(|e| BusError::Protocol {
+                        what,
+                        detail: e.to_string(),
+                    })
+            }
+        };
+        let (active, dropins) = tokio::join!(get("ActiveState"), get("DropInPaths"));
+        Ok(UnitState {
+            active_state: as_string(Some(&active?)).unwrap_or_default(),
+            drop_in_paths: as_strings(Some(&dropins?)),
         })
     }
 
@@ -362,6 +515,7 @@ impl Systemd for BusSystemd {
             .map(|(p, v)| (p.bus_name(), to_value(*v)))
             .collect();
         let names: Vec<&str> = props.iter().map(|(p, _)| p.bus_name()).collect();
+        let _slot = self.slot().await;
         self.manager
             .set_unit_properties(slice.as_str(), mode == WriteMode::Runtime, &values)
             .await
@@ -369,6 +523,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError> {
+        let _slot = self.slot().await;
         let rows = self
             .manager
             .list_units_by_patterns(&[], &["ds01.slice", "ds01-*.slice"])
@@ -381,20 +536,28 @@ impl Systemd for BusSystemd {
     }
 
     async fn pin(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
         self.manager
             .ref_unit(slice.as_str())
             .await
-            .map_err(|e| self.err(format!("pinning {slice}"), e))
+            .map_err(|e| self.err(format!("pinning {slice}"), e))?;
+        let now = self.stats.pinned.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_pinned.fetch_max(now, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn unpin(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
         self.manager
             .unref_unit(slice.as_str())
             .await
-            .map_err(|e| self.err(format!("releasing {slice}"), e))
+            .map_err(|e| self.err(format!("releasing {slice}"), e))?;
+        self.stats.pinned.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn reload(&self) -> Result<(), BusError> {
+        let _slot = self.slot().await;
         self.manager
             .reload()
             .await
@@ -423,6 +586,7 @@ impl Systemd for BusSystemd {
             ("ExecStart", Value::from(exec)),
             ("CollectMode", Value::from("inactive-or-failed")),
         ];
+        let _slot = self.slot().await;
         self.manager
             .start_transient_unit(&name, "fail", &props, &[])
             .await
@@ -436,6 +600,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn release(&self, holder: &str) -> Result<(), BusError> {
+        let _slot = self.slot().await;
         self.manager
             .stop_unit(holder, "replace")
             .await
@@ -445,6 +610,7 @@ impl Systemd for BusSystemd {
 
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
         let pattern = format!("{HOLDER_PREFIX}*.service");
+        let _slot = self.slot().await;
         let rows = self
             .manager
             .list_units_by_patterns(&[], &[pattern.as_str()])

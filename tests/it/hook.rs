@@ -1,12 +1,168 @@
-use crate::support::sandbox_or_skip;
+//! `hook pre-create USER` against a real systemd: exactly the slice name on stdout, the
+//! limits in place before the container starts, and agreement among concurrent hooks.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use crate::apply::{Run, World, EXAMPLE, STUDENT_LIMITS};
+
+/// What the ownership record of a user slice with every limit set holds.
+const USER_RECORD: &str = "CPUQuotaPerSecUSec\nMemoryMax\nMemoryHigh\nTasksMax\n";
+/// ... and of a parent slice.
+const PARENT_RECORD: &str = "CPUAccounting\nMemoryAccounting\nTasksAccounting\nIOAccounting\n";
+
+fn hook(w: &World, user: &str) -> Run {
+    w.go(&["hook", "pre-create", user])
+}
+
 #[test]
-#[ignore]
-fn zz_explore() {
-    let Some(sb) = sandbox_or_skip() else { return };
-    std::fs::write("/work/main/target/explore.pid", format!("{}\n", sb.pid())).unwrap();
-    let mut n = 0;
-    while std::path::Path::new("/work/main/target/explore.pid").exists() && n < 3000 {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        n += 1;
+fn hook_prints_only_the_slice_and_sets_its_limits_first() {
+    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+        return;
+    };
+    let cases = [
+        ("alice", "ds01-student-alice.slice"),
+        ("h.baker@hertie-school.lan", "ds01-student-h_baker.slice"),
+        ("r.chen@hertie-school.lan", "ds01-researcher-r_chen.slice"),
+        // In no members file: the default group's limits.
+        ("zoe", "ds01-student-zoe.slice"),
+    ];
+    for (user, slice) in cases {
+        let out = hook(&w, user);
+        assert_eq!(out.code, Some(0), "{user}: {out}");
+        assert_eq!(out.stdout, format!("{slice}\n"), "{user}: {out}");
+        w.assert_user_as_planned(user);
+        assert_eq!(w.record(slice).as_deref(), Some(USER_RECORD), "{slice}");
     }
+    assert_eq!(w.limits("ds01-student-zoe.slice"), STUDENT_LIMITS);
+    for parent in ["ds01.slice", "ds01-student.slice", "ds01-researcher.slice"] {
+        assert_eq!(w.record(parent).as_deref(), Some(PARENT_RECORD), "{parent}");
+        assert_eq!(w.show(parent, "MemoryAccounting"), "yes", "{parent}");
+    }
+
+    // A slice already right is only read.
+    let before = w.control_mtimes();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for (user, slice) in cases {
+        let out = hook(&w, user);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), &*format!("{slice}\n")),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        w.control_mtimes(),
+        before,
+        "a hook rewrote a slice that was in sync"
+    );
+
+    // The hook's unlisted user keeps the limits through a full apply.
+    let out = w.ok(&["apply"], 0);
+    assert!(!out.contains("ds01-student-zoe.slice"), "{out}");
+    assert_eq!(w.limits("ds01-student-zoe.slice"), STUDENT_LIMITS);
+    w.ok(&["verify"], 0);
+}
+
+#[test]
+fn hook_with_a_bad_user_name_exits_2_with_empty_stdout() {
+    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+        return;
+    };
+    for user in ["@domain", "@hertie-school.lan"] {
+        let out = hook(&w, user);
+        assert_eq!(out.code, Some(2), "{user}: {out}");
+        assert_eq!(out.stdout, "", "{user}: {out}");
+        assert!(
+            out.stderr.contains(&format!(
+                "user name {user:?} has nothing left after sanitization"
+            )),
+            "{user}: {out}"
+        );
+    }
+    assert!(w.control_mtimes().is_empty(), "{:?}", w.control_mtimes());
+}
+
+#[test]
+fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
+    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+        return;
+    };
+    let w = Arc::new(w);
+    // Same users many times, listed and unlisted, and LDAP-style names, all at once.
+    let users: Vec<(&str, &str)> = [
+        ("alice", "ds01-student-alice.slice"),
+        ("zoe", "ds01-student-zoe.slice"),
+        ("r.chen@hertie-school.lan", "ds01-researcher-r_chen.slice"),
+        (
+            "prof.schmidt@hertie-school.lan",
+            "ds01-faculty-prof_schmidt.slice",
+        ),
+        ("maria.garcia", "ds01-researcher-maria_garcia.slice"),
+        ("datasciencelab", "ds01-admin-datasciencelab.slice"),
+        ("new.user@hertie-school.lan", "ds01-student-new_user.slice"),
+    ]
+    .into_iter()
+    .cycle()
+    .take(20)
+    .collect();
+    let start = Arc::new(Barrier::new(users.len()));
+    let threads: Vec<_> = users
+        .iter()
+        .map(|&(user, _)| {
+            let (w, start) = (Arc::clone(&w), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut cmd = w.cmd(&["hook", "pre-create", user]);
+                start.wait();
+                Run::from(cmd.output().unwrap())
+            })
+        })
+        .collect();
+    for (t, (user, slice)) in threads.into_iter().zip(&users) {
+        let out = t.join().unwrap();
+        assert_eq!(out.code, Some(0), "{user}: {out}");
+        assert_eq!(out.stdout, format!("{slice}\n"), "{user}: {out}");
+    }
+
+    let mut expected: BTreeMap<&str, Option<&str>> = users
+        .iter()
+        .map(|&(_, slice)| (slice, Some(USER_RECORD)))
+        .collect();
+    // Admins have no cap: nothing set, nothing recorded.
+    expected.insert("ds01-admin-datasciencelab.slice", None);
+    for parent in [
+        "ds01.slice",
+        "ds01-student.slice",
+        "ds01-researcher.slice",
+        "ds01-faculty.slice",
+        "ds01-admin.slice",
+    ] {
+        expected.insert(parent, Some(PARENT_RECORD));
+    }
+    let mut on_disk: Vec<String> = fs::read_dir(w.state().join("owned"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut want: Vec<&str> = expected
+        .iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(s, _)| *s)
+        .collect();
+    want.sort();
+    assert_eq!(
+        on_disk, want,
+        "records (and no temporary files) in the state directory"
+    );
+    for (slice, record) in &expected {
+        assert_eq!(w.record(slice).as_deref(), *record, "{slice}");
+    }
+    for (user, _) in &users[..7] {
+        w.assert_user_as_planned(user);
+        w.ok(&["verify", "--user", user], 0);
+    }
+    assert_eq!(w.limits("ds01-student-new_user.slice"), STUDENT_LIMITS);
 }

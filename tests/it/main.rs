@@ -1,7 +1,7 @@
 mod apply;
+mod cli;
 mod dbus_contract;
 mod hook;
-mod cli;
+mod render;
 mod sandbox;
 mod support;
-mod render;

@@ -1,0 +1,646 @@
+//! Scale benchmark: ds01-slices against a real (sandboxed) systemd with N users, and the
+//! two baselines it must beat, measured in the same run. Writes BENCHMARKS.md.
+//!
+//!     cargo bench --bench scale                       # N = 100, 1000, 5000
+//!     cargo bench --bench scale -- --sizes 100,1000 --runs 3 --naive-max 1000
+//!
+//! Needs root and unshare (as the systemd tests do). Every figure is a median over
+//! `--runs` fresh sandboxes; the naive baseline (quadratic) runs once per size up to
+//! `--naive-max`.
+
+#[path = "../tests/it/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ds01_slices::names::SliceName;
+use ds01_slices::plan::{BusValue, Property};
+use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
+use serde_json::Value;
+use support::Sandbox;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
+
+struct Args {
+    sizes: Vec<usize>,
+    runs: usize,
+    naive_max: usize,
+    plan_users: usize,
+    hook_samples: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        sizes: vec![100, 1000, 5000],
+        runs: 3,
+        naive_max: 1000,
+        plan_users: 10_000,
+        hook_samples: 40,
+        out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().expect("option needs a value");
+        match arg.as_str() {
+            "--sizes" => {
+                a.sizes = value()
+                    .split(',')
+                    .map(|s| s.parse().expect("size"))
+                    .collect()
+            }
+            "--runs" => a.runs = value().parse().expect("runs"),
+            "--naive-max" => a.naive_max = value().parse().expect("naive-max"),
+            "--plan-users" => a.plan_users = value().parse().expect("plan-users"),
+            "--hook-samples" => a.hook_samples = value().parse().expect("hook-samples"),
+            "--out" => a.out = PathBuf::from(value()),
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+/// A generated configuration with `n` users in four groups and some overrides.
+struct Fixture {
+    dir: PathBuf,
+    users: Vec<String>,
+}
+
+impl Fixture {
+    fn new(n: usize, tag: &str) -> Fixture {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bench-{tag}-{n}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("groups")).unwrap();
+        fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/resource-limits.yaml"),
+            dir.join("resource-limits.yaml"),
+        )
+        .unwrap();
+        let users: Vec<String> = (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    format!("first{i}.last@uni.example")
+                } else {
+                    format!("user{i:05}")
+                }
+            })
+            .collect();
+        let mut groups: [Vec<&str>; 4] = Default::default();
+        for (i, u) in users.iter().enumerate() {
+            let g = match i % 50 {
+                0 => 3,      // admin, 2%
+                1..=4 => 2,  // faculty, 8%
+                5..=14 => 1, // researcher, 20%
+                _ => 0,      // student, 70%
+            };
+            groups[g].push(u);
+        }
+        for (g, name) in ["student", "researcher", "faculty", "admin"]
+            .iter()
+            .enumerate()
+        {
+            fs::write(
+                dir.join(format!("groups/{name}.members")),
+                groups[g].join("\n") + "\n",
+            )
+            .unwrap();
+        }
+        let f = Fixture { dir, users };
+        f.write_overrides(false);
+        f
+    }
+
+    /// 5% of users always have a memory override; with `changed`, 10% more get a new TasksMax.
+    fn write_overrides(&self, changed: bool) {
+        let mut text = String::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let memory = i % 20 == 7;
+            let tasks = changed && i % 10 == 3;
+            if !(memory || tasks) || i % 50 == 0 {
+                continue;
+            }
+            let _ = writeln!(text, "{u:?}:\n  aggregate:");
+            if memory {
+                text.push_str("    memory_max: 200G\n    memory_high: 180G\n");
+            }
+            if tasks {
+                text.push_str("    tasks_max: 4096\n");
+            }
+        }
+        fs::write(self.dir.join("user-overrides.yaml"), text).unwrap();
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("resource-limits.yaml")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Measured {
+    wall: Duration,
+    max_rss_kib: u64,
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the product as a whole process; peak RSS from wait4's rusage of that child alone.
+fn measure(args: &[&str], config: &Path, sb: Option<&Sandbox>, state: &Path) -> Measured {
+    let out_path = state.with_extension(format!("out{}", std::process::id()));
+    let err_path = state.with_extension(format!("err{}", std::process::id()));
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state);
+    if let Some(sb) = sb {
+        cmd.arg("--bus")
+            .arg(sb.bus_address())
+            .arg("--cgroup-root")
+            .arg(sb.host_path("/sys/fs/cgroup"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let start = Instant::now();
+    // Reaped by wait4 below, which also gives this child's own peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage are valid out-pointers.
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    assert_eq!(rc, child.id() as i32, "wait4");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let m = Measured {
+        wall,
+        max_rss_kib: usage.ru_maxrss as u64,
+        code,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    let _ = fs::remove_file(out_path);
+    let _ = fs::remove_file(err_path);
+    m
+}
+
+fn expect_code(what: &str, m: &Measured, code: i32) {
+    assert_eq!(
+        m.code, code,
+        "{what} exited {}\nstdout: {}\nstderr: {}",
+        m.code, m.stdout, m.stderr
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(sb: &Sandbox) -> BusSystemd {
+    BusSystemd::connect(Some(&sb.bus_address()), Duration::from_secs(120))
+        .await
+        .unwrap()
+}
+
+/// systemd must still own its name on the bus after every run: a client that knocks it off
+/// the bus fails the benchmark.
+fn assert_systemd_on_bus(sb: &Sandbox, after: &str) -> String {
+    let out = sb.busctl(&["status", "org.freedesktop.systemd1"]);
+    assert!(
+        out.status.success(),
+        "after {after}: org.freedesktop.systemd1 is gone from the bus: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt().block_on(async { connect(sb).await.version().await.unwrap() })
+}
+
+#[derive(Default)]
+struct SizeResult {
+    cold: Vec<f64>,
+    warm: Vec<f64>,
+    changed: Vec<f64>,
+    verify: Vec<f64>,
+    hook_ok: Vec<f64>,
+    hook_write: Vec<f64>,
+    systemd_write: Vec<f64>,
+    rss_cold: Vec<f64>,
+    rss_warm: Vec<f64>,
+    rss_verify: Vec<f64>,
+    rss_hook: Vec<f64>,
+    naive: Option<f64>,
+    files: Vec<f64>,
+    rss_render: Vec<f64>,
+    max_in_flight: usize,
+    max_pinned: usize,
+    warm_writes: u64,
+}
+
+fn bus_stats(stdout: &str) -> (usize, usize, u64) {
+    let v: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
+    (
+        v["bus"]["max_in_flight"].as_u64().unwrap_or(0) as usize,
+        v["bus"]["max_pinned"].as_u64().unwrap_or(0) as usize,
+        v["writes"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
+    let mut r = SizeResult::default();
+    for run in 0..args.runs {
+        let fx = Fixture::new(n, "apply");
+        let sb = Sandbox::boot().expect("sandbox boots");
+        let state = fx.dir.join("state");
+        let cold = measure(&["apply", "--json"], &fx.config(), Some(&sb), &state);
+        expect_code("cold apply", &cold, 0);
+        let (inflight, pinned, _) = bus_stats(&cold.stdout);
+        r.max_in_flight = r.max_in_flight.max(inflight);
+        r.max_pinned = r.max_pinned.max(pinned);
+        r.cold.push(cold.wall.as_secs_f64());
+        r.rss_cold.push(cold.max_rss_kib as f64);
+        *version = assert_systemd_on_bus(&sb, "cold apply");
+
+        let warm = measure(&["apply", "--json"], &fx.config(), Some(&sb), &state);
+        expect_code("warm apply", &warm, 0);
+        let (inflight, pinned, writes) = bus_stats(&warm.stdout);
+        r.max_in_flight = r.max_in_flight.max(inflight);
+        r.max_pinned = r.max_pinned.max(pinned);
+        r.warm_writes = r.warm_writes.max(writes);
+        r.warm.push(warm.wall.as_secs_f64());
+        r.rss_warm.push(warm.max_rss_kib as f64);
+
+        let verify = measure(&["verify"], &fx.config(), Some(&sb), &state);
+        expect_code("verify", &verify, 0);
+        r.verify.push(verify.wall.as_secs_f64());
+        r.rss_verify.push(verify.max_rss_kib as f64);
+
+        // Hook, slice already right: listed users spread over the file.
+        for i in 0..args.hook_samples {
+            let user = &fx.users[(i * 7919 + run) % n];
+            let m = measure(
+                &["hook", "pre-create", user],
+                &fx.config(),
+                Some(&sb),
+                &state,
+            );
+            expect_code("hook (in sync)", &m, 0);
+            r.hook_ok.push(m.wall.as_secs_f64() * 1000.0);
+            r.rss_hook.push(m.max_rss_kib as f64);
+        }
+        // Hook that must write (a new unlisted user each time), interleaved with systemd's
+        // own time for the same kind of write (a fresh slice, one SetUnitProperties call).
+        let rt = rt();
+        let sd = rt.block_on(connect(&sb));
+        let props = [
+            (Property::CpuQuotaPerSecUSec, BusValue::U64(96_000_000)),
+            (Property::MemoryMax, BusValue::U64(96 << 30)),
+            (Property::MemoryHigh, BusValue::U64(86 << 30)),
+            (Property::TasksMax, BusValue::U64(12288)),
+        ];
+        for i in 0..args.hook_samples {
+            let probe = SliceName::parse(&format!("ds01-student-probe{run}x{i}.slice")).unwrap();
+            let t = Instant::now();
+            rt.block_on(sd.set_properties(&probe, WriteMode::Persistent, &props))
+                .unwrap();
+            r.systemd_write.push(t.elapsed().as_secs_f64() * 1000.0);
+            let user = format!("newcomer{run}x{i}");
+            let m = measure(
+                &["hook", "pre-create", &user],
+                &fx.config(),
+                Some(&sb),
+                &state,
+            );
+            expect_code("hook (write)", &m, 0);
+            r.hook_write.push(m.wall.as_secs_f64() * 1000.0);
+        }
+        drop(sd);
+
+        fx.write_overrides(true);
+        let changed = measure(&["apply", "--json"], &fx.config(), Some(&sb), &state);
+        expect_code("apply after 10% changed", &changed, 0);
+        let (inflight, pinned, _) = bus_stats(&changed.stdout);
+        r.max_in_flight = r.max_in_flight.max(inflight);
+        r.max_pinned = r.max_pinned.max(pinned);
+        r.changed.push(changed.wall.as_secs_f64());
+        assert_systemd_on_bus(&sb, "apply after changes");
+        drop(sb);
+
+        // Baseline: rendered files + one reload, on a fresh systemd.
+        let fx2 = Fixture::new(n, "render");
+        let sb = Sandbox::boot().expect("sandbox boots");
+        let root = sb.host_path("/");
+        let render = measure(
+            &["render", "--root", root.to_str().unwrap()],
+            &fx2.config(),
+            Some(&sb),
+            &fx2.dir.join("state"),
+        );
+        expect_code("render", &render, 0);
+        r.files.push(render.wall.as_secs_f64());
+        r.rss_render.push(render.max_rss_kib as f64);
+        assert_systemd_on_bus(&sb, "render");
+        drop(sb);
+    }
+    if n <= args.naive_max {
+        // Baseline: one SetUnitProperties per user, sequential, no reads, fresh systemd.
+        let fx = Fixture::new(n, "naive");
+        let sb = Sandbox::boot().expect("sandbox boots");
+        let plan = measure(
+            &["plan", "--json"],
+            &fx.config(),
+            None,
+            &fx.dir.join("state"),
+        );
+        let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+        let rt = rt();
+        let t = Instant::now();
+        rt.block_on(async {
+            let sd = connect(&sb).await;
+            for s in plan["slices"].as_array().unwrap() {
+                let props: Vec<(Property, BusValue)> = s["properties"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| {
+                        let p = Property::from_bus_name(k).unwrap();
+                        let v = match v {
+                            Value::Bool(b) => BusValue::Bool(*b),
+                            v => BusValue::U64(v.as_u64().unwrap()),
+                        };
+                        (p, v)
+                    })
+                    .collect();
+                if props.is_empty() {
+                    continue;
+                }
+                let slice = SliceName::parse(s["slice"].as_str().unwrap()).unwrap();
+                sd.set_properties(&slice, WriteMode::Persistent, &props)
+                    .await
+                    .unwrap();
+            }
+        });
+        r.naive = Some(t.elapsed().as_secs_f64());
+        assert_systemd_on_bus(&sb, "naive loop");
+    }
+    r
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB RAM, Linux {}",
+        mem as f64 / 1048576.0,
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(why) = Sandbox::unavailable() {
+        eprintln!("cannot run the scale benchmark: {why}");
+        std::process::exit(1);
+    }
+    let mut version = String::new();
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        eprintln!("benchmark: N = {n} ...");
+        let r = run_size(n, &args, &mut version);
+        eprintln!(
+            "  cold {:.3}s warm {:.3}s naive {:?}",
+            median(r.cold.clone()),
+            median(r.warm.clone()),
+            r.naive
+        );
+        rows.push((n, r));
+    }
+    // plan at scale: pure CPU and memory.
+    let fx = Fixture::new(args.plan_users, "plan");
+    let mut plan_wall = Vec::new();
+    let mut plan_rss = Vec::new();
+    for _ in 0..args.runs.max(3) {
+        let m = measure(
+            &["plan", "--json"],
+            &fx.config(),
+            None,
+            &fx.dir.join("state"),
+        );
+        expect_code("plan", &m, 0);
+        plan_wall.push(m.wall.as_secs_f64());
+        plan_rss.push(m.max_rss_kib as f64);
+    }
+    let plan_rss_mib = median(plan_rss) / 1024.0;
+    let plan_secs = median(plan_wall);
+    let md = report(&args, &rows, &version, plan_secs, plan_rss_mib);
+    fs::write(&args.out, &md).unwrap();
+    println!("{md}");
+    let safety_ok = rows
+        .iter()
+        .all(|(_, r)| r.max_in_flight <= 64 && r.max_pinned <= 128 && r.warm_writes == 0);
+    if !safety_ok {
+        eprintln!(
+            "benchmark FAILED its safety budget (see {})",
+            args.out.display()
+        );
+        std::process::exit(1);
+    }
+}
+
+fn report(
+    args: &Args,
+    rows: &[(usize, SizeResult)],
+    version: &str,
+    plan_secs: f64,
+    plan_rss_mib: f64,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(md, "Produced by `cargo bench --bench scale -- --sizes {} --runs {} --naive-max {}` (benches/scale.rs); do not edit by hand.\n",
+        args.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","), args.runs, args.naive_max);
+    let _ = writeln!(md, "- Machine: {}", machine());
+    let _ = writeln!(
+        md,
+        "- systemd: {version} (sandboxed, cgroup v1/hybrid), one fresh sandbox per run"
+    );
+    let _ = writeln!(md, "- Figures: median of {} runs (hook: p50/p99 over {} samples per run); whole-process wall time of the release binary", args.runs, args.hook_samples);
+    let _ = writeln!(md, "- Baselines in the same run: *naive* = one SetUnitProperties per user slice, sequential, no reads (run once per size ≤ {}); *files* = `ds01-slices render` + one Manager.Reload\n", args.naive_max);
+    let _ = writeln!(md, "| N | cold apply | naive loop | naive / cold | files + reload | cold / files | warm apply | apply, 10% changed | verify all | hook p50 / p99 (in sync) | hook p50 / p99 (write) | systemd's write p50 | hook write − systemd |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (n, r) in rows {
+        let cold = median(r.cold.clone());
+        let files = median(r.files.clone());
+        let naive = r
+            .naive
+            .map(|v| format!("{v:.2} s"))
+            .unwrap_or_else(|| "not run".into());
+        let ratio = r
+            .naive
+            .map(|v| format!("{:.0}×", v / cold))
+            .unwrap_or_else(|| "-".into());
+        let hook_w50 = percentile(r.hook_write.clone(), 0.5);
+        let sys50 = percentile(r.systemd_write.clone(), 0.5);
+        let _ = writeln!(md, "| {n} | {cold:.2} s | {naive} | {ratio} | {files:.2} s | {:.1}× | {:.3} s | {:.2} s | {:.3} s | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {sys50:.1} ms | {:.1} ms |",
+            cold / files,
+            median(r.warm.clone()),
+            median(r.changed.clone()),
+            median(r.verify.clone()),
+            percentile(r.hook_ok.clone(), 0.5), percentile(r.hook_ok.clone(), 0.99),
+            hook_w50, percentile(r.hook_write.clone(), 0.99),
+            hook_w50 - sys50);
+    }
+    let _ = writeln!(md, "\n## Peak RSS (MiB, median)\n");
+    let _ = writeln!(
+        md,
+        "| N | apply (cold) | apply (warm) | verify | hook | render |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (n, r) in rows {
+        let mib = |v: &Vec<f64>| median(v.clone()) / 1024.0;
+        let _ = writeln!(
+            md,
+            "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            mib(&r.rss_cold),
+            mib(&r.rss_warm),
+            mib(&r.rss_verify),
+            mib(&r.rss_hook),
+            mib(&r.rss_render)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n`plan --json` at {} users: {:.3} s, peak RSS {:.1} MiB.\n",
+        args.plan_users, plan_secs, plan_rss_mib
+    );
+    let _ = writeln!(
+        md,
+        "## Safety budget (checked by the benchmark; it fails otherwise)\n"
+    );
+    let _ = writeln!(md, "| N | max calls in flight (≤ 64) | max units pinned (≤ 128) | warm apply writes (= 0) | systemd on the bus after every run |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for (n, r) in rows {
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | yes |",
+            r.max_in_flight, r.max_pinned, r.warm_writes
+        );
+    }
+    let _ = writeln!(md, "\n## Targets at N = 1,000\n");
+    if let Some((_, r)) = rows.iter().find(|(n, _)| *n == 1000) {
+        let cold = median(r.cold.clone());
+        let mut t = |name: &str, ok: bool, fig: String| {
+            let _ = writeln!(md, "- [{}] {name}: {fig}", if ok { "x" } else { " " });
+        };
+        if let Some(naive) = r.naive {
+            t(
+                "cold apply ≥ 55× faster than the naive loop",
+                naive / cold >= 55.0,
+                format!("{:.0}× ({cold:.2} s vs {naive:.1} s)", naive / cold),
+            );
+        }
+        if let Some((_, r5)) = rows.iter().find(|(n, _)| *n == 5000) {
+            let c5 = median(r5.cold.clone());
+            t(
+                "cold apply at 5,000 ≤ 8× the cost at 1,000",
+                c5 / cold <= 8.0,
+                format!("{:.1}× ({c5:.2} s vs {cold:.2} s)", c5 / cold),
+            );
+        }
+        let files = median(r.files.clone());
+        t(
+            "render + one reload ≤ 0.5 s",
+            files <= 0.5,
+            format!("{files:.3} s"),
+        );
+        let warm = median(r.warm.clone());
+        t(
+            "warm apply: zero writes, ≤ 0.5 s",
+            warm <= 0.5 && r.warm_writes == 0,
+            format!("{warm:.3} s, {} writes", r.warm_writes),
+        );
+        let verify = median(r.verify.clone());
+        t(
+            "verify of all ≤ 1 s",
+            verify <= 1.0,
+            format!("{verify:.3} s"),
+        );
+        let h = percentile(r.hook_ok.clone(), 0.5);
+        t(
+            "hook p50 ≤ 10 ms when the slice is right",
+            h <= 10.0,
+            format!("{h:.1} ms"),
+        );
+        let hw = percentile(r.hook_write.clone(), 0.5) - percentile(r.systemd_write.clone(), 0.5);
+        t(
+            "hook that writes ≤ systemd's write + 5 ms (p50)",
+            hw <= 5.0,
+            format!("+{hw:.1} ms"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- [{}] `plan` at {} users: peak RSS ≤ 30 MiB: {plan_rss_mib:.1} MiB",
+        if plan_rss_mib <= 30.0 { "x" } else { " " },
+        args.plan_users
+    );
+    md
+}
