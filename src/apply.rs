@@ -12,6 +12,7 @@ use crate::ownership::{Ownership, StateError};
 use crate::plan::{self, Plan, Property, SliceSpec};
 use crate::reconcile::{self, Change, ChangeKind};
 use crate::systemd::{BusError, LiveSlice, Systemd, WriteMode};
+use crate::trace;
 
 /// Calls in flight at once. The system bus allows 128 pending replies per connection;
 /// half of that leaves room for anything else the connection does.
@@ -41,6 +42,8 @@ pub struct ApplyReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    #[error(transparent)]
+    Resolve(#[from] crate::config::ResolveError),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
@@ -118,33 +121,36 @@ pub async fn apply<S: Systemd>(
         Some(ownership.lock()?)
     };
     let owned = ownership.read_all()?;
-    let (plan, known) = match scope {
-        Scope::All => {
-            let plan = plan::plan(config).map_err(|e| BusError::Other {
-                what: "planning".into(),
-                detail: e.to_string(),
-            })?;
-            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
-            known.extend(sd.loaded_slices().await?);
-            (plan, known)
-        }
-        Scope::User(user) => {
-            let plan = plan::plan_user(config, user).map_err(|e| BusError::Other {
-                what: "planning".into(),
-                detail: e.to_string(),
-            })?;
-            // The same user's slices in other groups (moved since): taken back too.
-            let sanitized = user.sanitized().ok();
-            let mine = |s: &SliceName| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref());
-            let known = owned.keys().filter(|s| mine(s)).cloned().collect();
-            (plan, known)
-        }
-    };
+    let desired = desired_in_scope(sd, config, scope, &owned).await?;
     if !opts.dry_run {
         release_orphan_holders(sd).await;
     }
-    let desired = reconcile::desired_state(config, &plan, &known);
     reconcile_and_write(sd, &desired, &owned, ownership, opts).await
+}
+
+/// Every slice `scope` covers and what is desired of it: the plan, plus the slices known
+/// from our records (and, for a full run, those systemd has loaded) that the plan lacks.
+pub async fn desired_in_scope<S: Systemd>(
+    sd: &S,
+    config: &Config,
+    scope: Scope<'_>,
+    owned: &BTreeMap<SliceName, BTreeSet<Property>>,
+) -> Result<BTreeMap<SliceName, Option<SliceSpec>>, ApplyError> {
+    let (plan, known) = match scope {
+        Scope::All => {
+            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
+            known.extend(sd.loaded_slices().await?);
+            (plan::plan(config)?, known)
+        }
+        Scope::User(user) => {
+            // The same user's slices in other groups (moved since) are in scope too.
+            let sanitized = user.sanitized().ok();
+            let mine = |s: &&SliceName| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref());
+            let known = owned.keys().filter(mine).cloned().collect();
+            (plan::plan_user(config, user)?, known)
+        }
+    };
+    Ok(reconcile::desired_state(config, &plan, &known))
 }
 
 /// The shared core of apply and the hook.
@@ -156,11 +162,13 @@ async fn reconcile_and_write<S: Systemd>(
     opts: ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
     let slices: Vec<SliceName> = desired.keys().cloned().collect();
+    let t = std::time::Instant::now();
     let holder = if opts.dry_run {
         None
     } else {
         hold_if_many(sd, &slices).await
     };
+    let t = trace::phase("hold", t);
     let live = match read_all(sd, &slices).await {
         Ok(live) => live,
         Err(e) => {
@@ -195,30 +203,65 @@ async fn reconcile_and_write<S: Systemd>(
             todo.push(change);
         }
     }
+    let mut t = trace::phase("read and compare", t);
     todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
+    let chunk = write_chunk();
+    // Every write to a slice makes systemd walk all loaded siblings in its parent slice, so
+    // past one chunk the read holder goes and each chunk of writes is held on its own.
+    let mut read_holder = holder;
+    if opts.dry_run || slices.len() > chunk {
+        release_hold(sd, read_holder.take()).await;
+    }
     if opts.dry_run {
         report.changes = todo;
-        release_hold(sd, holder).await;
         return Ok(report);
     }
     let mut result = Ok(());
-    for batch in todo.chunks(PIN_BATCH) {
-        result = write_batch(
-            sd,
-            batch,
-            owned,
-            ownership,
-            opts.mode,
-            holder.is_none(),
-            &mut report,
-        )
-        .await;
+    for chunk in todo.chunks(chunk) {
+        let writing: Vec<SliceName> = chunk
+            .iter()
+            .filter(|c| c.writes())
+            .map(|c| c.slice.clone())
+            .collect();
+        let holder = match read_holder.take() {
+            Some(h) => Some(h),
+            None => hold_if_many(sd, &writing).await,
+        };
+        for batch in chunk.chunks(PIN_BATCH) {
+            result = write_batch(
+                sd,
+                batch,
+                owned,
+                ownership,
+                opts.mode,
+                holder.is_none(),
+                &mut report,
+            )
+            .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        release_hold(sd, holder).await;
+        t = trace::phase("write chunk", t);
         if result.is_err() {
             break;
         }
     }
-    release_hold(sd, holder).await;
     result.map(|()| report)
+}
+
+/// Slices written under one holder. Larger chunks mean fewer unit-name-map rebuilds (one per
+/// chunk, each costing systemd time proportional to all drop-in directories); smaller ones
+/// mean fewer loaded siblings for systemd to walk on every write. Measured: see BENCHMARKS.md.
+pub const WRITE_CHUNK: usize = 1000;
+
+fn write_chunk() -> usize {
+    std::env::var("DS01_WRITE_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(WRITE_CHUNK)
 }
 
 /// Above this many slices, one holder keeps them all loaded while they are read and
@@ -286,7 +329,8 @@ async fn write_batch<S: Systemd>(
     }
     // A write to a unit that is not loaded makes systemd reload its unit-name map, whose
     // cost grows with every drop-in directory: pinned units are written in ~2 ms instead.
-    let pin_results = if pin {
+    // One write gains nothing from a pin: pins only spare the loads between writes.
+    let pin_results = if pin && writing.len() > 1 {
         bounded(&writing, |c| sd.pin(&c.slice)).await
     } else {
         Vec::new()
@@ -346,7 +390,9 @@ pub async fn hook<S: Systemd>(
     // Fast path: read without the lock; most containers start on a slice already right.
     let owned_now = read_owned(ownership, &plan)?;
     let names: Vec<SliceName> = desired.keys().cloned().collect();
+    let t = std::time::Instant::now();
     let live = read_all(sd, &names).await?;
+    let t = trace::phase("hook: read", t);
     let mut in_sync = true;
     for (name, live) in names.iter().zip(&live) {
         let live = live.as_ref().map_err(|e| HookError::Bus(clone_fatal(e)))?;
@@ -361,6 +407,7 @@ pub async fn hook<S: Systemd>(
         }
     }
     if in_sync {
+        trace::phase("hook: compare", t);
         return Ok((
             slice,
             ApplyReport {

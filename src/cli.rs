@@ -227,7 +227,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             ))
         }
         Command::Hook(HookCommand::PreCreate { user, runtime }) => {
+            let t = std::time::Instant::now();
             let config = config::load(&cli.config)?;
+            crate::trace::phase("hook: load configuration", t);
             let user = parse_user(user)?;
             let mode = if *runtime {
                 WriteMode::Runtime
@@ -474,9 +476,12 @@ async fn hook_command(
     user: &UserName,
     mode: WriteMode,
 ) -> anyhow::Result<Exit> {
+    let t = std::time::Instant::now();
     let sd = connect(cli).await?;
+    crate::trace::phase("hook: connect", t);
     let ownership = Ownership::new(&cli.state_dir);
     let (slice, _report) = apply::hook(&sd, config, user, &ownership, mode).await?;
+    crate::trace::report_bus("hook", sd.stats().waiting_ms);
     write_stdout(&format!("{slice}\n"))?;
     Ok(Exit::Ok)
 }

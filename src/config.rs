@@ -308,38 +308,43 @@ pub struct RawConfig {
 /// after parsing can still name their line. Flow-style documents fall back to the nearest
 /// enclosing key found.
 struct LineIndex<'a> {
-    lines: Vec<&'a str>,
+    /// Indentation and content of each significant line (comments and blanks are `None`),
+    /// computed once: every key lookup walks them.
+    lines: Vec<Option<(usize, &'a str)>>,
 }
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
-        LineIndex {
-            lines: text.lines().collect(),
-        }
+        let lines = text
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                let significant = !t.is_empty() && !t.starts_with('#') && !t.starts_with("---");
+                significant.then_some((l.len() - t.len(), t))
+            })
+            .collect();
+        LineIndex { lines }
     }
 
     fn find(&self, path: &[&str]) -> Option<usize> {
-        let significant = |l: &str| {
-            let t = l.trim_start();
-            !t.is_empty() && !t.starts_with('#') && !t.starts_with("---")
-        };
-        let indent = |l: &str| l.len() - l.trim_start().len();
         let (mut start, mut end) = (0, self.lines.len());
         let mut parent_indent: Option<usize> = None;
         let mut found = None;
         for key in path {
             let child_indent = self.lines[start..end]
                 .iter()
-                .find(|l| significant(l) && parent_indent.is_none_or(|p| indent(l) > p))
-                .map(|l| indent(l))?;
+                .flatten()
+                .find(|(indent, _)| parent_indent.is_none_or(|p| *indent > p))
+                .map(|(indent, _)| *indent)?;
             let hit = (start..end).find(|&i| {
-                let l = self.lines[i];
-                significant(l) && indent(l) == child_indent && key_matches(l.trim_start(), key)
+                self.lines[i].is_some_and(|(indent, content)| {
+                    indent == child_indent && key_matches(content, key)
+                })
             });
             let Some(i) = hit else { return found };
             found = Some(i + 1);
             let block_end = (i + 1..end)
-                .find(|&j| significant(self.lines[j]) && indent(self.lines[j]) <= child_indent)
+                .find(|&j| self.lines[j].is_some_and(|(indent, _)| indent <= child_indent))
                 .unwrap_or(end);
             start = i + 1;
             end = block_end;
@@ -350,10 +355,17 @@ impl<'a> LineIndex<'a> {
 }
 
 fn key_matches(content: &str, key: &str) -> bool {
+    // Runs for every line of every lookup: no allocation here.
+    let quoted = |q: char| {
+        content
+            .strip_prefix(q)
+            .and_then(|c| c.strip_prefix(key))
+            .and_then(|c| c.strip_prefix(q))
+    };
     let rest = content
         .strip_prefix(key)
-        .or_else(|| content.strip_prefix(&format!("\"{key}\"")))
-        .or_else(|| content.strip_prefix(&format!("'{key}'")));
+        .or_else(|| quoted('"'))
+        .or_else(|| quoted('\''));
     rest.is_some_and(|r| {
         let r = r.trim_start();
         r.starts_with(':') && (r.len() == 1 || r[1..].starts_with(char::is_whitespace))
@@ -630,7 +642,8 @@ fn parse_aggregate(
         };
         let mut path = at.to_vec();
         path.push(&key);
-        let location = doc.at(&path);
+        // Only a problem needs its line: finding it scans the file.
+        let location = || doc.at(&path);
         let scalar = match v {
             Yaml::String(s) => Some(s.clone()),
             Yaml::Number(n) => Some(n.to_string()),
@@ -638,7 +651,7 @@ fn parse_aggregate(
         };
         let wrong_type = |diags: &mut Diagnostics, expected: &str| {
             diags.error(
-                location.clone(),
+                location(),
                 format!(
                     "{key} of {owner} must be {expected}, found {}",
                     type_name(v)
@@ -646,14 +659,14 @@ fn parse_aggregate(
             );
         };
         let report = |diags: &mut Diagnostics, e: ValueError| {
-            diags.error(location.clone(), format!("{key} of {owner}: {e}"));
+            diags.error(location(), format!("{key} of {owner}: {e}"));
         };
         match key.as_str() {
             "cpu_quota" => match (v, &scalar) {
                 (Yaml::String(_) | Yaml::Number(_), Some(s)) => match CpuQuota::parse(s) {
                     Ok(parsed) => {
                         if let Some(from) = parsed.rounded_up_from {
-                            diags.warning(location.clone(), format!(
+                            diags.warning(location(), format!(
                                 "cpu_quota of {owner}: {from}% is not a whole percent; rounded up to {} because older systemd truncates fractions at the next reload",
                                 parsed.quota
                             ));
@@ -709,7 +722,7 @@ fn parse_aggregate(
                     None => "known keys: cpu_quota, memory_max, memory_high, tasks_max, gpu_limit"
                         .to_owned(),
                 };
-                diags.error(location.clone(), format!(
+                diags.error(location(), format!(
                     "unknown key `{other}` in the aggregate of {owner} in {}; {hint} (an unknown key would silently drop a limit)",
                     doc.path.display()
                 ));

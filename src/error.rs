@@ -34,6 +34,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> Exit {
         if let Some(crate::apply::HookError::Resolve(_)) = cause.downcast_ref() {
             return Exit::Usage;
         }
+        if let Some(crate::apply::ApplyError::Resolve(_)) = cause.downcast_ref() {
+            return Exit::Usage;
+        }
         if cause.is::<ConfigError>()
             || cause.is::<ResolveError>()
             || cause.is::<NameError>()

@@ -15,5 +15,6 @@ pub mod pyjson;
 pub mod reconcile;
 pub mod render;
 pub mod systemd;
+pub mod trace;
 pub mod values;
 pub mod verify;

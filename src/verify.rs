@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::apply::{read_all, ApplyError, Scope};
 use crate::cgroupfs::{self, KernelValue};
 use crate::config::Config;
-use crate::names::{SliceIdentity, SliceName};
+use crate::names::SliceName;
 use crate::ownership::Ownership;
-use crate::plan::{self, BusValue, Property, SliceKind, SliceSpec};
+use crate::plan::{BusValue, Property, SliceKind, SliceSpec};
 use crate::reconcile;
 use crate::render::explain::{self, Shadowing};
 use crate::systemd::{BusError, LiveSlice, Systemd};
@@ -93,31 +93,7 @@ pub async fn verify<S: Systemd>(
     cgroup_root: &Path,
 ) -> Result<VerifyReport, ApplyError> {
     let owned = ownership.read_all()?;
-    let (plan, known): (plan::Plan, BTreeSet<SliceName>) = match scope {
-        Scope::All => {
-            let plan = plan::plan(config).map_err(|e| BusError::Other {
-                what: "planning".into(),
-                detail: e.to_string(),
-            })?;
-            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
-            known.extend(sd.loaded_slices().await?);
-            (plan, known)
-        }
-        Scope::User(user) => {
-            let plan = plan::plan_user(config, user).map_err(|e| BusError::Other {
-                what: "planning".into(),
-                detail: e.to_string(),
-            })?;
-            let sanitized = user.sanitized().ok();
-            let known = owned
-                .keys()
-                .filter(|s| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref()))
-                .cloned()
-                .collect();
-            (plan, known)
-        }
-    };
-    let desired = reconcile::desired_state(config, &plan, &known);
+    let desired = crate::apply::desired_in_scope(sd, config, scope, &owned).await?;
     let names: Vec<SliceName> = desired.keys().cloned().collect();
     let holder = crate::apply::hold_if_many(sd, &names).await;
     let read = async {

@@ -225,13 +225,23 @@ pub struct BusStats {
     max_in_flight: AtomicUsize,
     pinned: AtomicUsize,
     max_pinned: AtomicUsize,
+    /// Wall time with at least one call outstanding: systemd's (and the bus's) share of a run.
+    busy: std::sync::Mutex<BusyClock>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default)]
+struct BusyClock {
+    since: Option<std::time::Instant>,
+    total: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct BusStatsSnapshot {
     pub calls: usize,
     pub max_in_flight: usize,
     pub max_pinned: usize,
+    /// Milliseconds with at least one call outstanding.
+    pub waiting_ms: f64,
 }
 
 impl BusStats {
@@ -240,7 +250,15 @@ impl BusStats {
             calls: self.calls.load(Ordering::Relaxed),
             max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
             max_pinned: self.max_pinned.load(Ordering::Relaxed),
+            waiting_ms: self.busy().total.as_secs_f64() * 1000.0,
         }
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, BusyClock> {
+        // The clock is plain data: a panic elsewhere cannot leave it inconsistent.
+        self.busy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -252,7 +270,12 @@ struct CallSlot<'a> {
 
 impl Drop for CallSlot<'_> {
     fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.stats.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let mut clock = self.stats.busy();
+            if let Some(since) = clock.since.take() {
+                clock.total += since.elapsed();
+            }
+        }
     }
 }
 
@@ -322,6 +345,9 @@ impl BusSystemd {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        if now == 1 {
+            self.stats.busy().since = Some(std::time::Instant::now());
+        }
         CallSlot {
             stats: &self.stats,
             _permit: permit,

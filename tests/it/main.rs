@@ -4,4 +4,5 @@ mod dbus_contract;
 mod hook;
 mod render;
 mod sandbox;
+mod scale;
 mod support;
