@@ -205,12 +205,16 @@ async fn reconcile_and_write<S: Systemd>(
     }
     let mut t = trace::phase("read and compare", t);
     todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
-    let chunk = write_chunk();
     // Every write to a slice makes systemd walk all loaded siblings in its parent slice, so
-    // past one chunk the read holder goes and each chunk of writes is held on its own.
+    // well past one chunk of writes the read holder goes and each chunk is held on its own;
+    // below that, one more holder (and the name-map rebuild it costs) would not pay off.
+    let writes = todo.iter().filter(|c| c.writes()).count();
+    let mut chunk = write_chunk();
     let mut read_holder = holder;
-    if opts.dry_run || slices.len() > chunk {
+    if opts.dry_run || writes > chunk + chunk / 2 {
         release_hold(sd, read_holder.take()).await;
+    } else {
+        chunk = todo.len().max(1);
     }
     if opts.dry_run {
         report.changes = todo;
