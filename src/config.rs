@@ -326,6 +326,48 @@ impl<'a> LineIndex<'a> {
         LineIndex { lines }
     }
 
+    /// Every key directly under `path` (the top level for an empty path) with its line, in
+    /// one pass: for mappings with many entries, where one `find` per entry would be
+    /// quadratic.
+    fn child_lines(&self, path: &[&str]) -> HashMap<String, usize> {
+        let (start, end, parent_indent) = match path.is_empty() {
+            true => (0, self.lines.len(), None),
+            false => {
+                let Some(line) = self.find(path) else {
+                    return HashMap::new();
+                };
+                let indent = self.lines[line - 1].map(|(i, _)| i).unwrap_or(0);
+                let end = (line..self.lines.len())
+                    .find(|&j| self.lines[j].is_some_and(|(i, _)| i <= indent))
+                    .unwrap_or(self.lines.len());
+                (line, end, Some(indent))
+            }
+        };
+        let Some(child_indent) = self.lines[start..end]
+            .iter()
+            .flatten()
+            .find(|(indent, _)| parent_indent.is_none_or(|p| *indent > p))
+            .map(|(indent, _)| *indent)
+        else {
+            return HashMap::new();
+        };
+        let mut out = HashMap::new();
+        for (i, line) in self.lines.iter().enumerate().take(end).skip(start) {
+            let Some((indent, content)) = line else {
+                continue;
+            };
+            if *indent != child_indent {
+                continue;
+            }
+            let Some((key, _)) = content.split_once(':') else {
+                continue;
+            };
+            let key = key.trim().trim_matches('"').trim_matches('\'');
+            out.entry(key.to_owned()).or_insert(i + 1);
+        }
+        out
+    }
+
     fn find(&self, path: &[&str]) -> Option<usize> {
         let (mut start, mut end) = (0, self.lines.len());
         let mut parent_indent: Option<usize> = None;
@@ -769,6 +811,7 @@ fn parse_overrides(
         return Vec::new();
     };
     let mut out = Vec::new();
+    let lines = doc.lines.child_lines(at);
     for (key, settings) in m {
         let Some(user) = yaml_key(key) else {
             diags.error(doc.at(at), "an override's user name must be a plain string");
@@ -776,7 +819,10 @@ fn parse_overrides(
         };
         let mut path = at.to_vec();
         path.push(&user);
-        let location = doc.at(&path);
+        let location = match lines.get(&user) {
+            Some(line) => Location::new(doc.path, Some(*line)),
+            None => doc.at(&path),
+        };
         let name = match UserName::new(&user) {
             Ok(n) => n,
             Err(e) => {
@@ -1079,6 +1125,9 @@ groups:
         assert_eq!(idx.find(&["groups", "admin"]), Some(14));
         assert_eq!(idx.find(&["enforcement", "cgroup_driver"]), Some(4));
         assert_eq!(idx.find(&["groups", "student", "nope"]), Some(6));
+        let groups = idx.child_lines(&["groups"]);
+        assert_eq!((groups["student"], groups["admin"]), (6, 14));
+        assert_eq!(idx.child_lines(&[])["enforcement"], 2);
     }
 
     #[test]
