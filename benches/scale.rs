@@ -287,42 +287,24 @@ fn waiting_ms(stderr: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Every slice the plan sets something on, with those properties (the library's own plan).
+fn plan_writes(config: &Path) -> Vec<(SliceName, Vec<(Property, BusValue)>)> {
+    let config = ds01_slices::config::load(config).unwrap();
+    ds01_slices::plan::plan(&config)
+        .unwrap()
+        .slices
+        .into_iter()
+        .map(|s| (s.slice, s.properties.iter().collect::<Vec<_>>()))
+        .filter(|(_, p)| !p.is_empty())
+        .collect()
+}
+
 /// systemd's own cost of a cold apply's writes with the same strategy (chunks held loaded,
 /// pipelined), with none of our reads, planning or process start: the floor for `cold`.
 fn systemd_floor(n: usize) -> f64 {
     let fx = Fixture::new(n, "floor");
     let sb = Sandbox::boot().expect("sandbox boots");
-    let plan = measure(
-        &["plan", "--json"],
-        &fx.config(),
-        None,
-        &fx.dir.join("state"),
-    );
-    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
-    let writes: Vec<(SliceName, Vec<(Property, BusValue)>)> = plan["slices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let props: Vec<(Property, BusValue)> = s["properties"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        Value::Bool(b) => BusValue::Bool(*b),
-                        v => BusValue::U64(v.as_u64().unwrap()),
-                    };
-                    (Property::from_bus_name(k).unwrap(), v)
-                })
-                .collect();
-            (
-                SliceName::parse(s["slice"].as_str().unwrap()).unwrap(),
-                props,
-            )
-        })
-        .filter(|(_, p)| !p.is_empty())
-        .collect();
+    let writes = plan_writes(&fx.config());
     let rt = rt();
     let secs = rt.block_on(async {
         let sd = connect(&sb).await;
@@ -455,36 +437,13 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
         // Baseline: one SetUnitProperties per user, sequential, no reads, fresh systemd.
         let fx = Fixture::new(n, "naive");
         let sb = Sandbox::boot().expect("sandbox boots");
-        let plan = measure(
-            &["plan", "--json"],
-            &fx.config(),
-            None,
-            &fx.dir.join("state"),
-        );
-        let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+        let writes = plan_writes(&fx.config());
         let rt = rt();
         let t = Instant::now();
         rt.block_on(async {
             let sd = connect(&sb).await;
-            for s in plan["slices"].as_array().unwrap() {
-                let props: Vec<(Property, BusValue)> = s["properties"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| {
-                        let p = Property::from_bus_name(k).unwrap();
-                        let v = match v {
-                            Value::Bool(b) => BusValue::Bool(*b),
-                            v => BusValue::U64(v.as_u64().unwrap()),
-                        };
-                        (p, v)
-                    })
-                    .collect();
-                if props.is_empty() {
-                    continue;
-                }
-                let slice = SliceName::parse(s["slice"].as_str().unwrap()).unwrap();
-                sd.set_properties(&slice, WriteMode::Persistent, &props)
+            for (slice, props) in &writes {
+                sd.set_properties(slice, WriteMode::Persistent, props)
                     .await
                     .unwrap();
             }
