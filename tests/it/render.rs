@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
-use crate::support::{ok_stdout, sandbox_available_or_skip, sandbox_or_skip, Sandbox};
+use crate::support::{ok_stdout, sandbox_or_skip, two_sandboxes_or_skip, Sandbox};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -830,17 +830,9 @@ fn sources(report: &Value, slice: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn render_and_reload_give_the_same_live_values_as_apply() {
-    if !sandbox_available_or_skip() {
+    let Some((a, b)) = two_sandboxes_or_skip() else {
         return;
-    }
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(Sandbox::boot);
-        let b = s.spawn(Sandbox::boot);
-        (
-            a.join().expect("boot thread").expect("sandbox a boots"),
-            b.join().expect("boot thread").expect("sandbox b boots"),
-        )
-    });
+    };
     let applied = OnSandbox::new(&a, "applied", production_config());
     let rendered = OnSandbox::new(&b, "rendered", production_config());
     applied.expect(&["apply", "--backend", "dbus"], 0);

@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    ok_stdout, processes_in_cgroup_named, sandbox_available_or_skip, sandbox_or_skip, wait_until,
-    Limit, Sandbox,
+    ok_stdout, processes_in_cgroup_named, sandbox_available_or_skip, sandbox_or_skip,
+    two_sandboxes_or_skip, wait_until, Limit, Sandbox,
 };
 
 const ALICE: &str = "ds01-student-alice.slice";
@@ -149,17 +149,9 @@ fn teardown_leaves_no_process_no_cgroup_and_no_file() {
 
 #[test]
 fn two_sandboxes_run_at_once_without_sharing_state() {
-    if !sandbox_available_or_skip() {
+    let Some((a, b)) = two_sandboxes_or_skip() else {
         return;
-    }
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(Sandbox::boot);
-        let b = s.spawn(Sandbox::boot);
-        (
-            a.join().expect("boot thread").expect("sandbox a boots"),
-            b.join().expect("boot thread").expect("sandbox b boots"),
-        )
-    });
+    };
     eprintln!(
         "booted in parallel: {:?} and {:?}",
         a.boot_time(),

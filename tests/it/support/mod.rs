@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use cgroup::Limit;
-pub use sandbox::{ok_stdout, sandbox_available_or_skip, sandbox_or_skip, Sandbox};
+pub use sandbox::{
+    ok_stdout, sandbox_available_or_skip, sandbox_or_skip, two_sandboxes_or_skip, Sandbox,
+};
 
 /// Polls `probe` (every 20 ms) until it returns Some, or fails after `timeout`.
 pub fn wait_until<T>(

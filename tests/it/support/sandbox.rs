@@ -47,6 +47,21 @@ pub fn sandbox_or_skip() -> Option<Sandbox> {
     }
 }
 
+/// Two sandboxes booted in parallel (the same rules as [`sandbox_or_skip`]).
+pub fn two_sandboxes_or_skip() -> Option<(Sandbox, Sandbox)> {
+    if !sandbox_available_or_skip() {
+        return None;
+    }
+    Some(std::thread::scope(|s| {
+        let a = s.spawn(Sandbox::boot);
+        let b = s.spawn(Sandbox::boot);
+        (
+            a.join().expect("boot thread").expect("sandbox a boots"),
+            b.join().expect("boot thread").expect("sandbox b boots"),
+        )
+    }))
+}
+
 /// Whether sandboxes can be booted here; if not, prints "SKIPPED: <reason>" and returns false,
 /// or panics under CI=true or DS01_REQUIRE_SYSTEMD=1. For tests that boot sandboxes in other
 /// ways than sandbox_or_skip (in other threads or processes).
