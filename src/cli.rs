@@ -187,7 +187,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             force,
             backend,
         } => {
-            let config = load(&cli)?;
+            // A deploy also tells the hooks after it that this configuration is valid.
+            let config = if *dry_run {
+                load(&cli)?
+            } else {
+                load_remembered(&cli)?
+            };
             let mode = if *runtime {
                 WriteMode::Runtime
             } else {
@@ -228,15 +233,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Hook(HookCommand::PreCreate { user, runtime }) => {
             let t = std::time::Instant::now();
-            let config = config::load(&cli.config)?;
-            crate::trace::phase("hook: load configuration", t);
             let user = parse_user(user)?;
+            let config = hook_config(&cli, &user)?;
+            let t = crate::trace::phase("hook: load configuration", t);
+            let rt = async_runtime()?;
+            let sd = rt.block_on(connect(&cli));
+            crate::trace::phase("hook: connect", t);
             let mode = if *runtime {
                 WriteMode::Runtime
             } else {
                 WriteMode::Persistent
             };
-            block_on(hook_command(&cli, &config, &user, mode))
+            let exit = rt.block_on(hook_command(&cli, sd?, &config, &user, mode));
+            // The process ends right here; freeing every member costs a hook ~0.2 ms at
+            // 1,000 users for nothing.
+            std::mem::forget(config);
+            exit
         }
         Command::Verify {
             user,
@@ -259,12 +271,30 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     }
 }
 
+/// The configuration as far as `user` needs it. A configuration that a full validation
+/// accepted before (same digest of every file) is not validated again: only the user's own
+/// lines are taken. Any change to any file means a full validation, as for every command.
+fn hook_config(cli: &Cli, user: &UserName) -> anyhow::Result<Config> {
+    let sources = config::Sources::read(&cli.config)?;
+    let digest = sources.digest();
+    let ownership = Ownership::new(&cli.state_dir);
+    if ownership.validated_config().as_deref() == Some(digest.as_str()) {
+        return Ok(sources.trusted_for_user(user)?);
+    }
+    let config = sources.validate()?;
+    ownership.record_validated_config(&digest);
+    Ok(config)
+}
+
 fn block_on<F: std::future::Future<Output = anyhow::Result<Exit>>>(f: F) -> anyhow::Result<Exit> {
+    async_runtime()?.block_on(f)
+}
+
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(f)
+        .context("cannot start the async runtime")
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<BusSystemd> {
@@ -472,15 +502,15 @@ fn print_apply_report(
 
 async fn hook_command(
     cli: &Cli,
+    sd: BusSystemd,
     config: &Config,
     user: &UserName,
     mode: WriteMode,
 ) -> anyhow::Result<Exit> {
     let t = std::time::Instant::now();
-    let sd = connect(cli).await?;
-    crate::trace::phase("hook: connect", t);
     let ownership = Ownership::new(&cli.state_dir);
     let (slice, _report) = apply::hook(&sd, config, user, &ownership, mode).await?;
+    crate::trace::phase("hook: done", t);
     crate::trace::report_bus("hook", sd.stats().waiting_ms);
     write_stdout(&format!("{slice}\n"))?;
     Ok(Exit::Ok)
@@ -514,6 +544,18 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     for w in &config.warnings {
         eprintln!("{w}");
     }
+    Ok(config)
+}
+
+/// [`load`], recording the configuration's digest as validated (see `hook_config`).
+fn load_remembered(cli: &Cli) -> anyhow::Result<Config> {
+    let sources = config::Sources::read(&cli.config)?;
+    let digest = sources.digest();
+    let config = sources.validate()?;
+    for w in &config.warnings {
+        eprintln!("{w}");
+    }
+    Ownership::new(&cli.state_dir).record_validated_config(&digest);
     Ok(config)
 }
 

@@ -5,9 +5,12 @@
 //! replacing it must stay a one-file change). Parsing is pure (`parse_*` take text);
 //! only [`load`] touches the file system.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -100,7 +103,6 @@ pub struct Member {
     pub name: UserName,
     pub sanitized: SanitizedUser,
     pub group: GroupName,
-    pub slice: SliceName,
     pub location: Location,
 }
 
@@ -129,11 +131,54 @@ pub struct Config {
     pub members: Vec<Member>,
     pub overrides: Vec<UserOverride>,
     pub warnings: Vec<Diagnostic>,
-    by_name: HashMap<String, usize>,
-    by_sanitized: HashMap<String, usize>,
+    member_index: MemberIndex,
     // Resolution runs once per user in a plan: indexed, not scanned.
     override_by_name: HashMap<String, usize>,
     override_by_sanitized: HashMap<String, usize>,
+}
+
+/// Finds members by name, then by sanitized name (the first listed wins). The first few
+/// lookups scan, so that a hook, which makes one, never pays for an index over thousands
+/// of members; a plan, which makes one per member, builds the index once.
+#[derive(Debug, Default)]
+struct MemberIndex {
+    scans: AtomicUsize,
+    index: OnceLock<(HashMap<String, usize>, HashMap<String, usize>)>,
+}
+
+impl MemberIndex {
+    const SCANS: usize = 8;
+
+    fn find(&self, members: &[Member], user: &UserName) -> Option<usize> {
+        let sanitized = || user.sanitized().ok();
+        if self.index.get().is_none() && self.scans.fetch_add(1, Ordering::Relaxed) < Self::SCANS {
+            return members.iter().position(|m| m.name == *user).or_else(|| {
+                let sanitized = sanitized()?;
+                members.iter().position(|m| m.sanitized == sanitized)
+            });
+        }
+        let (by_name, by_sanitized) = self.index.get_or_init(|| {
+            let mut by_name = HashMap::with_capacity(members.len());
+            let mut by_sanitized = HashMap::with_capacity(members.len());
+            for (i, m) in members.iter().enumerate() {
+                by_name.entry(m.name.as_str().to_owned()).or_insert(i);
+                by_sanitized
+                    .entry(m.sanitized.as_str().to_owned())
+                    .or_insert(i);
+            }
+            (by_name, by_sanitized)
+        });
+        by_name
+            .get(user.as_str())
+            .or_else(|| by_sanitized.get(sanitized()?.as_str()))
+            .copied()
+    }
+}
+
+impl Clone for MemberIndex {
+    fn clone(&self) -> Self {
+        MemberIndex::default()
+    }
 }
 
 /// A user as every command sees them: group, slice and effective limits.
@@ -157,17 +202,46 @@ pub enum ResolveError {
 }
 
 impl Config {
+    fn new(
+        path: PathBuf,
+        aggregate_limits: bool,
+        default_group: Option<GroupName>,
+        groups: Vec<Group>,
+        members: Vec<Member>,
+        overrides: Vec<UserOverride>,
+    ) -> Config {
+        let mut override_by_name = HashMap::new();
+        let mut override_by_sanitized = HashMap::new();
+        for (i, o) in overrides.iter().enumerate() {
+            override_by_name.insert(o.user.as_str().to_owned(), i);
+            if let Ok(s) = o.user.sanitized() {
+                override_by_sanitized
+                    .entry(s.as_str().to_owned())
+                    .or_insert(i);
+            }
+        }
+        Config {
+            path,
+            aggregate_limits,
+            default_group,
+            groups,
+            members,
+            overrides,
+            warnings: Vec::new(),
+            member_index: MemberIndex::default(),
+            override_by_name,
+            override_by_sanitized,
+        }
+    }
+
     pub fn group(&self, name: &GroupName) -> Option<&Group> {
         self.groups.iter().find(|g| &g.name == name)
     }
 
     /// The member entry for a name: by the name as listed, then by its sanitized form.
     pub fn member(&self, user: &UserName) -> Option<&Member> {
-        let index = self.by_name.get(user.as_str()).or_else(|| {
-            let sanitized = user.sanitized().ok()?;
-            self.by_sanitized.get(sanitized.as_str())
-        })?;
-        self.members.get(*index)
+        let index = self.member_index.find(&self.members, user)?;
+        self.members.get(index)
     }
 
     fn override_for(&self, user: &UserName, sanitized: &SanitizedUser) -> Option<&UserOverride> {
@@ -185,7 +259,7 @@ impl Config {
                 m.name.clone(),
                 m.sanitized.clone(),
                 m.group.clone(),
-                m.slice.clone(),
+                SliceName::user(&m.group, &m.sanitized),
                 true,
             ),
             None => {
@@ -231,58 +305,224 @@ impl Config {
 
 /// Reads the configuration rooted at `path` (the YAML; members and overrides beside it).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-    let mut diags = Diagnostics::default();
-    let raw = parse_main(path, &text, &mut diags);
-    let mut members = Vec::new();
-    for (group, _) in raw
-        .as_ref()
-        .map(|r| r.group_names.as_slice())
-        .unwrap_or_default()
-    {
-        let file = dir.join(GROUPS_DIR).join(format!("{group}.members"));
-        match std::fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => members.push(MembersFile { group: group.clone(), path: file, text }),
-                Err(_) => diags.error(
+    Sources::read(path)?.validate()
+}
+
+/// Every file a configuration is made of, as read, with the main file parsed (it names the
+/// members files). Stage one of loading; [`Sources::validate`] is stage two.
+#[derive(Debug)]
+pub struct Sources {
+    main: String,
+    raw: Option<RawConfig>,
+    members: Vec<MembersFile>,
+    overrides: Option<(PathBuf, String)>,
+    diags: Diagnostics,
+}
+
+impl Sources {
+    pub fn read(path: &Path) -> Result<Sources, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let mut diags = Diagnostics::default();
+        let raw = parse_main(path, &text, &mut diags);
+        let mut members = Vec::new();
+        for (group, _) in raw
+            .as_ref()
+            .map(|r| r.group_names.as_slice())
+            .unwrap_or_default()
+        {
+            let file = dir.join(GROUPS_DIR).join(format!("{group}.members"));
+            match std::fs::read(&file) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => members.push(MembersFile { group: group.clone(), path: file, text }),
+                    Err(_) => diags.error(
+                        Location::new(&file, None),
+                        "members file is not valid UTF-8; save it as UTF-8 text, one user name per line",
+                    ),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => diags.error(
                     Location::new(&file, None),
-                    "members file is not valid UTF-8; save it as UTF-8 text, one user name per line",
+                    format!("cannot read members file: {e}; fix its permissions or type (it must be a readable text file)"),
                 ),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => diags.error(
-                Location::new(&file, None),
-                format!("cannot read members file: {e}; fix its permissions or type (it must be a readable text file)"),
-            ),
+            }
         }
-    }
-    let overrides_path = dir.join(OVERRIDES_FILE);
-    let overrides = match std::fs::read_to_string(&overrides_path) {
-        Ok(text) => Some((overrides_path, text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            diags.error(
-                Location::new(&overrides_path, None),
-                format!(
-                    "cannot read overrides file: {e}; fix its permissions or encoding (UTF-8 YAML)"
-                ),
-            );
-            None
-        }
-    };
-    match raw {
-        Some(raw) => validate(
+        let overrides_path = dir.join(OVERRIDES_FILE);
+        let overrides = match std::fs::read_to_string(&overrides_path) {
+            Ok(text) => Some((overrides_path, text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                diags.error(
+                    Location::new(&overrides_path, None),
+                    format!(
+                        "cannot read overrides file: {e}; fix its permissions or encoding (UTF-8 YAML)"
+                    ),
+                );
+                None
+            }
+        };
+        Ok(Sources {
+            main: text,
             raw,
-            &members,
-            overrides.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            members,
+            overrides,
             diags,
-        ),
-        None => Err(ConfigError::Invalid(diags)),
+        })
     }
+
+    /// The same stage from texts in memory (tests and tools).
+    pub fn from_texts(
+        path: &Path,
+        main: &str,
+        members: &[(&str, &str)],
+        overrides: Option<&str>,
+    ) -> Sources {
+        let mut diags = Diagnostics::default();
+        let raw = parse_main(path, main, &mut diags);
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let members = members
+            .iter()
+            .filter_map(|(group, text)| {
+                Some(MembersFile {
+                    group: GroupName::new(group).ok()?,
+                    path: dir.join(GROUPS_DIR).join(format!("{group}.members")),
+                    text: (*text).to_owned(),
+                })
+            })
+            .collect();
+        Sources {
+            main: main.to_owned(),
+            raw,
+            members,
+            overrides: overrides.map(|t| (dir.join(OVERRIDES_FILE), t.to_owned())),
+            diags,
+        }
+    }
+
+    /// A digest of every input and of this build's rules: two equal digests mean the same
+    /// configuration under the same validation.
+    pub fn digest(&self) -> String {
+        use md5::{Digest as _, Md5};
+        let mut md5 = Md5::new();
+        let mut part = |label: &str, text: &str| {
+            // Lengths keep the parts apart: no two different inputs hash the same stream.
+            md5.update(format!("{label}\0{}\0", text.len()));
+            md5.update(text);
+        };
+        part("ds01-slices", env!("CARGO_PKG_VERSION"));
+        part("main", &self.main);
+        for m in &self.members {
+            part(m.group.as_str(), &m.text);
+        }
+        if let Some((_, text)) = &self.overrides {
+            part("overrides", text);
+        }
+        md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Stage two: every user, every value checked.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        match self.raw {
+            Some(raw) => validate(
+                raw,
+                &self.members,
+                self.overrides
+                    .as_ref()
+                    .map(|(p, t)| (p.as_path(), t.as_str())),
+                self.diags,
+            ),
+            None => Err(ConfigError::Invalid(self.diags)),
+        }
+    }
+
+    /// Stage two for sources whose [`digest`](Sources::digest) a full validation accepted
+    /// before: only the lines that decide `user` are taken, so a hook does not check
+    /// thousands of other members again. Resolves `user` exactly as [`Sources::validate`]
+    /// would (a property test holds it to that).
+    pub fn trusted_for_user(self, user: &UserName) -> Result<Config, ConfigError> {
+        let Some(raw) = self.raw else {
+            return Err(ConfigError::Invalid(self.diags));
+        };
+        let mut diags = self.diags;
+        let overrides = merge_overrides(
+            raw.inline_overrides,
+            self.overrides
+                .as_ref()
+                .map(|(p, t)| (p.as_path(), t.as_str())),
+            &mut diags,
+        );
+        let mut member = None;
+        let mut by_sanitized = None;
+        let wanted = user.sanitized().ok();
+        'files: for (group, _) in &raw.group_names {
+            let Some(file) = self.members.iter().find(|f| &f.group == group) else {
+                continue;
+            };
+            for (line, entry) in member_entries(&file.text) {
+                let found = |name: UserName, sanitized| Member {
+                    name,
+                    sanitized,
+                    group: group.clone(),
+                    location: Location::new(&file.path, Some(line)),
+                };
+                if entry == user.as_str() {
+                    if let Ok(sanitized) = user.sanitized() {
+                        member = Some(found(user.clone(), sanitized));
+                    }
+                    break 'files;
+                }
+                if by_sanitized.is_none() {
+                    let Some(wanted) = &wanted else { continue };
+                    let Ok(name) = UserName::new(entry) else {
+                        continue;
+                    };
+                    match name.sanitized() {
+                        Ok(s) if &s == wanted => by_sanitized = Some(found(name, s)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if diags.has_errors() {
+            return Err(ConfigError::Invalid(diags));
+        }
+        Ok(Config::new(
+            raw.path,
+            raw.aggregate_limits,
+            raw.default_group.map(|(g, _)| g),
+            raw.groups,
+            member.or(by_sanitized).into_iter().collect(),
+            overrides,
+        ))
+    }
+}
+
+/// The user names of a members file with their line numbers: `#` starts a comment.
+fn member_entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter_map(|(index, line)| {
+        let entry = line.split('#').next().unwrap_or_default().trim();
+        (!entry.is_empty()).then_some((index + 1, entry))
+    })
+}
+
+/// The overrides of the main file, each replaced by the overrides file's entry for the
+/// same user.
+fn merge_overrides(
+    inline: Vec<UserOverride>,
+    file: Option<(&Path, &str)>,
+    diags: &mut Diagnostics,
+) -> Vec<UserOverride> {
+    let mut overrides = inline;
+    if let Some((path, text)) = file {
+        for o in parse_overrides_file(path, text, diags) {
+            overrides.retain(|existing| existing.user != o.user);
+            overrides.push(o);
+        }
+    }
+    overrides
 }
 
 /// One members file's content.
@@ -892,29 +1132,30 @@ pub fn validate(
     overrides_file: Option<(&Path, &str)>,
     mut diags: Diagnostics,
 ) -> Result<Config, ConfigError> {
-    // The file's entry for a user wins over the inline one.
-    let mut overrides: Vec<UserOverride> = raw.inline_overrides;
-    if let Some((path, text)) = overrides_file {
-        for o in parse_overrides_file(path, text, &mut diags) {
-            overrides.retain(|existing| existing.user != o.user);
-            overrides.push(o);
-        }
-    }
+    let overrides = merge_overrides(raw.inline_overrides, overrides_file, &mut diags);
 
-    let mut members: Vec<Member> = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut by_sanitized: HashMap<String, usize> = HashMap::new();
-    let mut by_slice: BTreeMap<SliceName, usize> = BTreeMap::new();
+    // First every line on its own, then the lines against each other with maps that borrow
+    // from the first pass: no key is copied, which at thousands of members is most of the
+    // cost of loading (and a hook loads the whole configuration before every container).
+    struct Listed<'t> {
+        entry: &'t str,
+        name: UserName,
+        sanitized: SanitizedUser,
+        group: &'t GroupName,
+        location: Location,
+    }
+    let mut listed: Vec<Listed> = Vec::new();
+    let members_diags_from = diags.items.len();
+    let mut member_paths: Vec<Arc<Path>> = Vec::new();
     for (group, _) in &raw.group_names {
         let Some(file) = members_files.iter().find(|f| &f.group == group) else {
             continue;
         };
-        for (index, line) in file.text.lines().enumerate() {
-            let entry = line.split('#').next().unwrap_or_default().trim();
-            if entry.is_empty() {
-                continue;
-            }
-            let location = Location::new(&file.path, Some(index + 1));
+        let path: Arc<Path> = Arc::from(file.path.as_path());
+        member_paths.push(Arc::clone(&path));
+        listed.reserve(file.text.len() / 8);
+        for (line, entry) in member_entries(&file.text) {
+            let location = Location::shared(&path, Some(line));
             let name = match UserName::new(entry) {
                 Ok(n) => n,
                 Err(e) => {
@@ -929,28 +1170,54 @@ pub fn validate(
                     continue;
                 }
             };
-            if let Some(&first) = by_name.get(entry) {
-                let first = &members[first];
-                if &first.group != group {
-                    diags.warning(location, format!(
+            listed.push(Listed {
+                entry,
+                name,
+                sanitized,
+                group,
+                location,
+            });
+        }
+    }
+    let mut kept = vec![false; listed.len()];
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(listed.len());
+    let mut by_sanitized: HashMap<&str, usize> = HashMap::with_capacity(listed.len());
+    let mut by_slice: HashMap<(&GroupName, &str), usize> = HashMap::with_capacity(listed.len());
+    for (index, l) in listed.iter().enumerate() {
+        let (entry, group, location) = (l.entry, l.group, &l.location);
+        let sanitized = l.sanitized.as_str();
+        let name_slot = match by_name.entry(entry) {
+            Entry::Vacant(slot) => slot,
+            Entry::Occupied(first) => {
+                let first = &listed[*first.get()];
+                if first.group != group {
+                    diags.warning(location.clone(), format!(
                         "user {entry} is also listed for group {} at {}; the first group wins, so they stay in {}; remove one of the entries",
                         first.group, first.location, first.group
                     ));
                 }
                 continue;
             }
-            let slice = SliceName::user(group, &sanitized);
-            if let Some(&other) = by_slice.get(&slice) {
-                let other = &members[other];
-                diags.error(location, format!(
+        };
+        let slice_slot = match by_slice.entry((group, sanitized)) {
+            Entry::Vacant(slot) => slot,
+            Entry::Occupied(other) => {
+                let other = &listed[*other.get()];
+                let slice = SliceName::user(group, &l.sanitized);
+                diags.error(location.clone(), format!(
                     "users {entry:?} and {:?} (at {}) both map to slice {slice}; their limits would be shared — rename one account or remove one entry",
                     other.name.as_str(),
                     other.location
                 ));
                 continue;
             }
-            if let Some(&other) = by_sanitized.get(sanitized.as_str()) {
-                let other = &members[other];
+        };
+        match by_sanitized.entry(sanitized) {
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+            Entry::Occupied(other) => {
+                let other = &listed[*other.get()];
                 diags.warning(location.clone(), format!(
                     "user {entry:?} has the same sanitized name as {:?} (at {}) in group {}; lookups by the sanitized name find the first",
                     other.name.as_str(),
@@ -958,45 +1225,39 @@ pub fn validate(
                     other.group
                 ));
             }
-            let index = members.len();
-            by_name.insert(entry.to_owned(), index);
-            by_sanitized
-                .entry(sanitized.as_str().to_owned())
-                .or_insert(index);
-            by_slice.insert(slice.clone(), index);
-            members.push(Member {
-                name,
-                sanitized,
-                group: group.clone(),
-                slice,
-                location,
-            });
         }
+        name_slot.insert(index);
+        slice_slot.insert(index);
+        kept[index] = true;
     }
+    drop((by_name, by_sanitized, by_slice));
+    // Both passes report in file and line order, as one pass would.
+    diags.items[members_diags_from..].sort_by_key(|d| {
+        let file = member_paths
+            .iter()
+            .position(|p| Arc::ptr_eq(p, &d.location.file));
+        (file, d.location.line)
+    });
+    let members: Vec<Member> = listed
+        .into_iter()
+        .zip(kept)
+        .filter(|(_, kept)| *kept)
+        .map(|(l, _)| Member {
+            name: l.name,
+            sanitized: l.sanitized,
+            group: l.group.clone(),
+            location: l.location,
+        })
+        .collect();
 
-    let mut override_by_name = HashMap::new();
-    let mut override_by_sanitized = HashMap::new();
-    for (i, o) in overrides.iter().enumerate() {
-        override_by_name.insert(o.user.as_str().to_owned(), i);
-        if let Ok(s) = o.user.sanitized() {
-            override_by_sanitized
-                .entry(s.as_str().to_owned())
-                .or_insert(i);
-        }
-    }
-    let config = Config {
-        path: raw.path,
-        aggregate_limits: raw.aggregate_limits,
-        default_group: raw.default_group.map(|(g, _)| g),
-        groups: raw.groups,
+    let config = Config::new(
+        raw.path,
+        raw.aggregate_limits,
+        raw.default_group.map(|(g, _)| g),
+        raw.groups,
         members,
         overrides,
-        warnings: Vec::new(),
-        by_name,
-        by_sanitized,
-        override_by_name,
-        override_by_sanitized,
-    };
+    );
 
     // Effective limits of every overridden user must hold together (high ≤ max after merge).
     let mut override_slices: BTreeMap<SliceName, (UserName, Location)> = BTreeMap::new();
@@ -1050,27 +1311,7 @@ pub fn parse_texts(
     members: &[(&str, &str)],
     overrides: Option<&str>,
 ) -> Result<Config, ConfigError> {
-    let mut diags = Diagnostics::default();
-    let raw =
-        parse_main(path, main, &mut diags).ok_or_else(|| ConfigError::Invalid(diags.clone()))?;
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let files: Vec<MembersFile> = members
-        .iter()
-        .filter_map(|(group, text)| {
-            Some(MembersFile {
-                group: GroupName::new(group).ok()?,
-                path: dir.join(GROUPS_DIR).join(format!("{group}.members")),
-                text: (*text).to_owned(),
-            })
-        })
-        .collect();
-    let overrides_path = dir.join(OVERRIDES_FILE);
-    validate(
-        raw,
-        &files,
-        overrides.map(|t| (overrides_path.as_path(), t)),
-        diags,
-    )
+    Sources::from_texts(path, main, members, overrides).validate()
 }
 
 #[cfg(test)]
@@ -1173,5 +1414,77 @@ groups:
                 .any(|e| e.location.line == Some(12)
                     && e.message.contains("did you mean `tasks_max`"))
         );
+    }
+
+    /// Names chosen to collide: the same person as `a.b`, `a_b`, `A.B@x` (sanitized alike in
+    /// part), listed in several groups, some twice.
+    const NAMES: [&str; 8] = ["a.b", "a_b", "a.b@x", "A.B", "cc", "cc@y", "d-e", "d_e"];
+
+    fn sample_sources(student: &[usize], researcher: &[usize], overridden: &[usize]) -> Sources {
+        let list = |idx: &[usize]| {
+            idx.iter()
+                .map(|&i| format!("{}\n", NAMES[i]))
+                .collect::<String>()
+        };
+        let overrides: String = overridden
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{:?}:\n  aggregate:\n    tasks_max: {}\n",
+                    NAMES[i],
+                    100 + i
+                )
+            })
+            .collect();
+        let main = format!("{MAIN}  researcher:\n    aggregate:\n      memory_max: \"200G\"\n");
+        Sources::from_texts(
+            Path::new("/c/resource-limits.yaml"),
+            &main,
+            &[
+                ("student", &list(student)),
+                ("researcher", &list(researcher)),
+            ],
+            Some(&overrides),
+        )
+    }
+
+    proptest::proptest! {
+        /// The hook's shortcut (only the user's own lines of a configuration validated before)
+        /// resolves every user exactly as the full validation does.
+        #[test]
+        fn trusted_resolution_equals_full_validation(
+            student in proptest::collection::vec(0..NAMES.len(), 0..6),
+            researcher in proptest::collection::vec(0..NAMES.len(), 0..6),
+            overridden in proptest::collection::btree_set(0..NAMES.len(), 0..4),
+            asked in 0..NAMES.len() + 2,
+        ) {
+            let overridden: Vec<usize> = overridden.into_iter().collect();
+            let full = sample_sources(&student, &researcher, &overridden).validate();
+            // Only configurations a full validation accepts are ever trusted.
+            proptest::prop_assume!(full.is_ok());
+            let full = full.unwrap();
+            let user = UserName::new(NAMES.get(asked).copied().unwrap_or("nobody.listed")).unwrap();
+            let trusted = sample_sources(&student, &researcher, &overridden)
+                .trusted_for_user(&user)
+                .unwrap();
+            proptest::prop_assert_eq!(
+                format!("{:?}", trusted.resolve(&user)),
+                format!("{:?}", full.resolve(&user))
+            );
+        }
+    }
+
+    #[test]
+    fn the_digest_changes_with_every_file() {
+        let base = sample_sources(&[0, 4], &[6], &[4]).digest();
+        assert_eq!(base, sample_sources(&[0, 4], &[6], &[4]).digest());
+        for other in [
+            sample_sources(&[0], &[6], &[4]),
+            sample_sources(&[0, 4], &[6, 1], &[4]),
+            sample_sources(&[0, 4], &[6], &[]),
+            sample_sources(&[4, 0], &[6], &[4]),
+        ] {
+            assert_ne!(other.digest(), base);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Problems found in the configuration, each tied to the file and line it is about.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -14,14 +15,28 @@ pub enum Severity {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Location {
-    pub file: PathBuf,
+    /// Shared: every line of a members file names the same file.
+    #[serde(serialize_with = "serialize_path")]
+    pub file: Arc<Path>,
     pub line: Option<usize>,
+}
+
+fn serialize_path<S: serde::Serializer>(path: &Arc<Path>, s: S) -> Result<S::Ok, S::Error> {
+    path.serialize(s)
 }
 
 impl Location {
     pub fn new(file: &Path, line: Option<usize>) -> Self {
         Location {
-            file: file.to_owned(),
+            file: Arc::from(file),
+            line,
+        }
+    }
+
+    /// A location in a file many locations share.
+    pub fn shared(file: &Arc<Path>, line: Option<usize>) -> Self {
+        Location {
+            file: Arc::clone(file),
             line,
         }
     }

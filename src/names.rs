@@ -104,12 +104,15 @@ pub fn sanitize_username(raw: &str) -> String {
         }
         out.push(c);
     }
-    let trimmed = out.trim_matches('_');
     // Everything left is ASCII, so byte length is character length and slicing is safe.
-    if trimmed.len() <= MAX_SANITIZED_LEN {
-        return trimmed.to_owned();
+    let end = out.trim_end_matches('_').len();
+    out.truncate(end);
+    let start = out.len() - out.trim_start_matches('_').len();
+    out.drain(..start);
+    if out.len() <= MAX_SANITIZED_LEN {
+        return out;
     }
-    let prefix = trimmed[..SHORTENED_PREFIX_LEN].trim_end_matches('_');
+    let prefix = out[..SHORTENED_PREFIX_LEN].trim_end_matches('_');
     let digest = Md5::digest(raw.as_bytes());
     format!("{prefix}_{:02x}{:02x}", digest[0], digest[1])
 }

@@ -17,6 +17,8 @@ use crate::names::SliceName;
 use crate::plan::Property;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ds01-slices";
+/// Holds the digest of the configuration last accepted by a full validation.
+const VALIDATED_CONFIG: &str = "validated-config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -121,6 +123,29 @@ impl Ownership {
                 .collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
             Err(source) => Err(StateError::Dir { path, source }),
+        }
+    }
+
+    /// The digest of the last configuration a full validation accepted (see
+    /// [`crate::config::Sources::digest`]); `None` when there is none or it cannot be read.
+    pub fn validated_config(&self) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join(VALIDATED_CONFIG)).ok()?;
+        Some(text.trim().to_owned())
+    }
+
+    /// Remembers that the configuration with `digest` passed a full validation, so that a
+    /// hook can take only its user's lines from it. Best effort: without the record a hook
+    /// only validates everything again.
+    pub fn record_validated_config(&self, digest: &str) {
+        let path = self.dir.join(VALIDATED_CONFIG);
+        let tmp = self
+            .dir
+            .join(format!(".{VALIDATED_CONFIG}.tmp{}", std::process::id()));
+        let written = fs::create_dir_all(&self.dir)
+            .and_then(|()| fs::write(&tmp, format!("{digest}\n")))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
     }
 

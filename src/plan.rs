@@ -247,17 +247,21 @@ pub fn plan(config: &Config) -> Result<Plan, ResolveError> {
 
 /// The plan for one user: their parents and their own slice (listed or not).
 pub fn plan_user(config: &Config, user: &UserName) -> Result<Plan, ResolveError> {
+    Ok(plan_resolved(config, &config.resolve(user)?))
+}
+
+/// [`plan_user`] for a user already resolved.
+pub fn plan_resolved(config: &Config, resolved: &ResolvedUser) -> Plan {
     if !config.aggregate_limits {
-        return Ok(Plan { slices: Vec::new() });
+        return Plan { slices: Vec::new() };
     }
-    let resolved = config.resolve(user)?;
-    Ok(Plan {
+    Plan {
         slices: vec![
             root_spec(),
             group_spec(&resolved.group),
-            user_spec(&resolved),
+            user_spec(resolved),
         ],
-    })
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,24 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DS01_TRACE").is_ok_and(|v| v == "1"))
 }
 
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Marks the start of the process, which every phase line is also timed from.
+pub fn start() {
+    process_start();
+}
+
 /// Prints `phase` and the time since `since`, returning now for the next phase.
 pub fn phase(phase: &str, since: Instant) -> Instant {
     let now = Instant::now();
     if enabled() {
         eprintln!(
-            "ds01-slices: trace: {phase}: {:.1} ms",
-            (now - since).as_secs_f64() * 1000.0
+            "ds01-slices: trace: {phase}: {:.1} ms (done at {:.1} ms)",
+            (now - since).as_secs_f64() * 1000.0,
+            (now - process_start()).as_secs_f64() * 1000.0
         );
     }
     now

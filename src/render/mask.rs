@@ -69,6 +69,10 @@ impl<S: Systemd> Systemd for RenderedMask<'_, S> {
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
         self.inner.stale_holders().await
     }
+
+    async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
+        self.inner.start_slice(slice).await
+    }
 }
 
 #[cfg(test)]

@@ -198,6 +198,13 @@ pub trait Systemd {
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
         Ok(Vec::new())
     }
+    /// Starts a slice (a job; returns once systemd has queued it).
+    async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
+        Err(BusError::Other {
+            what: format!("starting {slice}"),
+            detail: "not supported by this client".into(),
+        })
+    }
 }
 
 /// What verify adds to a slice's properties: its exact state and drop-in files.
@@ -302,11 +309,21 @@ impl BusSystemd {
             address: shown.clone(),
             reason: e.to_string(),
         };
-        let builder = match address {
-            Some(a) => zbus::connection::Builder::address(a).map_err(unreachable)?,
-            None => zbus::connection::Builder::system().map_err(unreachable)?,
+        let connect = async {
+            let builder = match plain_unix_path(&shown) {
+                // zbus connects a Unix socket on a thread of its own; a hook pays for that
+                // thread on every container start, so the common case connects here.
+                Some(path) => tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(zbus::connection::Builder::unix_stream)
+                    .map_err(|e| zbus::Error::InputOutput(Arc::new(e)))?,
+                None => match address {
+                    Some(a) => zbus::connection::Builder::address(a)?,
+                    None => zbus::connection::Builder::system()?,
+                },
+            };
+            builder.method_timeout(timeout).build().await
         };
-        let connect = builder.method_timeout(timeout).build();
         let connection = match tokio::time::timeout(timeout, connect).await {
             Ok(result) => result.map_err(unreachable)?,
             Err(_) => {
@@ -384,6 +401,34 @@ impl BusSystemd {
             .map_err(|e| self.err("reading systemd's SystemState", e))
     }
 
+    async fn get_unit_property(
+        &self,
+        slice: &SliceName,
+        prop: &'static str,
+    ) -> Result<OwnedValue, BusError> {
+        let path = proxies::unit_object_path(slice.as_str());
+        let what = format!("reading {prop} of {slice}");
+        let _slot = self.slot().await;
+        let reply = self
+            .connection
+            .call_method(
+                Some(proxies::SERVICE),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(proxies::UNIT_INTERFACE, prop),
+            )
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+        reply
+            .body()
+            .deserialize::<OwnedValue>()
+            .map_err(|e| BusError::Protocol {
+                what,
+                detail: e.to_string(),
+            })
+    }
+
     async fn get_all(
         &self,
         path: &str,
@@ -410,6 +455,14 @@ impl BusSystemd {
                 detail: e.to_string(),
             })
     }
+}
+
+/// The socket path of a D-Bus address that is exactly `unix:path=PATH` with nothing to
+/// unescape; anything else is left to zbus's address parser.
+fn plain_unix_path(address: &str) -> Option<&str> {
+    let path = address.strip_prefix("unix:path=")?;
+    let plain = !path.is_empty() && !path.contains([',', ';', '%']);
+    plain.then_some(path)
 }
 
 #[cold]
@@ -497,37 +550,23 @@ impl Systemd for BusSystemd {
     }
 
     async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError> {
-        let path = proxies::unit_object_path(slice.as_str());
-        let get = |prop: &'static str| {
-            let path = path.clone();
-            async move {
-                let what = format!("reading {prop} of {slice}");
-                let _slot = self.slot().await;
-                let reply = self
-                    .connection
-                    .call_method(
-                        Some(proxies::SERVICE),
-                        path.as_str(),
-                        Some("org.freedesktop.DBus.Properties"),
-                        "Get",
-                        &(proxies::UNIT_INTERFACE, prop),
-                    )
-                    .await
-                    .map_err(|e| self.err(what.clone(), e))?;
-                reply
-                    .body()
-                    .deserialize::<OwnedValue>()
-                    .map_err(|e| BusError::Protocol {
-                        what,
-                        detail: e.to_string(),
-                    })
-            }
-        };
-        let (active, dropins) = tokio::join!(get("ActiveState"), get("DropInPaths"));
+        let (active, dropins) = tokio::join!(
+            self.get_unit_property(slice, "ActiveState"),
+            self.get_unit_property(slice, "DropInPaths")
+        );
         Ok(UnitState {
             active_state: as_string(Some(&active?)).unwrap_or_default(),
             drop_in_paths: as_strings(Some(&dropins?)),
         })
+    }
+
+    async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .start_unit(slice.as_str(), "fail")
+            .await
+            .map(drop)
+            .map_err(|e| self.err(format!("starting {slice}"), e))
     }
 
     async fn set_properties(

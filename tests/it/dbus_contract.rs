@@ -71,6 +71,7 @@ fn used() -> Vec<(&'static str, &'static str, Member)> {
             "StartTransientUnit",
             method(&[&s, &s, &props, &aux], &[&o]),
         ),
+        (MANAGER, "StartUnit", method(&[&s, &s], &[&o])),
         (MANAGER, "StopUnit", method(&[&s, &s], &[&o])),
         (MANAGER, "RefUnit", method(&[&s], &[])),
         (MANAGER, "UnrefUnit", method(&[&s], &[])),

@@ -166,3 +166,81 @@ fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
     }
     assert_eq!(w.limits("ds01-student-new_user.slice"), STUDENT_LIMITS);
 }
+
+#[test]
+fn hook_takes_a_shortcut_only_through_a_configuration_validated_as_it_is_now() {
+    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+        return;
+    };
+    let stamp = || fs::read_to_string(w.state().join("validated-config")).ok();
+    w.ok(&["apply"], 0);
+    let accepted = stamp().expect("apply records the validated configuration");
+    let out = hook(&w, "alice");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "ds01-student-alice.slice\n"),
+        "{out}"
+    );
+
+    // A bad line anywhere changes the digest: the hook validates everything and refuses.
+    let students = fs::read_to_string(w.dir.join("config/groups/student.members")).unwrap();
+    w.write("groups/student.members", &format!("{students}@nobody\n"));
+    let out = hook(&w, "alice");
+    assert_eq!(out.code, Some(2), "{out}");
+    assert_eq!(out.stdout, "", "{out}");
+    assert!(
+        out.stderr.contains("student.members:7:")
+            && out.stderr.contains("has nothing left after sanitization"),
+        "{out}"
+    );
+    assert_eq!(
+        stamp(),
+        Some(accepted.clone()),
+        "an invalid configuration was recorded"
+    );
+
+    // Moved to another group: the hook follows the files, never a remembered answer.
+    w.write("groups/student.members", &students.replace("alice\n", ""));
+    let researchers = fs::read_to_string(w.dir.join("config/groups/researcher.members")).unwrap();
+    w.write(
+        "groups/researcher.members",
+        &format!("{researchers}alice\n"),
+    );
+    for _ in 0..2 {
+        // The first run validates and records, the second takes the shortcut.
+        let out = hook(&w, "alice");
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "ds01-researcher-alice.slice\n"),
+            "{out}"
+        );
+        w.assert_user_as_planned("alice");
+    }
+    assert_ne!(stamp(), Some(accepted));
+}
+
+#[test]
+fn parent_slices_stay_started_so_that_a_new_user_slice_is_cheap_to_write() {
+    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+        return;
+    };
+    w.ok(&["apply"], 0);
+    for parent in ["ds01.slice", "ds01-student.slice", "ds01-admin.slice"] {
+        assert_eq!(w.show(parent, "ActiveState"), "active", "{parent}");
+    }
+    // Stopped by someone: the next hook starts them again before it writes.
+    let out = w.sb.systemctl(&["stop", "ds01.slice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(w.show("ds01-student.slice", "ActiveState"), "inactive");
+    let out = hook(&w, "newcomer");
+    assert_eq!(out.code, Some(0), "{out}");
+    for parent in ["ds01.slice", "ds01-student.slice"] {
+        assert_eq!(w.show(parent, "ActiveState"), "active", "{parent}");
+    }
+    // The user's own slice is left to the container runtime.
+    assert_eq!(
+        w.show("ds01-student-newcomer.slice", "ActiveState"),
+        "inactive"
+    );
+    w.assert_user_as_planned("newcomer");
+}
