@@ -391,16 +391,19 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
         r.rss_verify.push(verify.max_rss_kib as f64);
         assert_systemd_on_bus(&sb, "verify");
 
-        // Hook, slice already right: listed users spread over the file.
-        for i in 0..args.hook_samples {
-            let user = &fx.users[(i * 7919 + run) % n];
+        let hook = |what: &str, user: &str| {
             let m = measure(
                 &["hook", "pre-create", user],
                 &fx.config(),
                 Some(&sb),
                 &state,
             );
-            expect_code("hook (in sync)", &m, 0);
+            expect_code(what, &m, 0);
+            m
+        };
+        // Hook, slice already right: listed users spread over the file.
+        for i in 0..args.hook_samples {
+            let m = hook("hook (in sync)", &fx.users[(i * 7919 + run) % n]);
             r.hook_ok.push(m.wall.as_secs_f64() * 1000.0);
             r.hook_ok_waiting.push(waiting_ms(&m.stderr));
             r.rss_hook.push(m.max_rss_kib as f64);
@@ -421,14 +424,7 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
             rt.block_on(sd.set_properties(&probe, WriteMode::Persistent, &props))
                 .unwrap();
             r.systemd_write.push(t.elapsed().as_secs_f64() * 1000.0);
-            let user = format!("newcomer{run}x{i}");
-            let m = measure(
-                &["hook", "pre-create", &user],
-                &fx.config(),
-                Some(&sb),
-                &state,
-            );
-            expect_code("hook (write)", &m, 0);
+            let m = hook("hook (write)", &format!("newcomer{run}x{i}"));
             r.hook_write.push(m.wall.as_secs_f64() * 1000.0);
             r.hook_write_waiting.push(waiting_ms(&m.stderr));
         }
@@ -436,14 +432,10 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
         // The first hook after any configuration file changed validates everything again.
         for i in 0..args.hook_samples {
             fx.touch_overrides(i);
-            let user = &fx.users[(i * 7919 + run) % n];
-            let m = measure(
-                &["hook", "pre-create", user],
-                &fx.config(),
-                Some(&sb),
-                &state,
+            let m = hook(
+                "hook (configuration changed)",
+                &fx.users[(i * 7919 + run) % n],
             );
-            expect_code("hook (configuration changed)", &m, 0);
             r.hook_revalidate.push(m.wall.as_secs_f64() * 1000.0);
         }
         assert_systemd_on_bus(&sb, "hooks");

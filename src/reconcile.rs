@@ -165,6 +165,27 @@ pub fn diff(
     })
 }
 
+/// The change for a slice with no record of ours, made without reading it first: every
+/// desired property is set. Only the hook takes this way, for a user slice it has never
+/// written; what systemd shows for an unset property stands in for the unread values.
+pub fn unread(desired: &SliceSpec) -> Change {
+    Change {
+        slice: desired.slice.clone(),
+        kind: ChangeKind::New,
+        sets: desired
+            .properties
+            .iter()
+            .map(|(p, want)| PropertyChange {
+                property: p,
+                from: p.unset_value(),
+                to: want,
+            })
+            .collect(),
+        owned_after: desired.properties.iter().map(|(p, _)| p).collect(),
+        memory_below_usage: None,
+    }
+}
+
 /// Parents before children, so a new user slice never waits on an unconfigured parent.
 pub fn write_order(slice: &SliceName) -> u8 {
     match slice.identity() {
