@@ -454,38 +454,41 @@ impl Sources {
                 .map(|(p, t)| (p.as_path(), t.as_str())),
             &mut diags,
         );
-        let mut member = None;
-        let mut by_sanitized = None;
-        let wanted = user.sanitized().ok();
-        'files: for (group, _) in &raw.group_names {
-            let Some(file) = self.members.iter().find(|f| &f.group == group) else {
-                continue;
-            };
-            for (line, entry) in member_entries(&file.text) {
-                let found = |name: UserName, sanitized| Member {
-                    name,
-                    sanitized,
-                    group: group.clone(),
-                    location: Location::new(&file.path, Some(line)),
-                };
-                if entry == user.as_str() {
-                    if let Ok(sanitized) = user.sanitized() {
-                        member = Some(found(user.clone(), sanitized));
-                    }
-                    break 'files;
-                }
-                if by_sanitized.is_none() {
-                    let Some(wanted) = &wanted else { continue };
-                    let Ok(name) = UserName::new(entry) else {
-                        continue;
-                    };
-                    match name.sanitized() {
-                        Ok(s) if &s == wanted => by_sanitized = Some(found(name, s)),
-                        _ => {}
-                    }
-                }
-            }
-        }
+        // As `Config::member`: the first line with the name, else the first with its
+        // sanitized form (which is always a line the full validation keeps).
+        let files: Vec<(&GroupName, &MembersFile)> = raw
+            .group_names
+            .iter()
+            .filter_map(|(group, _)| {
+                Some((group, self.members.iter().find(|f| &f.group == group)?))
+            })
+            .collect();
+        let found = |group: &GroupName, file: &MembersFile, line, name, sanitized| Member {
+            name,
+            sanitized,
+            group: group.clone(),
+            location: Location::new(&file.path, Some(line)),
+        };
+        let by_name = files.iter().find_map(|(group, file)| {
+            let (line, _) = member_entries(&file.text).find(|(_, e)| *e == user.as_str())?;
+            Some(found(
+                group,
+                file,
+                line,
+                user.clone(),
+                user.sanitized().ok()?,
+            ))
+        });
+        let member = by_name.or_else(|| {
+            let wanted = user.sanitized().ok()?;
+            files.iter().find_map(|(group, file)| {
+                member_entries(&file.text).find_map(|(line, entry)| {
+                    let name = UserName::new(entry).ok()?;
+                    let sanitized = name.sanitized().ok().filter(|s| *s == wanted)?;
+                    Some(found(group, file, line, name, sanitized))
+                })
+            })
+        });
         if diags.has_errors() {
             return Err(ConfigError::Invalid(diags));
         }
@@ -494,7 +497,7 @@ impl Sources {
             raw.aggregate_limits,
             raw.default_group.map(|(g, _)| g),
             raw.groups,
-            member.or(by_sanitized).into_iter().collect(),
+            member.into_iter().collect(),
             overrides,
         ))
     }
