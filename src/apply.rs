@@ -153,7 +153,7 @@ pub async fn desired_in_scope<S: Systemd>(
     Ok(reconcile::desired_state(config, &plan, &known))
 }
 
-/// The shared core of apply and the hook.
+/// Apply's core: read, compare, write.
 async fn reconcile_and_write<S: Systemd>(
     sd: &S,
     desired: &BTreeMap<SliceName, Option<SliceSpec>>,
@@ -161,6 +161,8 @@ async fn reconcile_and_write<S: Systemd>(
     ownership: &Ownership,
     opts: ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
+    // Every slice is read, even one we have no record of: writing only what differs is what
+    // keeps the drop-ins identical to one call per slice (tests/it/scale.rs).
     let slices: Vec<SliceName> = desired.keys().cloned().collect();
     let t = std::time::Instant::now();
     let holder = if opts.dry_run {
@@ -181,8 +183,8 @@ async fn reconcile_and_write<S: Systemd>(
     write_changes(sd, report, todo, owned, ownership, opts, holder).await
 }
 
-/// The changes that bring `live` to `desired`, write order first; slices that could not be
-/// read are failures, and lowering MemoryMax below use is refused unless `force`.
+/// The changes that bring `live` to `desired`; slices that could not be read are failures,
+/// and lowering MemoryMax below use is refused unless `force`.
 fn compare(
     desired: &BTreeMap<SliceName, Option<SliceSpec>>,
     slices: &[SliceName],
@@ -217,7 +219,6 @@ fn compare(
             todo.push(change);
         }
     }
-    todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
     (report, todo)
 }
 
@@ -265,17 +266,18 @@ async fn start_stopped_parents<S: Systemd>(
     Ok(())
 }
 
-/// Writes `todo` (already in write order), records what we own, and releases `read_holder`.
+/// Writes `todo`, parents first, records what we own, and releases `read_holder`.
 async fn write_changes<S: Systemd>(
     sd: &S,
     mut report: ApplyReport,
-    todo: Vec<Change>,
+    mut todo: Vec<Change>,
     owned: &BTreeMap<SliceName, BTreeSet<Property>>,
     ownership: &Ownership,
     opts: ApplyOptions,
     read_holder: Option<String>,
 ) -> Result<ApplyReport, ApplyError> {
     let mut t = std::time::Instant::now();
+    todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
     // Every write to a slice makes systemd walk all loaded siblings in its parent slice, so
     // well past one chunk of writes the read holder goes and each chunk is held on its own;
     // below that, one more holder (and the name-map rebuild it costs) would not pay off.

@@ -165,9 +165,11 @@ pub fn diff(
     })
 }
 
-/// The change for a slice with no record of ours, made without reading it first: every
-/// desired property is set. Only the hook takes this way, for a user slice it has never
-/// written; what systemd shows for an unset property stands in for the unread values.
+/// The change for a slice with no record of ours, made without reading it first, as
+/// [`diff`] would make it for a slice that holds systemd's defaults: every desired property
+/// that is not the default is set. Only the hook takes this way, for a user slice it has
+/// never written (if someone else set a limit there that the configuration leaves at its
+/// default, it stays until the next apply reads it as drift).
 pub fn unread(desired: &SliceSpec) -> Change {
     Change {
         slice: desired.slice.clone(),
@@ -175,6 +177,7 @@ pub fn unread(desired: &SliceSpec) -> Change {
         sets: desired
             .properties
             .iter()
+            .filter(|(p, want)| *want != p.unset_value())
             .map(|(p, want)| PropertyChange {
                 property: p,
                 from: p.unset_value(),
