@@ -83,15 +83,7 @@ impl Fixture {
             dir.join("resource-limits.yaml"),
         )
         .unwrap();
-        let users: Vec<String> = (0..n)
-            .map(|i| {
-                if i % 3 == 0 {
-                    format!("first{i}.last@uni.example")
-                } else {
-                    format!("user{i:05}")
-                }
-            })
-            .collect();
+        let users = support::user_names(n);
         let mut groups: [Vec<&str>; 4] = Default::default();
         for (i, u) in users.iter().enumerate() {
             let g = match i % 50 {

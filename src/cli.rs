@@ -592,23 +592,23 @@ async fn verify_command(
 
 /// Loads the configuration and prints its warnings on stderr.
 pub fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let config = config::load(&cli.globals.config)?;
-    for w in &config.warnings {
-        eprintln!("{w}");
-    }
-    Ok(config)
+    Ok(with_warnings_shown(config::load(&cli.globals.config)?))
 }
 
 /// [`load`], recording the configuration's digest as validated (see `hook_config`).
 fn load_remembered(cli: &Cli) -> anyhow::Result<Config> {
     let sources = config::Sources::read(&cli.globals.config)?;
     let digest = sources.digest();
-    let config = sources.validate()?;
+    let config = with_warnings_shown(sources.validate()?);
+    Ownership::new(&cli.globals.state_dir).record_validated_config(&digest);
+    Ok(config)
+}
+
+fn with_warnings_shown(config: Config) -> Config {
     for w in &config.warnings {
         eprintln!("{w}");
     }
-    Ownership::new(&cli.globals.state_dir).record_validated_config(&digest);
-    Ok(config)
+    config
 }
 
 pub fn parse_user(raw: &str) -> anyhow::Result<UserName> {

@@ -9,7 +9,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value as Json;
@@ -137,27 +136,15 @@ pub struct Config {
     override_by_sanitized: HashMap<String, usize>,
 }
 
-/// Finds members by name, then by sanitized name (the first listed wins). The first few
-/// lookups scan, so that a hook, which makes one, never pays for an index over thousands
-/// of members; a plan, which makes one per member, builds the index once.
-#[derive(Debug, Default)]
-struct MemberIndex {
-    scans: AtomicUsize,
-    index: OnceLock<(HashMap<String, usize>, HashMap<String, usize>)>,
-}
+/// Finds members by name, then by sanitized name (the first listed wins). Built on the first
+/// lookup: a hook's configuration, taken for one user, holds at most one member, and a plan
+/// looks up every member.
+#[derive(Debug, Default, Clone)]
+struct MemberIndex(OnceLock<(HashMap<String, usize>, HashMap<String, usize>)>);
 
 impl MemberIndex {
-    const SCANS: usize = 8;
-
     fn find(&self, members: &[Member], user: &UserName) -> Option<usize> {
-        let sanitized = || user.sanitized().ok();
-        if self.index.get().is_none() && self.scans.fetch_add(1, Ordering::Relaxed) < Self::SCANS {
-            return members.iter().position(|m| m.name == *user).or_else(|| {
-                let sanitized = sanitized()?;
-                members.iter().position(|m| m.sanitized == sanitized)
-            });
-        }
-        let (by_name, by_sanitized) = self.index.get_or_init(|| {
+        let (by_name, by_sanitized) = self.0.get_or_init(|| {
             let mut by_name = HashMap::with_capacity(members.len());
             let mut by_sanitized = HashMap::with_capacity(members.len());
             for (i, m) in members.iter().enumerate() {
@@ -170,14 +157,8 @@ impl MemberIndex {
         });
         by_name
             .get(user.as_str())
-            .or_else(|| by_sanitized.get(sanitized()?.as_str()))
+            .or_else(|| by_sanitized.get(user.sanitized().ok()?.as_str()))
             .copied()
-    }
-}
-
-impl Clone for MemberIndex {
-    fn clone(&self) -> Self {
-        MemberIndex::default()
     }
 }
 

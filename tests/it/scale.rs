@@ -16,15 +16,7 @@ use crate::apply::{World, EXAMPLE};
 const USERS: usize = 300;
 
 fn write_config(w: &World) {
-    let users: Vec<String> = (0..USERS)
-        .map(|i| {
-            if i % 3 == 0 {
-                format!("first{i}.last@uni.example")
-            } else {
-                format!("user{i:04}")
-            }
-        })
-        .collect();
+    let users = crate::support::user_names(USERS);
     let (mut student, mut researcher, mut admin) = (Vec::new(), Vec::new(), Vec::new());
     for (i, u) in users.iter().enumerate() {
         match i % 10 {
@@ -39,7 +31,7 @@ fn write_config(w: &World) {
     w.write("groups/faculty.members", "");
     w.write(
         "user-overrides.yaml",
-        "user0004:\n  aggregate:\n    memory_max: infinity\n",
+        "user00004:\n  aggregate:\n    memory_max: infinity\n",
     );
 }
 

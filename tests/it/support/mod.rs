@@ -16,6 +16,20 @@ pub use sandbox::{
     ok_stdout, sandbox_available_or_skip, sandbox_or_skip, two_sandboxes_or_skip, Sandbox,
 };
 
+/// `n` generated user names for scale runs: every third an LDAP-style address (sanitized to
+/// its local part), the others `user00000`-style.
+pub fn user_names(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("first{i}.last@uni.example")
+            } else {
+                format!("user{i:05}")
+            }
+        })
+        .collect()
+}
+
 /// Polls `probe` (every 20 ms) until it returns Some, or fails after `timeout`.
 pub fn wait_until<T>(
     timeout: Duration,
