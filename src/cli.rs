@@ -318,14 +318,22 @@ fn run_hook(globals: &Globals, user: &str, runtime: bool) -> anyhow::Result<Exit
 /// accepted before (same digest of every file) is not validated again: only the user's own
 /// lines are taken. Any change to any file means a full validation, as for every command.
 fn hook_config(globals: &Globals, user: &UserName) -> anyhow::Result<Config> {
-    let sources = config::Sources::read(&globals.config)?;
-    let digest = sources.digest();
     let ownership = Ownership::new(&globals.state_dir);
-    if ownership.validated_config().as_deref() == Some(digest.as_str()) {
+    let record = ownership.validated_config();
+    let sources = config::Sources::read_trusting(&globals.config, record.as_deref())?;
+    if sources.trusted() {
         return Ok(sources.trusted_for_user(user)?);
     }
+    remember_validated(&ownership, sources)
+}
+
+/// Validates `sources` in full and keeps their record for later hooks.
+fn remember_validated(ownership: &Ownership, sources: config::Sources) -> anyhow::Result<Config> {
+    let record = sources.remembered();
     let config = sources.validate()?;
-    ownership.record_validated_config(&digest);
+    if let Some(record) = record {
+        ownership.record_validated_config(&record);
+    }
     Ok(config)
 }
 
@@ -595,13 +603,14 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(with_warnings_shown(config::load(&cli.globals.config)?))
 }
 
-/// [`load`], recording the configuration's digest as validated (see `hook_config`).
+/// [`load`], keeping the record of the validated configuration for later hooks (see
+/// `hook_config`).
 fn load_remembered(cli: &Cli) -> anyhow::Result<Config> {
     let sources = config::Sources::read(&cli.globals.config)?;
-    let digest = sources.digest();
-    let config = with_warnings_shown(sources.validate()?);
-    Ownership::new(&cli.globals.state_dir).record_validated_config(&digest);
-    Ok(config)
+    let ownership = Ownership::new(&cli.globals.state_dir);
+    Ok(with_warnings_shown(remember_validated(
+        &ownership, sources,
+    )?))
 }
 
 fn with_warnings_shown(config: Config) -> Config {

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
-use crate::names::{GroupName, SanitizedUser, SliceName, UserName};
+use crate::names::{self, GroupName, SanitizedUser, SliceName, UserName};
 use crate::values::{CpuQuota, MemoryLimit, TasksLimit, ValueError};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/opt/ds01-infra/config/resource-limits.yaml";
@@ -289,26 +289,113 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Sources::read(path)?.validate()
 }
 
-/// Every file a configuration is made of, as read, with the main file parsed (it names the
-/// members files). Stage one of loading; [`Sources::validate`] is stage two.
+/// Every file a configuration is made of, as read, with its YAML parsed (the main file
+/// names the members files). Stage one of loading; [`Sources::validate`] is stage two.
 #[derive(Debug)]
 pub struct Sources {
     main: String,
+    /// The main file's document; `None` when it is not valid YAML (an error in `diags`).
+    main_yaml: Option<Yaml>,
     raw: Option<RawConfig>,
     members: Vec<MembersFile>,
-    overrides: Option<(PathBuf, String)>,
+    overrides: Option<OverridesFile>,
     diags: Diagnostics,
+    /// Read through a record whose configuration is byte for byte the one on disk now.
+    trusted: bool,
+}
+
+#[derive(Debug)]
+struct OverridesFile {
+    path: PathBuf,
+    text: String,
+    /// `None`: not valid YAML (an error in the sources' diagnostics).
+    yaml: Option<Yaml>,
+}
+
+/// First line of a record written by [`Sources::remembered`]; another first line (an older
+/// format) is not trusted.
+const RECORD_HEADER: &str = "ds01-slices validated configuration, format 2";
+
+/// What [`Sources::remembered`] keeps of a configuration that a full validation accepted:
+/// the digest of every file, and the parts of both YAML documents that this tool reads,
+/// already parsed. A hook whose files still have that digest parses no YAML at all:
+/// serde_yaml reads ~7 MB/s, and the overrides of 1,000 users took a hook ~1 ms.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    digest: String,
+    main: Yaml,
+    /// Null when there is no overrides file (the digest tells the two apart).
+    overrides: Yaml,
 }
 
 impl Sources {
     pub fn read(path: &Path) -> Result<Sources, ConfigError> {
+        Sources::read_trusting(path, None)
+    }
+
+    /// [`Sources::read`], taking the parsed YAML from `record` (what [`Sources::remembered`]
+    /// returned after a full validation) when every file is still exactly as it was then.
+    /// [`Sources::trusted`] says whether it was.
+    pub fn read_trusting(path: &Path, record: Option<&str>) -> Result<Sources, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        if let Some(record) = record.and_then(Record::parse) {
+            let mut diags = Diagnostics::default();
+            let raw = parse_main_yaml(path, &text, &record.main, &mut diags);
+            let mut sources = Sources::read_beside(path, text, raw, diags);
+            if sources.trust(record) {
+                return Ok(sources);
+            }
+            // Something changed: read again as if there were no record (the main file may
+            // now name other members files).
+            return Ok(Sources::parse_and_read_beside(path, sources.main));
+        }
+        Ok(Sources::parse_and_read_beside(path, text))
+    }
+
+    fn parse_and_read_beside(path: &Path, text: String) -> Sources {
         let mut diags = Diagnostics::default();
-        let raw = parse_main(path, &text, &mut diags);
+        let main_yaml = parse_yaml(path, &text, &mut diags);
+        let raw = main_yaml
+            .as_ref()
+            .and_then(|root| parse_main_yaml(path, &text, root, &mut diags));
+        let mut sources = Sources::read_beside(path, text, raw, diags);
+        sources.main_yaml = main_yaml;
+        sources.parse_overrides();
+        sources
+    }
+
+    /// Takes the YAML of `record` if it is the record of exactly these files; false (and
+    /// nothing taken) otherwise.
+    fn trust(&mut self, record: Record) -> bool {
+        if self.digest() != record.digest {
+            return false;
+        }
+        self.main_yaml = Some(record.main);
+        if let Some(o) = &mut self.overrides {
+            o.yaml = Some(record.overrides);
+        }
+        self.trusted = true;
+        true
+    }
+
+    fn parse_overrides(&mut self) {
+        if let Some(o) = &mut self.overrides {
+            o.yaml = parse_yaml(&o.path, &o.text, &mut self.diags);
+        }
+    }
+
+    /// The members files that `raw` names and the overrides file, read; the overrides not
+    /// parsed yet.
+    fn read_beside(
+        path: &Path,
+        text: String,
+        raw: Option<RawConfig>,
+        mut diags: Diagnostics,
+    ) -> Sources {
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
         let mut members = Vec::new();
         for (group, _) in raw
             .as_ref()
@@ -333,7 +420,11 @@ impl Sources {
         }
         let overrides_path = dir.join(OVERRIDES_FILE);
         let overrides = match std::fs::read_to_string(&overrides_path) {
-            Ok(text) => Some((overrides_path, text)),
+            Ok(text) => Some(OverridesFile {
+                path: overrides_path,
+                text,
+                yaml: None,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 diags.error(
@@ -345,13 +436,15 @@ impl Sources {
                 None
             }
         };
-        Ok(Sources {
+        Sources {
             main: text,
+            main_yaml: None,
             raw,
             members,
             overrides,
             diags,
-        })
+            trusted: false,
+        }
     }
 
     /// The same stage from texts in memory (tests and tools).
@@ -362,7 +455,40 @@ impl Sources {
         overrides: Option<&str>,
     ) -> Sources {
         let mut diags = Diagnostics::default();
-        let raw = parse_main(path, main, &mut diags);
+        let main_yaml = parse_yaml(path, main, &mut diags);
+        let raw = main_yaml
+            .as_ref()
+            .and_then(|root| parse_main_yaml(path, main, root, &mut diags));
+        let mut sources = Sources::beside_texts(path, main, raw, diags, members, overrides);
+        sources.main_yaml = main_yaml;
+        sources.parse_overrides();
+        sources
+    }
+
+    /// [`Sources::read_trusting`] from texts in memory: `None` unless `record` is the record
+    /// of exactly these texts.
+    pub fn from_texts_trusting(
+        path: &Path,
+        main: &str,
+        members: &[(&str, &str)],
+        overrides: Option<&str>,
+        record: &str,
+    ) -> Option<Sources> {
+        let record = Record::parse(record)?;
+        let mut diags = Diagnostics::default();
+        let raw = parse_main_yaml(path, main, &record.main, &mut diags);
+        let mut sources = Sources::beside_texts(path, main, raw, diags, members, overrides);
+        sources.trust(record).then_some(sources)
+    }
+
+    fn beside_texts(
+        path: &Path,
+        main: &str,
+        raw: Option<RawConfig>,
+        diags: Diagnostics,
+        members: &[(&str, &str)],
+        overrides: Option<&str>,
+    ) -> Sources {
         let dir = path.parent().unwrap_or(Path::new(""));
         let members = members
             .iter()
@@ -376,10 +502,16 @@ impl Sources {
             .collect();
         Sources {
             main: main.to_owned(),
+            main_yaml: None,
             raw,
             members,
-            overrides: overrides.map(|t| (dir.join(OVERRIDES_FILE), t.to_owned())),
+            overrides: overrides.map(|text| OverridesFile {
+                path: dir.join(OVERRIDES_FILE),
+                text: text.to_owned(),
+                yaml: None,
+            }),
             diags,
+            trusted: false,
         }
     }
 
@@ -398,10 +530,53 @@ impl Sources {
         for m in &self.members {
             part(m.group.as_str(), &m.text);
         }
-        if let Some((_, text)) = &self.overrides {
-            part("overrides", text);
+        if let Some(o) = &self.overrides {
+            part("overrides", &o.text);
         }
         md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether these sources were read through a record of a configuration that a full
+    /// validation accepted, unchanged since (see [`Sources::read_trusting`]).
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
+
+    /// The record to keep once [`Sources::validate`] has accepted these sources, for
+    /// [`Sources::read_trusting`]. `None` when the parts of the YAML this tool reads would not
+    /// come back from the record exactly as parsed (YAML that JSON cannot hold, such as a
+    /// NaN): such a configuration is then validated in full by every hook.
+    pub fn remembered(&self) -> Option<String> {
+        let main = reduced_main(self.main_yaml.as_ref()?);
+        let overrides = match &self.overrides {
+            Some(o) => reduced_overrides(o.yaml.as_ref()?),
+            None => Yaml::Null,
+        };
+        let record = Record {
+            digest: self.digest(),
+            main,
+            overrides,
+        };
+        let json = serde_json::to_string(&record).ok()?;
+        let back = Record::parse(&format!("{RECORD_HEADER}\n{json}"))?;
+        // The record must give every later hook exactly what the files give now.
+        let path = self.raw.as_ref()?.path.as_path();
+        let same_main = {
+            let (mut a, mut b) = (Diagnostics::default(), Diagnostics::default());
+            let from_file = parse_main_yaml(path, &self.main, self.main_yaml.as_ref()?, &mut a);
+            let from_record = parse_main_yaml(path, &self.main, &back.main, &mut b);
+            format!("{from_file:?}{a:?}") == format!("{from_record:?}{b:?}")
+        };
+        let same_overrides = match &self.overrides {
+            None => true,
+            Some(o) => {
+                let (mut a, mut b) = (Diagnostics::default(), Diagnostics::default());
+                let from_file = parse_overrides_yaml(&o.path, &o.text, o.yaml.as_ref()?, &mut a);
+                let from_record = parse_overrides_yaml(&o.path, &o.text, &back.overrides, &mut b);
+                format!("{from_file:?}{a:?}") == format!("{from_record:?}{b:?}")
+            }
+        };
+        (same_main && same_overrides).then(|| format!("{RECORD_HEADER}\n{json}\n"))
     }
 
     /// Stage two: every user, every value checked.
@@ -410,9 +585,7 @@ impl Sources {
             Some(raw) => validate(
                 raw,
                 &self.members,
-                self.overrides
-                    .as_ref()
-                    .map(|(p, t)| (p.as_path(), t.as_str())),
+                self.overrides.as_ref().and_then(OverridesFile::parsed),
                 self.diags,
             ),
             None => Err(ConfigError::Invalid(self.diags)),
@@ -428,11 +601,37 @@ impl Sources {
             return Err(ConfigError::Invalid(self.diags));
         };
         let mut diags = self.diags;
+        let wanted = user.sanitized().ok();
+        let mut scratch = String::new();
+        let mut may_be_users = |key: &Yaml| {
+            yaml_key(key).is_some_and(|k| {
+                k == user.as_str()
+                    || wanted
+                        .as_ref()
+                        .is_some_and(|w| names::sanitizes_to(&k, w, &mut scratch))
+            })
+        };
+        // Only the entries that can be this user's override (by name or by sanitized form,
+        // as `Config::override_for` looks them up), in their order: the others were checked
+        // by the validation the record stands for, and typing them all costs a hook more
+        // than anything else it does with the configuration.
+        let own_entries = self.overrides.as_ref().and_then(|o| {
+            let yaml = match o.yaml.as_ref()? {
+                Yaml::Mapping(m) => Yaml::Mapping(
+                    m.iter()
+                        .filter(|(k, _)| may_be_users(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            Some((o, yaml))
+        });
         let overrides = merge_overrides(
             raw.inline_overrides,
-            self.overrides
+            own_entries
                 .as_ref()
-                .map(|(p, t)| (p.as_path(), t.as_str())),
+                .map(|(o, yaml)| (o.path.as_path(), o.text.as_str(), yaml)),
             &mut diags,
         );
         // As `Config::member`: the first line with the name, else the first with its
@@ -461,12 +660,14 @@ impl Sources {
             ))
         });
         let member = by_name.or_else(|| {
-            let wanted = user.sanitized().ok()?;
+            let wanted = wanted.as_ref()?;
             files.iter().find_map(|(group, file)| {
                 member_entries(&file.text).find_map(|(line, entry)| {
+                    if !names::sanitizes_to(entry, wanted, &mut scratch) {
+                        return None;
+                    }
                     let name = UserName::new(entry).ok()?;
-                    let sanitized = name.sanitized().ok().filter(|s| *s == wanted)?;
-                    Some(found(group, file, line, name, sanitized))
+                    Some(found(group, file, line, name, wanted.clone()))
                 })
             })
         });
@@ -484,6 +685,64 @@ impl Sources {
     }
 }
 
+impl OverridesFile {
+    fn parsed(&self) -> Option<(&Path, &str, &Yaml)> {
+        Some((&self.path, &self.text, self.yaml.as_ref()?))
+    }
+}
+
+impl Record {
+    /// `None` for anything but a record in this format: it is then as if there were none.
+    fn parse(text: &str) -> Option<Record> {
+        let json = text.strip_prefix(RECORD_HEADER)?.strip_prefix('\n')?;
+        serde_json::from_str(json).ok()
+    }
+}
+
+/// The parts of the main document that [`parse_main`] reads; DS01's other sections may hold
+/// any YAML and are no business of the record.
+fn reduced_main(root: &Yaml) -> Yaml {
+    let Yaml::Mapping(root) = root else {
+        return root.clone();
+    };
+    let mut out = serde_yaml::Mapping::new();
+    for (key, value) in root {
+        let value = match key.as_str() {
+            Some("enforcement") => only_keys(value, &["aggregate_limits", "cgroup_driver"]),
+            Some("groups") => each_entry(value, |v| only_keys(v, &["aggregate"])),
+            Some("user_overrides") => reduced_overrides(value),
+            Some("default_group") => value.clone(),
+            _ => continue,
+        };
+        out.insert(key.clone(), value);
+    }
+    Yaml::Mapping(out)
+}
+
+/// The parts of an overrides mapping that [`parse_overrides`] reads.
+fn reduced_overrides(value: &Yaml) -> Yaml {
+    each_entry(value, |v| only_keys(v, &["aggregate"]))
+}
+
+fn each_entry(value: &Yaml, f: impl Fn(&Yaml) -> Yaml) -> Yaml {
+    match value {
+        Yaml::Mapping(m) => Yaml::Mapping(m.iter().map(|(k, v)| (k.clone(), f(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn only_keys(value: &Yaml, keys: &[&str]) -> Yaml {
+    match value {
+        Yaml::Mapping(m) => Yaml::Mapping(
+            m.iter()
+                .filter(|(k, _)| k.as_str().is_some_and(|k| keys.contains(&k)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// The user names of a members file with their line numbers: `#` starts a comment.
 fn member_entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines().enumerate().filter_map(|(index, line)| {
@@ -496,12 +755,12 @@ fn member_entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
 /// same user.
 fn merge_overrides(
     inline: Vec<UserOverride>,
-    file: Option<(&Path, &str)>,
+    file: Option<(&Path, &str, &Yaml)>,
     diags: &mut Diagnostics,
 ) -> Vec<UserOverride> {
     let mut overrides = inline;
-    if let Some((path, text)) = file {
-        for o in parse_overrides_file(path, text, diags) {
+    if let Some((path, text, yaml)) = file {
+        for o in parse_overrides_yaml(path, text, yaml, diags) {
             overrides.retain(|existing| existing.user != o.user);
             overrides.push(o);
         }
@@ -717,17 +976,27 @@ fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> 
 /// Stage one: the main YAML's text to a [`RawConfig`]. Sections this tool does not use are
 /// ignored; inside `aggregate:` every key must be known.
 pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<RawConfig> {
+    let root = parse_yaml(path, text, diags)?;
+    parse_main_yaml(path, text, &root, diags)
+}
+
+/// [`parse_main`] of a document already parsed from `text` (which gives the lines).
+fn parse_main_yaml(
+    path: &Path,
+    text: &str,
+    root: &Yaml,
+    diags: &mut Diagnostics,
+) -> Option<RawConfig> {
     let doc = Doc {
         path,
         lines: LineIndex::new(text),
     };
-    let root = parse_yaml(path, text, diags)?;
     let Yaml::Mapping(root) = root else {
         diags.error(
             Location::new(path, Some(1)),
             format!(
                 "the configuration must be a YAML mapping with a `groups:` section, found {}",
-                type_name(&root)
+                type_name(root)
             ),
         );
         return None;
@@ -1098,13 +1367,26 @@ fn parse_overrides(
 
 /// Parses `user-overrides.yaml` (a mapping `username: {settings...}`; empty is fine).
 pub fn parse_overrides_file(path: &Path, text: &str, diags: &mut Diagnostics) -> Vec<UserOverride> {
+    match parse_yaml(path, text, diags) {
+        None => Vec::new(),
+        Some(v) => parse_overrides_yaml(path, text, &v, diags),
+    }
+}
+
+/// [`parse_overrides_file`] of a document already parsed from `text`.
+fn parse_overrides_yaml(
+    path: &Path,
+    text: &str,
+    value: &Yaml,
+    diags: &mut Diagnostics,
+) -> Vec<UserOverride> {
     let doc = Doc {
         path,
         lines: LineIndex::new(text),
     };
-    match parse_yaml(path, text, diags) {
-        None | Some(Yaml::Null) => Vec::new(),
-        Some(v) => parse_overrides(&doc, &[], &v, diags),
+    match value {
+        Yaml::Null => Vec::new(),
+        v => parse_overrides(&doc, &[], v, diags),
     }
 }
 
@@ -1113,7 +1395,7 @@ pub fn parse_overrides_file(path: &Path, text: &str, diags: &mut Diagnostics) ->
 pub fn validate(
     raw: RawConfig,
     members_files: &[MembersFile],
-    overrides_file: Option<(&Path, &str)>,
+    overrides_file: Option<(&Path, &str, &Yaml)>,
     mut diags: Diagnostics,
 ) -> Result<Config, ConfigError> {
     let overrides = merge_overrides(raw.inline_overrides, overrides_file, &mut diags);
@@ -1404,7 +1686,40 @@ groups:
     /// part), listed in several groups, some twice.
     const NAMES: [&str; 8] = ["a.b", "a_b", "a.b@x", "A.B", "cc", "cc@y", "d-e", "d_e"];
 
-    fn sample_sources(student: &[usize], researcher: &[usize], overridden: &[usize]) -> Sources {
+    struct Texts {
+        main: String,
+        members: Vec<(&'static str, String)>,
+        overrides: String,
+    }
+
+    impl Texts {
+        fn members(&self) -> Vec<(&str, &str)> {
+            self.members.iter().map(|(g, t)| (*g, t.as_str())).collect()
+        }
+
+        fn sources(&self) -> Sources {
+            Sources::from_texts(
+                Path::new(SAMPLE_PATH),
+                &self.main,
+                &self.members(),
+                Some(&self.overrides),
+            )
+        }
+
+        fn trusting(&self, record: &str) -> Option<Sources> {
+            Sources::from_texts_trusting(
+                Path::new(SAMPLE_PATH),
+                &self.main,
+                &self.members(),
+                Some(&self.overrides),
+                record,
+            )
+        }
+    }
+
+    const SAMPLE_PATH: &str = "/c/resource-limits.yaml";
+
+    fn sample_texts(student: &[usize], researcher: &[usize], overridden: &[usize]) -> Texts {
         let list = |idx: &[usize]| {
             idx.iter()
                 .map(|&i| format!("{}\n", NAMES[i]))
@@ -1420,21 +1735,20 @@ groups:
                 )
             })
             .collect();
-        let main = format!("{MAIN}  researcher:\n    aggregate:\n      memory_max: \"200G\"\n");
-        Sources::from_texts(
-            Path::new("/c/resource-limits.yaml"),
-            &main,
-            &[
-                ("student", &list(student)),
-                ("researcher", &list(researcher)),
-            ],
-            Some(&overrides),
-        )
+        Texts {
+            main: format!("{MAIN}  researcher:\n    aggregate:\n      memory_max: \"200G\"\n"),
+            members: vec![("student", list(student)), ("researcher", list(researcher))],
+            overrides,
+        }
+    }
+
+    fn sample_sources(student: &[usize], researcher: &[usize], overridden: &[usize]) -> Sources {
+        sample_texts(student, researcher, overridden).sources()
     }
 
     proptest::proptest! {
-        /// The hook's shortcut (only the user's own lines of a configuration validated before)
-        /// resolves every user exactly as the full validation does.
+        /// The hook's shortcut (the record of a configuration validated before, and only the
+        /// user's own lines) resolves every user exactly as the full validation does.
         #[test]
         fn trusted_resolution_equals_full_validation(
             student in proptest::collection::vec(0..NAMES.len(), 0..6),
@@ -1443,19 +1757,71 @@ groups:
             asked in 0..NAMES.len() + 2,
         ) {
             let overridden: Vec<usize> = overridden.into_iter().collect();
-            let full = sample_sources(&student, &researcher, &overridden).validate();
+            let texts = sample_texts(&student, &researcher, &overridden);
+            let sources = texts.sources();
+            let record = sources.remembered();
+            let full = sources.validate();
             // Only configurations a full validation accepts are ever trusted.
             proptest::prop_assume!(full.is_ok());
             let full = full.unwrap();
+            let record = record.expect("a validated configuration has a record");
             let user = UserName::new(NAMES.get(asked).copied().unwrap_or("nobody.listed")).unwrap();
-            let trusted = sample_sources(&student, &researcher, &overridden)
-                .trusted_for_user(&user)
-                .unwrap();
+            let trusted = texts.trusting(&record).expect("the record of these texts");
+            proptest::prop_assert!(trusted.trusted());
+            let trusted = trusted.trusted_for_user(&user).unwrap();
             proptest::prop_assert_eq!(
                 format!("{:?}", trusted.resolve(&user)),
                 format!("{:?}", full.resolve(&user))
             );
         }
+    }
+
+    #[test]
+    fn a_record_is_trusted_only_for_the_texts_it_was_made_from() {
+        let texts = sample_texts(&[0, 4], &[6], &[4]);
+        let record = texts.sources().remembered().unwrap();
+        assert!(texts.trusting(&record).is_some_and(|s| s.trusted()));
+        let edits: [fn(&mut Texts); 4] = [
+            |t| t.main.push_str("# edited\n"),
+            |t| t.members[0].1.push_str("cc\n"),
+            |t| t.members[1].1.clear(),
+            |t| t.overrides.push(' '),
+        ];
+        for edit in edits {
+            let mut changed = sample_texts(&[0, 4], &[6], &[4]);
+            edit(&mut changed);
+            assert!(changed.trusting(&record).is_none());
+        }
+        assert!(texts
+            .trusting(&record.replace("format 2", "format 1"))
+            .is_none());
+        assert!(texts.trusting("").is_none());
+    }
+
+    #[test]
+    fn a_value_json_cannot_hold_leaves_no_record() {
+        // JSON has no NaN: it would come back as null, which is no driver at all.
+        let mut texts = sample_texts(&[0], &[6], &[4]);
+        texts.main = texts
+            .main
+            .replace("cgroup_driver: systemd", "cgroup_driver: .nan");
+        let sources = texts.sources();
+        let record = sources.remembered();
+        assert!(sources.validate().is_ok());
+        assert_eq!(record, None);
+    }
+
+    #[test]
+    fn the_record_keeps_only_what_the_tool_reads() {
+        let mut texts = sample_texts(&[0], &[6], &[4]);
+        texts
+            .main
+            .push_str("container_types:\n  1: {gpu: .nan}\n  !tagged x: [1, 2]\n");
+        texts.overrides.push_str("  comment: {1: 2}\n");
+        let record = texts.sources().remembered().expect("a record");
+        assert!(!record.contains("container_types") && !record.contains("max_cpus"));
+        assert!(!record.contains("comment"));
+        assert!(texts.trusting(&record).is_some());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Every name that reaches systemd is built here, so the rest of the crate can only ever
 //! name a `ds01-*` slice.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -94,8 +94,22 @@ impl fmt::Display for SanitizedUser {
 /// and shorten names over 32 characters to 27 characters + '_' + 4 hex digits of the md5 of
 /// the original name. An empty result means the name cannot be used.
 pub fn sanitize_username(raw: &str) -> String {
+    let mut out = String::new();
+    sanitize_username_into(raw, &mut out);
+    out
+}
+
+/// Whether `raw` sanitizes to `wanted`, with `buf` as scratch space: a hook looking for a
+/// sanitized name among thousands of members allocates once, not twice per line.
+pub fn sanitizes_to(raw: &str, wanted: &SanitizedUser, buf: &mut String) -> bool {
+    sanitize_username_into(raw, buf);
+    *buf == wanted.0
+}
+
+/// [`sanitize_username`] into `out`, which is cleared first.
+fn sanitize_username_into(raw: &str, out: &mut String) {
+    out.clear();
     let local = raw.split('@').next().unwrap_or_default();
-    let mut out = String::with_capacity(local.len());
     for c in local.chars() {
         let keep = c.is_ascii_alphanumeric() || c == '_' || c == ':';
         let c = if keep { c } else { '_' };
@@ -110,11 +124,13 @@ pub fn sanitize_username(raw: &str) -> String {
     let start = out.len() - out.trim_start_matches('_').len();
     out.drain(..start);
     if out.len() <= MAX_SANITIZED_LEN {
-        return out;
+        return;
     }
-    let prefix = out[..SHORTENED_PREFIX_LEN].trim_end_matches('_');
+    let end = out[..SHORTENED_PREFIX_LEN].trim_end_matches('_').len();
+    out.truncate(end);
     let digest = Md5::digest(raw.as_bytes());
-    format!("{prefix}_{:02x}{:02x}", digest[0], digest[1])
+    // Writing to a String cannot fail.
+    let _ = write!(out, "_{:02x}{:02x}", digest[0], digest[1]);
 }
 
 /// A group name that is safe as one slice-name component.
@@ -241,10 +257,24 @@ mod tests {
         let text = include_str!("../tests/data/username-vectors.json");
         let vectors: Vectors = serde_json::from_str(text).unwrap();
         assert!(vectors.vectors.len() >= 20);
+        // One scratch buffer through all of them, as a hook scanning a members file uses it.
+        let mut scratch = String::new();
         for v in vectors.vectors {
             assert_eq!(
                 sanitize_username(&v.input),
                 v.sanitized,
+                "input {:?}",
+                v.input
+            );
+            let wanted = SanitizedUser(v.sanitized.clone());
+            assert!(
+                sanitizes_to(&v.input, &wanted, &mut scratch),
+                "input {:?}",
+                v.input
+            );
+            let other = SanitizedUser(format!("{}x", v.sanitized));
+            assert!(
+                !sanitizes_to(&v.input, &other, &mut scratch),
                 "input {:?}",
                 v.input
             );

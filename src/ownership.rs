@@ -126,23 +126,22 @@ impl Ownership {
         }
     }
 
-    /// The digest of the last configuration a full validation accepted (see
-    /// [`crate::config::Sources::digest`]); `None` when there is none or it cannot be read.
+    /// The record of the last configuration a full validation accepted (see
+    /// [`crate::config::Sources::remembered`]); `None` when there is none or it cannot be read.
     pub fn validated_config(&self) -> Option<String> {
-        let text = fs::read_to_string(self.dir.join(VALIDATED_CONFIG)).ok()?;
-        Some(text.trim().to_owned())
+        fs::read_to_string(self.dir.join(VALIDATED_CONFIG)).ok()
     }
 
-    /// Remembers that the configuration with `digest` passed a full validation, so that a
-    /// hook can take only its user's lines from it. Best effort: without the record a hook
-    /// only validates everything again.
-    pub fn record_validated_config(&self, digest: &str) {
+    /// Keeps `record` of a configuration that passed a full validation, so that a hook can
+    /// take only its user's lines from it. Best effort: without the record a hook only
+    /// validates everything again.
+    pub fn record_validated_config(&self, record: &str) {
         let path = self.dir.join(VALIDATED_CONFIG);
         let tmp = self
             .dir
             .join(format!(".{VALIDATED_CONFIG}.tmp{}", std::process::id()));
         let written = fs::create_dir_all(&self.dir)
-            .and_then(|()| fs::write(&tmp, format!("{digest}\n")))
+            .and_then(|()| fs::write(&tmp, record))
             .and_then(|()| fs::rename(&tmp, &path));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
