@@ -357,14 +357,8 @@ impl Sources {
 
     fn parse_and_read_beside(path: &Path, text: String) -> Sources {
         let mut diags = Diagnostics::default();
-        let main_yaml = parse_yaml(path, &text, &mut diags);
-        let raw = main_yaml
-            .as_ref()
-            .and_then(|root| parse_main_yaml(path, &text, root, &mut diags));
-        let mut sources = Sources::read_beside(path, text, raw, diags);
-        sources.main_yaml = main_yaml;
-        sources.parse_overrides();
-        sources
+        let (main_yaml, raw) = parse_main(path, &text, &mut diags);
+        Sources::read_beside(path, text, raw, diags).with_yaml_parsed(main_yaml)
     }
 
     /// Takes the YAML of `record` if it is the record of exactly these files; false (and
@@ -381,10 +375,13 @@ impl Sources {
         true
     }
 
-    fn parse_overrides(&mut self) {
+    /// Sources without a record: the main document as parsed, and the overrides parsed.
+    fn with_yaml_parsed(mut self, main_yaml: Option<Yaml>) -> Sources {
+        self.main_yaml = main_yaml;
         if let Some(o) = &mut self.overrides {
             o.yaml = parse_yaml(&o.path, &o.text, &mut self.diags);
         }
+        self
     }
 
     /// The members files that `raw` names and the overrides file, read; the overrides not
@@ -455,14 +452,9 @@ impl Sources {
         overrides: Option<&str>,
     ) -> Sources {
         let mut diags = Diagnostics::default();
-        let main_yaml = parse_yaml(path, main, &mut diags);
-        let raw = main_yaml
-            .as_ref()
-            .and_then(|root| parse_main_yaml(path, main, root, &mut diags));
-        let mut sources = Sources::beside_texts(path, main, raw, diags, members, overrides);
-        sources.main_yaml = main_yaml;
-        sources.parse_overrides();
-        sources
+        let (main_yaml, raw) = parse_main(path, main, &mut diags);
+        Sources::beside_texts(path, main, raw, diags, members, overrides)
+            .with_yaml_parsed(main_yaml)
     }
 
     /// [`Sources::read_trusting`] from texts in memory: `None` unless `record` is the record
@@ -603,7 +595,7 @@ impl Sources {
         let mut diags = self.diags;
         let wanted = user.sanitized().ok();
         let mut scratch = String::new();
-        let mut may_be_users = |key: &Yaml| {
+        let mut may_be_the_users = |key: &Yaml| {
             yaml_key(key).is_some_and(|k| {
                 k == user.as_str()
                     || wanted
@@ -619,7 +611,7 @@ impl Sources {
             let yaml = match o.yaml.as_ref()? {
                 Yaml::Mapping(m) => Yaml::Mapping(
                     m.iter()
-                        .filter(|(k, _)| may_be_users(k))
+                        .filter(|(k, _)| may_be_the_users(k))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                 ),
@@ -699,7 +691,7 @@ impl Record {
     }
 }
 
-/// The parts of the main document that [`parse_main`] reads; DS01's other sections may hold
+/// The parts of the main document that [`parse_main_yaml`] reads; DS01's other sections may hold
 /// any YAML and are no business of the record.
 fn reduced_main(root: &Yaml) -> Yaml {
     let Yaml::Mapping(root) = root else {
@@ -973,14 +965,21 @@ fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> 
     }
 }
 
-/// Stage one: the main YAML's text to a [`RawConfig`]. Sections this tool does not use are
-/// ignored; inside `aggregate:` every key must be known.
-pub fn parse_main(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<RawConfig> {
-    let root = parse_yaml(path, text, diags)?;
-    parse_main_yaml(path, text, &root, diags)
+/// Stage one: the main YAML's text to its document and a [`RawConfig`].
+fn parse_main(
+    path: &Path,
+    text: &str,
+    diags: &mut Diagnostics,
+) -> (Option<Yaml>, Option<RawConfig>) {
+    let root = parse_yaml(path, text, diags);
+    let raw = root
+        .as_ref()
+        .and_then(|root| parse_main_yaml(path, text, root, diags));
+    (root, raw)
 }
 
-/// [`parse_main`] of a document already parsed from `text` (which gives the lines).
+/// A main document parsed from `text` (which gives the lines) to a [`RawConfig`]. Sections
+/// this tool does not use are ignored; inside `aggregate:` every key must be known.
 fn parse_main_yaml(
     path: &Path,
     text: &str,
@@ -1365,15 +1364,8 @@ fn parse_overrides(
     out
 }
 
-/// Parses `user-overrides.yaml` (a mapping `username: {settings...}`; empty is fine).
-pub fn parse_overrides_file(path: &Path, text: &str, diags: &mut Diagnostics) -> Vec<UserOverride> {
-    match parse_yaml(path, text, diags) {
-        None => Vec::new(),
-        Some(v) => parse_overrides_yaml(path, text, &v, diags),
-    }
-}
-
-/// [`parse_overrides_file`] of a document already parsed from `text`.
+/// The document of `user-overrides.yaml`, parsed from `text` (which gives the lines): a
+/// mapping `username: {settings...}`; empty is fine.
 fn parse_overrides_yaml(
     path: &Path,
     text: &str,
@@ -1805,6 +1797,7 @@ groups:
         texts.main = texts
             .main
             .replace("cgroup_driver: systemd", "cgroup_driver: .nan");
+        assert!(texts.main.contains("cgroup_driver: .nan"));
         let sources = texts.sources();
         let record = sources.remembered();
         assert!(sources.validate().is_ok());
