@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::plan::{BusValue, Property};
+use crate::model::property::{BusValue, Property};
 
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

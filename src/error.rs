@@ -1,9 +1,8 @@
-//! Exit codes and the one place that prints errors.
+//! The documented exit codes, and how an error chooses one: every error type of the crate
+//! says which code it means ([`ExitStatus`]); only the command line turns them into a
+//! process exit (`cli::exit`).
 
 use std::process::ExitCode;
-
-use crate::config::{ConfigError, ResolveError};
-use crate::names::NameError;
 
 /// The documented exit codes (README, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,37 +22,18 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The exit code an error stands for.
+pub trait ExitStatus {
+    fn exit_code(&self) -> Exit;
+}
+
 /// An error that is the user's input, not the system's state: exit 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Chooses the exit code for an error by what it is about.
-pub fn exit_code_for(err: &anyhow::Error) -> Exit {
-    for cause in err.chain() {
-        if let Some(crate::apply::HookError::Resolve(_)) = cause.downcast_ref() {
-            return Exit::Usage;
-        }
-        if let Some(crate::apply::ApplyError::Resolve(_)) = cause.downcast_ref() {
-            return Exit::Usage;
-        }
-        if cause.is::<ConfigError>()
-            || cause.is::<ResolveError>()
-            || cause.is::<NameError>()
-            || cause.is::<UsageError>()
-        {
-            return Exit::Usage;
-        }
+impl ExitStatus for UsageError {
+    fn exit_code(&self) -> Exit {
+        Exit::Usage
     }
-    Exit::Failure
-}
-
-/// Prints an error with its causes on stderr and returns its exit code.
-pub fn report(err: &anyhow::Error) -> Exit {
-    let mut message = format!("ds01-slices: error: {err}");
-    for cause in err.chain().skip(1) {
-        message.push_str(&format!("\n  caused by: {cause}"));
-    }
-    eprintln!("{message}");
-    exit_code_for(err)
 }

@@ -10,6 +10,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(exit) => exit.into(),
-        Err(err) => ds01_slices::error::report(&err).into(),
+        Err(err) => ds01_slices::cli::exit::report(&err).into(),
     }
 }

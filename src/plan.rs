@@ -1,177 +1,12 @@
 //! The plan: the desired state of every slice this tool manages, as a pure function of the
 //! configuration. Every backend (D-Bus, rendered files) and every check works from it.
 
-use std::fmt;
+use serde::Serialize;
 
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
-
-use crate::config::{Aggregate, Config, ResolveError, ResolvedUser};
-use crate::names::{GroupName, SliceName, UserName};
-use crate::values::{CpuQuota, MemoryLimit, TasksLimit};
-
-/// The D-Bus properties this tool sets, by their systemd names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Property {
-    CpuAccounting,
-    MemoryAccounting,
-    TasksAccounting,
-    IoAccounting,
-    CpuQuotaPerSecUSec,
-    MemoryMax,
-    MemoryHigh,
-    TasksMax,
-}
-
-impl Property {
-    pub const ACCOUNTING: [Property; 4] = [
-        Property::CpuAccounting,
-        Property::MemoryAccounting,
-        Property::TasksAccounting,
-        Property::IoAccounting,
-    ];
-    pub const LIMITS: [Property; 4] = [
-        Property::CpuQuotaPerSecUSec,
-        Property::MemoryMax,
-        Property::MemoryHigh,
-        Property::TasksMax,
-    ];
-
-    /// The property's name on the bus (`org.freedesktop.systemd1.Slice`).
-    pub fn bus_name(self) -> &'static str {
-        match self {
-            Property::CpuAccounting => "CPUAccounting",
-            Property::MemoryAccounting => "MemoryAccounting",
-            Property::TasksAccounting => "TasksAccounting",
-            Property::IoAccounting => "IOAccounting",
-            Property::CpuQuotaPerSecUSec => "CPUQuotaPerSecUSec",
-            Property::MemoryMax => "MemoryMax",
-            Property::MemoryHigh => "MemoryHigh",
-            Property::TasksMax => "TasksMax",
-        }
-    }
-
-    /// The unit-file setting that stores the property (`CPUQuota=` for the quota).
-    pub fn unit_setting(self) -> &'static str {
-        match self {
-            Property::CpuQuotaPerSecUSec => "CPUQuota",
-            other => other.bus_name(),
-        }
-    }
-
-    pub fn from_bus_name(name: &str) -> Option<Property> {
-        Self::ACCOUNTING
-            .into_iter()
-            .chain(Self::LIMITS)
-            .find(|p| p.bus_name() == name)
-    }
-
-    /// The value that means "not set by anyone" for this property.
-    pub fn unset_value(self) -> BusValue {
-        match self {
-            Property::CpuAccounting
-            | Property::MemoryAccounting
-            | Property::TasksAccounting
-            | Property::IoAccounting => BusValue::Bool(false),
-            _ => BusValue::U64(u64::MAX),
-        }
-    }
-
-    /// A bus value in the human form for this property (`96G`, `9600%`, `yes`).
-    pub fn display(self, value: BusValue) -> String {
-        match (self, value) {
-            (_, BusValue::Bool(b)) => if b { "yes" } else { "no" }.to_owned(),
-            (Property::CpuQuotaPerSecUSec, BusValue::U64(v)) => CpuQuota::from_bus(v).to_string(),
-            (Property::MemoryMax | Property::MemoryHigh, BusValue::U64(v)) => {
-                MemoryLimit::from_bus(v).to_string()
-            }
-            (Property::TasksMax, BusValue::U64(v)) => TasksLimit::from_bus(v).to_string(),
-            (_, BusValue::U64(v)) => v.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Property {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.bus_name())
-    }
-}
-
-/// A property value exactly as it travels on the bus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(untagged)]
-pub enum BusValue {
-    Bool(bool),
-    U64(u64),
-}
-
-/// The desired properties of one slice, in a fixed order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties(Vec<(Property, BusValue)>);
-
-impl Properties {
-    pub fn iter(&self) -> impl Iterator<Item = (Property, BusValue)> + '_ {
-        self.0.iter().copied()
-    }
-
-    pub fn get(&self, p: Property) -> Option<BusValue> {
-        self.0.iter().find(|(q, _)| *q == p).map(|(_, v)| *v)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn has_limits(&self) -> bool {
-        self.0.iter().any(|(p, _)| Property::LIMITS.contains(p))
-    }
-
-    fn accounting() -> Self {
-        Properties(
-            Property::ACCOUNTING
-                .iter()
-                .map(|p| (*p, BusValue::Bool(true)))
-                .collect(),
-        )
-    }
-
-    /// The properties for a user's aggregate. `Infinity` is sent explicitly so that a lifted
-    /// limit replaces an earlier finite one.
-    pub fn limits(aggregate: &Aggregate) -> Self {
-        let mut out = Vec::new();
-        if let Some(q) = aggregate.cpu_quota {
-            out.push((Property::CpuQuotaPerSecUSec, BusValue::U64(q.to_bus())));
-        }
-        if let Some(m) = aggregate.memory_max {
-            out.push((Property::MemoryMax, BusValue::U64(m.to_bus())));
-        }
-        if let Some(m) = aggregate.memory_high {
-            out.push((Property::MemoryHigh, BusValue::U64(m.to_bus())));
-        }
-        if let Some(t) = aggregate.tasks_max {
-            out.push((Property::TasksMax, BusValue::U64(t.to_bus())));
-        }
-        Properties(out)
-    }
-}
-
-impl Serialize for Properties {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (p, v) in &self.0 {
-            map.serialize_entry(p.bus_name(), v)?;
-        }
-        map.end()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SliceKind {
-    Root,
-    Group,
-    User,
-}
+use crate::config::{Config, ResolveError, ResolvedUser};
+use crate::model::names::SliceKind;
+use crate::model::names::{GroupName, SliceName, UserName};
+use crate::model::property::Properties;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SliceSpec {
@@ -222,7 +57,7 @@ pub fn user_spec(user: &ResolvedUser) -> SliceSpec {
         properties: user
             .aggregate
             .as_ref()
-            .map(Properties::limits)
+            .map(|a| Properties::limits(a.cpu_quota, a.memory_max, a.memory_high, a.tasks_max))
             .unwrap_or_default(),
     }
 }
@@ -268,6 +103,7 @@ pub fn plan_resolved(config: &Config, resolved: &ResolvedUser) -> Plan {
 mod tests {
     use super::*;
     use crate::config::parse_texts;
+    use crate::model::property::{BusValue, Property};
     use std::path::Path;
 
     #[test]

@@ -9,8 +9,9 @@ use std::time::Duration;
 use zbus::zvariant::{OwnedValue, Value};
 
 use super::proxies::{self, ManagerProxy};
-use crate::names::SliceName;
-use crate::plan::{BusValue, Property};
+use crate::model::live::{LiveSlice, UnitState};
+use crate::model::names::SliceName;
+use crate::model::property::{BusValue, Property};
 
 /// How long one call may take before we give up. A busy systemd answers slowly; this is
 /// deliberately generous and reported by name when it expires.
@@ -22,31 +23,6 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum WriteMode {
     Persistent,
     Runtime,
-}
-
-/// A slice as systemd reports it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveSlice {
-    pub slice: SliceName,
-    pub load_state: String,
-    pub active_state: String,
-    pub control_group: Option<String>,
-    /// Bytes in use, when systemd knows (active slices with memory accounting).
-    pub memory_current: Option<u64>,
-    pub values: BTreeMap<Property, BusValue>,
-    pub drop_in_paths: Vec<String>,
-}
-
-impl LiveSlice {
-    pub fn is_active(&self) -> bool {
-        self.active_state == "active"
-            || self.active_state == "activating"
-            || self.active_state == "reloading"
-    }
-
-    pub fn value(&self, p: Property) -> BusValue {
-        self.values.get(&p).copied().unwrap_or(p.unset_value())
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,13 +181,6 @@ pub trait Systemd {
             detail: "not supported by this client".into(),
         })
     }
-}
-
-/// What verify adds to a slice's properties: its exact state and drop-in files.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UnitState {
-    pub active_state: String,
-    pub drop_in_paths: Vec<String>,
 }
 
 /// Transient services that keep slices loaded during an apply are named with this prefix.

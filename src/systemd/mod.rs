@@ -4,4 +4,4 @@
 pub mod client;
 pub mod proxies;
 
-pub use client::{BusError, BusSystemd, LiveSlice, Systemd, UnitState, WriteMode};
+pub use client::{BusError, BusSystemd, Systemd, WriteMode};

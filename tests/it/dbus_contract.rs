@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::time::Duration;
 
-use ds01_slices::names::SliceName;
-use ds01_slices::plan::{BusValue, Property};
+use ds01_slices::model::names::SliceName;
+use ds01_slices::model::property::{BusValue, Property};
 use ds01_slices::systemd::proxies::{self, ManagerProxy, UnitRow};
 use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
 use zbus::zvariant::{OwnedObjectPath, Type, Value};

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use ds01_slices::diff;
 use ds01_slices::plan::SliceSpec;
-use ds01_slices::reconcile;
 use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
 use serde_json::Value;
 
@@ -93,7 +93,7 @@ fn fast_apply_leaves_the_same_state_as_one_call_per_slice_at_300_users() {
         let none = BTreeSet::new();
         for spec in &plan {
             let live = sd.read_slice(&spec.slice).await.unwrap();
-            if let Some(change) = reconcile::diff(Some(spec), &live, &none) {
+            if let Some(change) = diff::diff(Some(spec), &live, &none) {
                 if change.writes() {
                     sd.set_properties(&spec.slice, WriteMode::Persistent, &change.properties())
                         .await

@@ -7,15 +7,17 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::apply::{read_all, ApplyError, Scope};
 use crate::cgroupfs::{self, KernelValue};
 use crate::config::Config;
-use crate::names::SliceName;
-use crate::ownership::Ownership;
-use crate::plan::{BusValue, Property, SliceKind, SliceSpec};
-use crate::reconcile;
-use crate::render::explain::{self, Shadowing};
-use crate::systemd::{BusError, LiveSlice, Systemd};
+use crate::dropin::explain::{self, Shadowing};
+use crate::model::live::LiveSlice;
+use crate::model::names::SliceKind;
+use crate::model::names::SliceName;
+use crate::model::property::{BusValue, Property};
+use crate::ops::apply::{read_all, ApplyError, Scope};
+use crate::plan::SliceSpec;
+use crate::state::ownership::Ownership;
+use crate::systemd::{BusError, Systemd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,12 +95,12 @@ pub async fn verify<S: Systemd>(
     cgroup_root: &Path,
 ) -> Result<VerifyReport, ApplyError> {
     let owned = ownership.read_all()?;
-    let desired = crate::apply::desired_in_scope(sd, config, scope, &owned).await?;
+    let desired = crate::ops::apply::desired_in_scope(sd, config, scope, &owned).await?;
     let names: Vec<SliceName> = desired.keys().cloned().collect();
-    let holder = crate::apply::hold_if_many(sd, &names).await;
+    let holder = crate::ops::apply::hold_if_many(sd, &names).await;
     let read = async {
         let mut live = read_all(sd, &names).await?;
-        let states = crate::apply::bounded(&live, |l| async move {
+        let states = crate::ops::apply::bounded(&live, |l| async move {
             match l {
                 Ok(l) => Some(sd.read_unit_state(&l.slice).await),
                 Err(_) => None,
@@ -120,7 +122,7 @@ pub async fn verify<S: Systemd>(
         Ok::<_, BusError>(live)
     };
     let live = read.await;
-    crate::apply::release_hold(sd, holder).await;
+    crate::ops::apply::release_hold(sd, holder).await;
     let live = live?;
     let empty = BTreeSet::new();
     let mut slices = Vec::new();
@@ -130,7 +132,7 @@ pub async fn verify<S: Systemd>(
             Ok(live) => check_slice(desired[name].as_ref(), &live, owned, cgroup_root),
             Err(e) => SliceCheck {
                 slice: name.clone(),
-                kind: reconcile::kind_of(name),
+                kind: name.kind(),
                 active: false,
                 stale: false,
                 properties: Vec::new(),
@@ -142,7 +144,7 @@ pub async fn verify<S: Systemd>(
     }
     // Stale slices without any limit left are not worth a line.
     slices.retain(|s| !(s.stale && s.properties.is_empty() && s.error.is_none()));
-    slices.sort_by_key(|s| (reconcile::write_order(&s.slice), s.slice.clone()));
+    slices.sort_by_key(|s| (s.slice.kind(), s.slice.clone()));
     let mut counts = Counts {
         slices: slices.len(),
         ..Default::default()
@@ -261,7 +263,7 @@ pub fn check_slice(
     }
     SliceCheck {
         slice: live.slice.clone(),
-        kind: reconcile::kind_of(&live.slice),
+        kind: live.slice.kind(),
         active: live.is_active(),
         stale: desired.is_none(),
         properties,

@@ -13,8 +13,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::names::SliceName;
-use crate::plan::Property;
+use crate::model::names::SliceName;
+use crate::model::property::Property;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ds01-slices";
 /// Holds the digest of the configuration last accepted by a full validation.

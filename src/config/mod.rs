@@ -14,9 +14,9 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-use crate::diagnostics::{Diagnostic, Diagnostics, Location};
-use crate::names::{self, GroupName, SanitizedUser, SliceName, UserName};
-use crate::values::{CpuQuota, MemoryLimit, TasksLimit, ValueError};
+use crate::model::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::model::names::{self, GroupName, SanitizedUser, SliceName, UserName};
+use crate::model::values::{CpuQuota, MemoryLimit, TasksLimit, ValueError};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/opt/ds01-infra/config/resource-limits.yaml";
 pub const OVERRIDES_FILE: &str = "user-overrides.yaml";
@@ -177,7 +177,7 @@ pub struct ResolvedUser {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]
-    Name(#[from] crate::names::NameError),
+    Name(#[from] crate::model::names::NameError),
     #[error("user {0:?} is in no members file and the configuration has no default_group; add the user to a groups/<group>.members file or set default_group")]
     NoGroup(String),
 }

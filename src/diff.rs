@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
-use crate::names::{SliceIdentity, SliceName, UserName};
-use crate::plan::{user_spec, BusValue, Plan, Property, SliceKind, SliceSpec};
-use crate::systemd::LiveSlice;
+use crate::model::live::LiveSlice;
+use crate::model::names::SliceKind;
+use crate::model::names::{SliceIdentity, SliceName, UserName};
+use crate::model::property::{BusValue, Property};
+use crate::plan::{user_spec, Plan, SliceSpec};
 
 /// Every slice an apply must look at, and what is desired of it (`None`: stale — only what
 /// we recorded owning is taken back).

@@ -174,6 +174,15 @@ pub enum SliceIdentity {
     User(GroupName, SanitizedUser),
 }
 
+/// The level of a slice in the tree, without its names (for reports and ordering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SliceKind {
+    Root,
+    Group,
+    User,
+}
+
 impl SliceName {
     pub fn root() -> Self {
         SliceName(format!("{SLICE_PREFIX}.slice"))
@@ -226,6 +235,20 @@ impl SliceName {
         Self::identify(&self.0).unwrap_or(SliceIdentity::Root)
     }
 
+    pub fn kind(&self) -> SliceKind {
+        match self.identity() {
+            SliceIdentity::Root => SliceKind::Root,
+            SliceIdentity::Group(_) => SliceKind::Group,
+            SliceIdentity::User(..) => SliceKind::User,
+        }
+    }
+
+    /// Whether this is a slice of `user` in any group: the slices a one-user run covers
+    /// besides its plan (left behind by a move between groups).
+    pub fn is_users(&self, user: &SanitizedUser) -> bool {
+        matches!(self.identity(), SliceIdentity::User(_, u) if &u == user)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -254,7 +277,7 @@ mod tests {
 
     #[test]
     fn every_shared_vector_matches_the_original() {
-        let text = include_str!("../tests/data/username-vectors.json");
+        let text = include_str!("../../tests/data/username-vectors.json");
         let vectors: Vectors = serde_json::from_str(text).unwrap();
         assert!(vectors.vectors.len() >= 20);
         // One scratch buffer through all of them, as a hook scanning a members file uses it.

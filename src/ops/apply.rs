@@ -7,11 +7,13 @@ use std::fmt::Write as _;
 use futures_util::stream::{self, StreamExt};
 
 use crate::config::Config;
-use crate::names::{SliceIdentity, SliceName, UserName};
-use crate::ownership::{Ownership, StateError};
-use crate::plan::{self, Property, SliceSpec};
-use crate::reconcile::{self, Change, ChangeKind};
-use crate::systemd::{BusError, LiveSlice, Systemd, WriteMode};
+use crate::diff::{self, Change, ChangeKind};
+use crate::model::live::LiveSlice;
+use crate::model::names::{SliceIdentity, SliceName, UserName};
+use crate::model::property::Property;
+use crate::plan::{self, SliceSpec};
+use crate::state::ownership::{Ownership, StateError};
+use crate::systemd::{BusError, Systemd, WriteMode};
 use crate::trace;
 
 /// Calls in flight at once. The system bus allows 128 pending replies per connection;
@@ -150,7 +152,7 @@ pub async fn desired_in_scope<S: Systemd>(
             (plan::plan_user(config, user)?, known)
         }
     };
-    Ok(reconcile::desired_state(config, &plan, &known))
+    Ok(diff::desired_state(config, &plan, &known))
 }
 
 /// Apply's core: read, compare, write.
@@ -206,7 +208,7 @@ fn compare(
                 continue;
             }
         };
-        let Some(change) = reconcile::diff(
+        let Some(change) = diff::diff(
             desired[slice].as_ref(),
             live,
             owned.get(slice).unwrap_or(&empty),
@@ -277,7 +279,7 @@ async fn write_changes<S: Systemd>(
     read_holder: Option<String>,
 ) -> Result<ApplyReport, ApplyError> {
     let mut t = std::time::Instant::now();
-    todo.sort_by_key(|c| (reconcile::write_order(&c.slice), c.slice.clone()));
+    todo.sort_by_key(|c| (c.slice.kind(), c.slice.clone()));
     // Every write to a slice makes systemd walk all loaded siblings in its parent slice, so
     // well past one chunk of writes the read holder goes and each chunk is held on its own;
     // below that, one more holder (and the name-map rebuild it costs) would not pay off.
@@ -499,7 +501,7 @@ pub async fn hook<S: Systemd>(
         let owned = read_owned(ownership, &names)?;
         if let (true, Some(Some(spec))) = (unrecorded(&owned), desired.get(&slice)) {
             let t = std::time::Instant::now();
-            let leaf = reconcile::unread(spec);
+            let leaf = diff::unread(spec);
             let report = write_unread_leaf(sd, &desired, leaf, &owned, ownership, opts).await?;
             trace::phase("hook: read and write", t);
             return Ok((slice, report));

@@ -1,5 +1,8 @@
 //! The command-line contract: arguments, subcommands, and what each prints.
 
+pub mod exit;
+pub mod pyjson;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -9,19 +12,22 @@ use serde::Serialize;
 
 use std::time::Duration;
 
-use crate::apply::{self, ApplyOptions, ApplyReport, Scope};
 use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
-use crate::diagnostics::{Diagnostic, Severity};
 use crate::error::{Exit, UsageError};
-use crate::names::UserName;
-use crate::ownership::{Ownership, DEFAULT_STATE_DIR};
-use crate::plan::{self, Plan, Property, SliceKind};
-use crate::pyjson;
-use crate::render;
+use crate::model::diagnostics::{Diagnostic, Severity};
+use crate::model::names::SliceKind;
+use crate::model::names::UserName;
+use crate::model::property::Property;
+use crate::ops::apply::{self, ApplyOptions, ApplyReport, Scope};
+use crate::plan::{self, Plan};
+use crate::state::ownership::{Ownership, DEFAULT_STATE_DIR};
+
+use crate::dropin;
+use crate::model::values::MemoryLimit;
+use crate::ops::render;
+use crate::ops::verify;
 use crate::systemd::{BusSystemd, Systemd, WriteMode};
-use crate::values::MemoryLimit;
-use crate::verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -226,12 +232,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         } => {
             let config = load(&cli)?;
             let user = user.as_deref().map(parse_user).transpose()?;
-            let opts = render::command::RenderOptions {
+            let opts = render::RenderOptions {
                 dry_run: *dry_run,
                 no_reload: *no_reload,
                 systemd_unreachable: false,
             };
-            block_on(render::command::render(
+            block_on(render::render(
                 &render_context(&cli),
                 &config,
                 user.as_ref(),
@@ -250,12 +256,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             let user = user.as_deref().map(parse_user).transpose()?;
             let json = cli.globals.json || *format == Format::Json;
             if *offline {
-                return render::command::verify_offline(
-                    &render_context(&cli),
-                    &config,
-                    user.as_ref(),
-                    json,
-                );
+                return render::verify_offline(&render_context(&cli), &config, user.as_ref(), json);
             }
             block_on(verify_command(&cli, &config, user.as_ref(), json))
         }
@@ -356,8 +357,8 @@ async fn connect(globals: &Globals) -> anyhow::Result<BusSystemd> {
     .await?)
 }
 
-fn render_context(cli: &Cli) -> render::command::Context<'_> {
-    render::command::Context {
+fn render_context(cli: &Cli) -> render::Context<'_> {
+    render::Context {
         root: &cli.globals.root,
         bus: cli.globals.bus.as_deref(),
         timeout: Duration::from_secs(cli.globals.timeout.max(1)),
@@ -373,7 +374,7 @@ async fn apply_command(
     opts: ApplyOptions,
     backend: Backend,
 ) -> anyhow::Result<Exit> {
-    let render_opts = |systemd_unreachable| render::command::RenderOptions {
+    let render_opts = |systemd_unreachable| render::RenderOptions {
         dry_run: opts.dry_run,
         no_reload: false,
         systemd_unreachable,
@@ -381,14 +382,11 @@ async fn apply_command(
     let timeout = Duration::from_secs(cli.globals.timeout.max(1));
     let sd = match backend {
         Backend::Files => {
-            return render::command::render(&render_context(cli), config, user, render_opts(false))
-                .await
+            return render::render(&render_context(cli), config, user, render_opts(false)).await
         }
-        Backend::Dbus => {
-            render::command::connect_checked(cli.globals.bus.as_deref(), timeout).await?
-        }
+        Backend::Dbus => render::connect_checked(cli.globals.bus.as_deref(), timeout).await?,
         Backend::Auto => {
-            match render::command::connect_checked(cli.globals.bus.as_deref(), timeout).await {
+            match render::connect_checked(cli.globals.bus.as_deref(), timeout).await {
                 Ok(sd) => sd,
                 Err(e) => {
                     // Runtime limits promise to vanish at reboot; rendered files would not.
@@ -396,7 +394,7 @@ async fn apply_command(
                     // this host's /etc would be the wrong files, so that needs --root.
                     let local =
                         cli.globals.bus.is_none() || cli.globals.root != std::path::Path::new("/");
-                    let Some(why) = render::command::systemd_absent(&e)
+                    let Some(why) = render::systemd_absent(&e)
                         .filter(|_| opts.mode == WriteMode::Persistent && local)
                     else {
                         return Err(e.into());
@@ -405,13 +403,9 @@ async fn apply_command(
                         "ds01-slices: {why}: rendering drop-in files under {} instead",
                         cli.globals.root.display()
                     );
-                    let exit = render::command::render(
-                        &render_context(cli),
-                        config,
-                        user,
-                        render_opts(true),
-                    )
-                    .await?;
+                    let exit =
+                        render::render(&render_context(cli), config, user, render_opts(true))
+                            .await?;
                     if !opts.dry_run {
                         eprintln!("ds01-slices: rendered drop-in files instead of applying over D-Bus; run 'systemctl daemon-reload' or boot to activate them");
                     }
@@ -432,14 +426,13 @@ async fn apply_command(
     // from apply's reads so that it writes them), then they are removed.
     // With --bus naming another systemd, the default --root (this host) is not its root:
     // this host's files are only taken over when --root is given with --bus, or without it.
-    let plan = render::command::plan_for(config, user)?;
+    let plan = render::plan_for(config, user)?;
     let sanitized = user.and_then(|u| u.sanitized().ok());
-    let rendered = if render::command::root_is_host(&cli.globals.root) && cli.globals.bus.is_some()
-    {
-        render::tree::Rendered::default()
+    let rendered = if render::root_is_host(&cli.globals.root) && cli.globals.bus.is_some() {
+        dropin::tree::Rendered::default()
     } else {
-        render::tree::find_rendered(&cli.globals.root, |s| {
-            render::tree::in_scope(s, &plan, sanitized.as_ref())
+        dropin::tree::find_rendered(&cli.globals.root, |s| {
+            dropin::tree::in_scope(s, &plan, sanitized.as_ref())
         })?
     };
     for f in &rendered.foreign {
@@ -448,7 +441,7 @@ async fn apply_command(
             f.display()
         );
     }
-    let masked = render::mask::RenderedMask::new(&sd, rendered.files.clone());
+    let masked = crate::ops::take_over::RenderedMask::new(&sd, rendered.files.clone());
     let report = apply::apply(&masked, config, scope, &ownership, opts).await?;
     let exit = print_apply_report(cli, &report, opts, Some(sd.stats()))?;
     if opts.dry_run {
@@ -462,19 +455,19 @@ async fn apply_command(
         return Ok(exit);
     }
     // A slice whose write failed keeps its file: it is all that holds its limits.
-    let kept: std::collections::BTreeSet<&crate::names::SliceName> = report
+    let kept: std::collections::BTreeSet<&crate::model::names::SliceName> = report
         .failures
         .iter()
         .map(|(s, _)| s)
         .chain(report.refused.iter().map(|c| &c.slice))
         .collect();
-    let slices: Vec<crate::names::SliceName> = rendered
+    let slices: Vec<crate::model::names::SliceName> = rendered
         .files
         .keys()
         .filter(|s| !kept.contains(s))
         .cloned()
         .collect();
-    let removed = render::tree::take_over_rendered(&cli.globals.root, &slices)?;
+    let removed = dropin::tree::take_over_rendered(&cli.globals.root, &slices)?;
     if !removed.is_empty() {
         for f in &removed {
             eprintln!("ds01-slices: removed {} (now set over D-Bus)", f.display());
@@ -494,7 +487,7 @@ fn print_apply_report(
 ) -> anyhow::Result<Exit> {
     let failed = !report.failures.is_empty() || !report.refused.is_empty();
     if cli.globals.json {
-        let change_json = |c: &crate::reconcile::Change| {
+        let change_json = |c: &crate::diff::Change| {
             serde_json::json!({
                 "slice": c.slice,
                 "kind": c.kind,
@@ -647,7 +640,7 @@ struct ShowReport {
     #[serde(skip)]
     listed: bool,
     #[serde(skip)]
-    properties: plan::Properties,
+    properties: crate::model::property::Properties,
 }
 
 fn show(cli: &Cli, config: &Config, user: &str, aggregate_only: bool) -> anyhow::Result<Exit> {
@@ -703,7 +696,7 @@ fn show(cli: &Cli, config: &Config, user: &str, aggregate_only: bool) -> anyhow:
 }
 
 /// `CPUQuota=9600% MemoryMax=96G ...` in unit-file terms.
-pub fn human_properties(props: &plan::Properties) -> String {
+pub fn human_properties(props: &crate::model::property::Properties) -> String {
     let parts: Vec<String> = props
         .iter()
         .filter(|(p, _)| Property::LIMITS.contains(p))
@@ -822,7 +815,7 @@ fn check_config(cli: &Cli) -> anyhow::Result<Exit> {
             users: 0,
             overrides: 0,
             problems: vec![Diagnostic::error(
-                crate::diagnostics::Location::new(&cli.globals.config, None),
+                crate::model::diagnostics::Location::new(&cli.globals.config, None),
                 e.to_string(),
             )],
         },

@@ -13,17 +13,17 @@
 //! - `apply` over D-Bus removes our rendered files of the slices it manages, once D-Bus holds
 //!   every value they held.
 
-pub mod command;
 pub mod explain;
-pub mod mask;
 pub mod tree;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::names::SliceName;
-use crate::plan::{BusValue, Plan, Property, SliceKind, SliceSpec};
-use crate::values::{BusCpuQuota, MemoryLimit, TasksLimit, BUS_INFINITY};
+use crate::model::names::SliceKind;
+use crate::model::names::SliceName;
+use crate::model::property::{BusValue, Property};
+use crate::model::values::{BusCpuQuota, MemoryLimit, TasksLimit, BUS_INFINITY};
+use crate::plan::{Plan, SliceSpec};
 
 /// The one file name we write in a slice's drop-in directory. The old Python generator used
 /// the same name, which is how its files are found and taken over.

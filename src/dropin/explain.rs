@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{classify, display_setting_value, parse_assignments, same_setting_value, DROP_IN_FILE};
-use crate::plan::Property;
+use crate::model::property::Property;
 
 /// One assignment of a property we manage, in one drop-in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,12 +8,12 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::json;
 
-use super::tree::{self, FileAction, TreePlan};
 use crate::config::Config;
+use crate::dropin::tree::{self, FileAction, TreePlan};
 use crate::error::Exit;
-use crate::names::UserName;
-use crate::ownership::Ownership;
+use crate::model::names::UserName;
 use crate::plan::{self, Plan};
+use crate::state::ownership::Ownership;
 use crate::systemd::{BusError, BusSystemd, Systemd};
 
 /// The global options the file backend needs.
@@ -167,8 +167,8 @@ pub async fn render(
         }
     }
     for s in tp.shadows.iter().filter(|s| !s.owned) {
-        let human = |text: &str| match super::property_for_setting(s.property) {
-            Some(p) => super::display_setting_value(p, text),
+        let human = |text: &str| match crate::dropin::property_for_setting(s.property) {
+            Some(p) => crate::dropin::display_setting_value(p, text),
             None => text.to_owned(),
         };
         eprintln!(

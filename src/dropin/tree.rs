@@ -21,10 +21,11 @@ use super::{
     UNIT_DIR,
 };
 use crate::config::Config;
-use crate::names::{SanitizedUser, SliceIdentity, SliceName, UserName};
-use crate::ownership::{Ownership, StateError};
-use crate::plan::{Plan, Property};
-use crate::reconcile;
+use crate::diff;
+use crate::model::names::{SanitizedUser, SliceIdentity, SliceName, UserName};
+use crate::model::property::Property;
+use crate::plan::Plan;
+use crate::state::ownership::{Ownership, StateError};
 
 /// Temporary files are `.10-resource-limits.conf.<pid>.tmp`: hidden, and without the
 /// `.conf` suffix systemd reads, so a leftover is never loaded; the next run removes it.
@@ -340,9 +341,9 @@ pub fn plan_tree(
         .filter(|s| scope(s))
         .cloned()
         .collect();
-    let desired = reconcile::desired_state(config, plan, &known);
+    let desired = diff::desired_state(config, plan, &known);
     let mut order: Vec<&SliceName> = desired.keys().collect();
-    order.sort_by_key(|s| (reconcile::write_order(s), *s));
+    order.sort_by_key(|s| (s.kind(), *s));
 
     let mut tp = TreePlan {
         root: root.to_owned(),

@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::names::SliceName;
-use crate::plan::{BusValue, Property};
-use crate::systemd::{BusError, LiveSlice, Systemd, WriteMode};
+use crate::model::live::LiveSlice;
+use crate::model::names::SliceName;
+use crate::model::property::{BusValue, Property};
+use crate::systemd::{BusError, Systemd, WriteMode};
 
 /// A [`Systemd`] whose reads show the listed properties of the listed slices as unset.
 pub struct RenderedMask<'a, S> {

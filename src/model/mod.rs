@@ -1,0 +1,9 @@
+//! The pure types every other module speaks: validated names, limit values, slice
+//! properties and what systemd reports of a slice. No I/O here (checked by
+//! `tests/it/architecture.rs`).
+
+pub mod diagnostics;
+pub mod live;
+pub mod names;
+pub mod property;
+pub mod values;
