@@ -325,7 +325,7 @@ fn systemd_read_floor(sb: &Sandbox, config: &Path) -> f64 {
         let sd = connect(sb).await;
         let t = Instant::now();
         let holder = sd.hold_loaded(&slices).await.unwrap();
-        let results = ds01_slices::ops::apply::bounded(&slices, |s| sd.read_slice(s)).await;
+        let results = ds01_slices::systemd::pipeline::bounded(&slices, |s| sd.read_slice(s)).await;
         assert!(results.iter().all(|r| r.is_ok()));
         sd.release(&holder).await.unwrap();
         t.elapsed().as_secs_f64()
@@ -342,10 +342,10 @@ fn systemd_floor(n: usize) -> f64 {
     let secs = rt.block_on(async {
         let sd = connect(&sb).await;
         let t = Instant::now();
-        for chunk in writes.chunks(ds01_slices::ops::apply::WRITE_CHUNK) {
+        for chunk in writes.chunks(ds01_slices::systemd::pipeline::WRITE_CHUNK) {
             let names: Vec<SliceName> = chunk.iter().map(|(s, _)| s.clone()).collect();
             let holder = sd.hold_loaded(&names).await.unwrap();
-            let results = ds01_slices::ops::apply::bounded(chunk, |(s, p)| {
+            let results = ds01_slices::systemd::pipeline::bounded(chunk, |(s, p)| {
                 sd.set_properties(s, WriteMode::Persistent, p)
             })
             .await;

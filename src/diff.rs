@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 use crate::model::live::LiveSlice;
-use crate::model::names::SliceKind;
 use crate::model::names::{SliceIdentity, SliceName, UserName};
 use crate::model::property::{BusValue, Property};
 use crate::plan::{user_spec, Plan, SliceSpec};
@@ -85,6 +84,20 @@ impl Change {
     }
 }
 
+/// The limits in force on `live` that the configuration does not ask for: every limit of a
+/// slice that is no longer desired, or the limits its spec lacks. The one definition of
+/// "stale" for apply (which lifts those it set) and verify (which reports them).
+pub fn stale_limits<'a>(
+    desired: Option<&'a SliceSpec>,
+    live: &'a LiveSlice,
+) -> impl Iterator<Item = (Property, BusValue)> + 'a {
+    Property::LIMITS
+        .into_iter()
+        .filter(move |p| desired.is_none_or(|spec| spec.properties.get(*p).is_none()))
+        .map(|p| (p, live.value(p)))
+        .filter(|(p, have)| *have != p.unset_value())
+}
+
 /// The change that brings `live` to `desired`; `None` when nothing (not even our record)
 /// needs to change.
 pub fn diff(
@@ -93,59 +106,37 @@ pub fn diff(
     owned: &BTreeSet<Property>,
 ) -> Option<Change> {
     let mut sets = Vec::new();
-    let owned_after: BTreeSet<Property>;
-    let kind;
-    match desired {
-        Some(spec) => {
-            for (p, want) in spec.properties.iter() {
-                let have = live.value(p);
-                if have != want {
-                    sets.push(PropertyChange {
-                        property: p,
-                        from: have,
-                        to: want,
-                    });
-                }
+    if let Some(spec) = desired {
+        for (p, want) in spec.properties.iter() {
+            let have = live.value(p);
+            if have != want {
+                sets.push(PropertyChange {
+                    property: p,
+                    from: have,
+                    to: want,
+                });
             }
-            // Limits we set earlier that the configuration no longer asks for are lifted.
-            for p in owned
-                .iter()
-                .copied()
-                .filter(|p| Property::LIMITS.contains(p))
-            {
-                if spec.properties.get(p).is_none() && live.value(p) != p.unset_value() {
-                    sets.push(PropertyChange {
-                        property: p,
-                        from: live.value(p),
-                        to: p.unset_value(),
-                    });
-                }
-            }
-            owned_after = spec.properties.iter().map(|(p, _)| p).collect();
-            kind = if owned.is_empty() {
-                ChangeKind::New
-            } else {
-                ChangeKind::Update
-            };
-        }
-        None => {
-            for p in owned
-                .iter()
-                .copied()
-                .filter(|p| Property::LIMITS.contains(p))
-            {
-                if live.value(p) != p.unset_value() {
-                    sets.push(PropertyChange {
-                        property: p,
-                        from: live.value(p),
-                        to: p.unset_value(),
-                    });
-                }
-            }
-            owned_after = BTreeSet::new();
-            kind = ChangeKind::Remove;
         }
     }
+    // Only limits we set are taken back; someone else's stay until they remove them.
+    for (p, have) in stale_limits(desired, live).filter(|(p, _)| owned.contains(p)) {
+        sets.push(PropertyChange {
+            property: p,
+            from: have,
+            to: p.unset_value(),
+        });
+    }
+    let (owned_after, kind): (BTreeSet<Property>, _) = match desired {
+        Some(spec) if owned.is_empty() => (
+            spec.properties.iter().map(|(p, _)| p).collect(),
+            ChangeKind::New,
+        ),
+        Some(spec) => (
+            spec.properties.iter().map(|(p, _)| p).collect(),
+            ChangeKind::Update,
+        ),
+        None => (BTreeSet::new(), ChangeKind::Remove),
+    };
     if sets.is_empty() && &owned_after == owned {
         return None;
     }
@@ -188,23 +179,6 @@ pub fn unread(desired: &SliceSpec) -> Change {
             .collect(),
         owned_after: desired.properties.iter().map(|(p, _)| p).collect(),
         memory_below_usage: None,
-    }
-}
-
-/// Parents before children, so a new user slice never waits on an unconfigured parent.
-pub fn write_order(slice: &SliceName) -> u8 {
-    match slice.identity() {
-        SliceIdentity::Root => 0,
-        SliceIdentity::Group(_) => 1,
-        SliceIdentity::User(..) => 2,
-    }
-}
-
-pub fn kind_of(slice: &SliceName) -> SliceKind {
-    match slice.identity() {
-        SliceIdentity::Root => SliceKind::Root,
-        SliceIdentity::Group(_) => SliceKind::Group,
-        SliceIdentity::User(..) => SliceKind::User,
     }
 }
 

@@ -1,7 +1,8 @@
-//! Phase timings on stderr when `DS01_TRACE=1`: where a slow apply or hook spends its time
-//! (reads, systemd's writes, our own work), without a profiler on the production host.
+//! Phase timings when `DS01_TRACE=1`: where a slow apply or hook spends its time (reads,
+//! systemd's writes, our own work), without a profiler on the production host. Lines are
+//! kept here and printed by the command line when the process ends.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 fn enabled() -> bool {
@@ -14,27 +15,51 @@ fn process_start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
+fn lines() -> &'static Mutex<Vec<String>> {
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    &LINES
+}
+
+fn push(line: String) {
+    // A poisoned list only means a panic elsewhere; its lines are still whole.
+    lines()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(line);
+}
+
 /// Marks the start of the process, which every phase line is also timed from.
 pub fn start() {
     process_start();
 }
 
-/// Prints `phase` and the time since `since`, returning now for the next phase.
+/// Notes `phase` and the time since `since`, returning now for the next phase.
 pub fn phase(phase: &str, since: Instant) -> Instant {
     let now = Instant::now();
     if enabled() {
-        eprintln!(
+        push(format!(
             "ds01-slices: trace: {phase}: {:.1} ms (done at {:.1} ms)",
             (now - since).as_secs_f64() * 1000.0,
             (now - process_start()).as_secs_f64() * 1000.0
-        );
+        ));
     }
     now
 }
 
-/// Prints how long `what` waited for systemd in total (see `BusStats`).
+/// Notes how long `what` waited for systemd in total (see `BusStats`).
 pub fn report_bus(what: &str, waiting_ms: f64) {
     if enabled() {
-        eprintln!("ds01-slices: trace: {what}: waiting for systemd: {waiting_ms:.1} ms");
+        push(format!(
+            "ds01-slices: trace: {what}: waiting for systemd: {waiting_ms:.1} ms"
+        ));
     }
+}
+
+/// The lines noted so far, to print.
+pub fn take() -> Vec<String> {
+    std::mem::take(
+        &mut *lines()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
 }

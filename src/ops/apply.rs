@@ -1,27 +1,20 @@
-//! `apply` and `hook pre-create`: read live state, compute changes, write only what
-//! differs — one SetUnitProperties call per changed slice — within systemd's safe limits.
+//! `apply`: read live state, compute changes, write only what differs — one
+//! SetUnitProperties call per changed slice — within systemd's safe limits.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
-use futures_util::stream::{self, StreamExt};
-
-use crate::config::Config;
-use crate::diff::{self, Change, ChangeKind};
+use super::{desired_in_scope, hold, release, Notes, Scope};
+use crate::config::{Config, ResolveError};
+use crate::diff::{self, Change};
+use crate::error::{Exit, ExitStatus};
 use crate::model::live::LiveSlice;
-use crate::model::names::{SliceIdentity, SliceName, UserName};
+use crate::model::names::SliceName;
 use crate::model::property::Property;
-use crate::plan::{self, SliceSpec};
-use crate::state::ownership::{Ownership, StateError};
-use crate::systemd::{BusError, Systemd, WriteMode};
+use crate::plan::SliceSpec;
+use crate::state::ownership::Ownership;
+use crate::state::StateError;
+use crate::systemd::{pipeline, BusError, Systemd, WriteMode};
 use crate::trace;
-
-/// Calls in flight at once. The system bus allows 128 pending replies per connection;
-/// half of that leaves room for anything else the connection does.
-pub const MAX_IN_FLIGHT: usize = 64;
-/// Units pinned (Unit.Ref) at once while writing. Each pin costs systemd a bus match rule
-/// (512 allowed per connection); ~500 at once knocked systemd off the bus here.
-pub const PIN_BATCH: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ApplyOptions {
@@ -40,74 +33,34 @@ pub struct ApplyReport {
     /// SetUnitProperties calls made.
     pub writes: usize,
     pub slices_checked: usize,
+    pub notes: Vec<String>,
+}
+
+impl ApplyReport {
+    /// Every slice was brought to its desired state.
+    pub fn complete(&self) -> bool {
+        self.failures.is_empty() && self.refused.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
-    Resolve(#[from] crate::config::ResolveError),
+    Resolve(#[from] ResolveError),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-/// Runs `f` over `items` with at most [`MAX_IN_FLIGHT`] calls outstanding, results in order.
-pub async fn bounded<'a, T, R, F, Fut>(items: &'a [T], f: F) -> Vec<R>
-where
-    F: Fn(&'a T) -> Fut,
-    Fut: std::future::Future<Output = R> + 'a,
-{
-    stream::iter(items.iter().map(f))
-        .buffered(MAX_IN_FLIGHT)
-        .collect()
-        .await
-}
-
-/// Reads every slice, failing on the first error that is not about one unit.
-pub async fn read_all<S: Systemd>(
-    sd: &S,
-    slices: &[SliceName],
-) -> Result<Vec<Result<LiveSlice, BusError>>, BusError> {
-    let results = bounded(slices, |s| sd.read_slice(s)).await;
-    for r in &results {
-        if let Err(
-            e @ (BusError::ServiceUnknown { .. }
-            | BusError::Unreachable { .. }
-            | BusError::AccessDenied { .. }
-            | BusError::LimitsExceeded { .. }),
-        ) = r
-        {
-            return Err(clone_fatal(e));
+impl ExitStatus for ApplyError {
+    fn exit_code(&self) -> Exit {
+        match self {
+            ApplyError::Resolve(e) => e.exit_code(),
+            ApplyError::Bus(e) => e.exit_code(),
+            ApplyError::State(e) => e.exit_code(),
         }
     }
-    Ok(results)
-}
-
-fn clone_fatal(e: &BusError) -> BusError {
-    match e {
-        BusError::ServiceUnknown { address } => BusError::ServiceUnknown {
-            address: address.clone(),
-        },
-        BusError::Unreachable { address, reason } => BusError::Unreachable {
-            address: address.clone(),
-            reason: reason.clone(),
-        },
-        BusError::AccessDenied { what, detail } => BusError::AccessDenied {
-            what: what.clone(),
-            detail: detail.clone(),
-        },
-        other => BusError::Other {
-            what: "reading slices".into(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// Which slices an apply covers: the whole configuration, or one user.
-pub enum Scope<'a> {
-    All,
-    User(&'a UserName),
 }
 
 pub async fn apply<S: Systemd>(
@@ -124,35 +77,15 @@ pub async fn apply<S: Systemd>(
     };
     let owned = ownership.read_all()?;
     let desired = desired_in_scope(sd, config, scope, &owned).await?;
+    let notes = Notes::default();
     if !opts.dry_run {
-        release_orphan_holders(sd).await;
+        for orphan in pipeline::orphan_holders(sd).await {
+            release(sd, Some(orphan), &notes).await;
+        }
     }
-    reconcile_and_write(sd, &desired, &owned, ownership, opts).await
-}
-
-/// Every slice `scope` covers and what is desired of it: the plan, plus the slices known
-/// from our records (and, for a full run, those systemd has loaded) that the plan lacks.
-pub async fn desired_in_scope<S: Systemd>(
-    sd: &S,
-    config: &Config,
-    scope: Scope<'_>,
-    owned: &BTreeMap<SliceName, BTreeSet<Property>>,
-) -> Result<BTreeMap<SliceName, Option<SliceSpec>>, ApplyError> {
-    let (plan, known) = match scope {
-        Scope::All => {
-            let mut known: BTreeSet<SliceName> = owned.keys().cloned().collect();
-            known.extend(sd.loaded_slices().await?);
-            (plan::plan(config)?, known)
-        }
-        Scope::User(user) => {
-            // The same user's slices in other groups (moved since) are in scope too.
-            let sanitized = user.sanitized().ok();
-            let mine = |s: &&SliceName| matches!(s.identity(), SliceIdentity::User(_, u) if Some(&u) == sanitized.as_ref());
-            let known = owned.keys().filter(mine).cloned().collect();
-            (plan::plan_user(config, user)?, known)
-        }
-    };
-    Ok(diff::desired_state(config, &plan, &known))
+    let mut report = reconcile_and_write(sd, &desired, &owned, ownership, opts, &notes).await?;
+    report.notes = notes.into_vec();
+    Ok(report)
 }
 
 /// Apply's core: read, compare, write.
@@ -162,6 +95,7 @@ async fn reconcile_and_write<S: Systemd>(
     owned: &BTreeMap<SliceName, BTreeSet<Property>>,
     ownership: &Ownership,
     opts: ApplyOptions,
+    notes: &Notes,
 ) -> Result<ApplyReport, ApplyError> {
     // Every slice is read, even one we have no record of: writing only what differs is what
     // keeps the drop-ins identical to one call per slice (tests/it/scale.rs).
@@ -170,24 +104,24 @@ async fn reconcile_and_write<S: Systemd>(
     let holder = if opts.dry_run {
         None
     } else {
-        hold_if_many(sd, &slices).await
+        hold(sd, &slices, notes).await
     };
     let t = trace::phase("hold", t);
-    let live = match read_all(sd, &slices).await {
+    let live = match pipeline::read_all(sd, &slices).await {
         Ok(live) => live,
         Err(e) => {
-            release_hold(sd, holder).await;
+            release(sd, holder, notes).await;
             return Err(e.into());
         }
     };
     let (report, todo) = compare(desired, &slices, &live, owned, opts.force);
     trace::phase("read and compare", t);
-    write_changes(sd, report, todo, owned, ownership, opts, holder).await
+    write_changes(sd, report, todo, owned, ownership, opts, holder, notes).await
 }
 
 /// The changes that bring `live` to `desired`; slices that could not be read are failures,
 /// and lowering MemoryMax below use is refused unless `force`.
-fn compare(
+pub(super) fn compare(
     desired: &BTreeMap<SliceName, Option<SliceSpec>>,
     slices: &[SliceName],
     live: &[Result<LiveSlice, BusError>],
@@ -224,52 +158,9 @@ fn compare(
     (report, todo)
 }
 
-/// The hook starts `ds01.slice` and the group slices, as the container it runs for is about
-/// to. Measured at 1,000 users on cgroup v1: while they are stopped, every write to a user
-/// slice makes systemd re-create their cgroups (walking every user cgroup below) and trim
-/// them again once they are unloaded, 150-300 ms a write; started, the same write takes
-/// ~1-2 ms. `apply` does not: with the parents started, each of its writes also walks every
-/// loaded sibling (cold apply of 5,000 users: 27-31 s against 21 s). Returns only errors
-/// that end the run; a slice that will not start is noted.
-async fn start_stopped_parents<S: Systemd>(
-    sd: &S,
-    desired: &BTreeMap<SliceName, Option<SliceSpec>>,
-    slices: &[SliceName],
-    live: &[Result<LiveSlice, BusError>],
-) -> Result<(), BusError> {
-    // `is_active` is inferred from the cgroup, which a stopped slice can keep while loaded:
-    // such a slice is left as it is, which costs only speed.
-    let stopped: Vec<&SliceName> = slices
-        .iter()
-        .zip(live)
-        .filter(|(slice, live)| {
-            desired[*slice].is_some()
-                && !matches!(slice.identity(), SliceIdentity::User(..))
-                && live.as_ref().is_ok_and(|l| !l.is_active())
-        })
-        .map(|(slice, _)| slice)
-        .collect();
-    for (slice, result) in stopped
-        .iter()
-        .zip(bounded(&stopped, |s| sd.start_slice(s)).await)
-    {
-        match result {
-            Ok(()) => {}
-            Err(e @ (BusError::ServiceUnknown { .. } | BusError::Unreachable { .. })) => {
-                return Err(e)
-            }
-            // Writes need the same right and report it; this is only about speed.
-            Err(BusError::AccessDenied { .. }) => {}
-            Err(e) => eprintln!(
-                "ds01-slices: note: {slice} stays stopped: {e}; writes to its user slices are slower"
-            ),
-        }
-    }
-    Ok(())
-}
-
 /// Writes `todo`, parents first, records what we own, and releases `read_holder`.
-async fn write_changes<S: Systemd>(
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn write_changes<S: Systemd>(
     sd: &S,
     mut report: ApplyReport,
     mut todo: Vec<Change>,
@@ -277,6 +168,7 @@ async fn write_changes<S: Systemd>(
     ownership: &Ownership,
     opts: ApplyOptions,
     read_holder: Option<String>,
+    notes: &Notes,
 ) -> Result<ApplyReport, ApplyError> {
     let mut t = std::time::Instant::now();
     todo.sort_by_key(|c| (c.slice.kind(), c.slice.clone()));
@@ -284,10 +176,10 @@ async fn write_changes<S: Systemd>(
     // well past one chunk of writes the read holder goes and each chunk is held on its own;
     // below that, one more holder (and the name-map rebuild it costs) would not pay off.
     let writes = todo.iter().filter(|c| c.writes()).count();
-    let mut chunk = write_chunk();
+    let mut chunk = pipeline::write_chunk();
     let mut read_holder = read_holder;
     if opts.dry_run || writes > chunk + chunk / 2 {
-        release_hold(sd, read_holder.take()).await;
+        release(sd, read_holder.take(), notes).await;
     } else {
         chunk = todo.len().max(1);
     }
@@ -304,9 +196,9 @@ async fn write_changes<S: Systemd>(
             .collect();
         let holder = match read_holder.take() {
             Some(h) => Some(h),
-            None => hold_if_many(sd, &writing).await,
+            None => hold(sd, &writing, notes).await,
         };
-        for batch in chunk.chunks(PIN_BATCH) {
+        for batch in chunk.chunks(pipeline::PIN_BATCH) {
             result = write_batch(
                 sd,
                 batch,
@@ -321,73 +213,15 @@ async fn write_changes<S: Systemd>(
                 break;
             }
         }
-        release_hold(sd, holder).await;
+        release(sd, holder, notes).await;
         t = trace::phase("write chunk", t);
         if result.is_err() {
             break;
         }
     }
     // With nothing to write the loop above never took the read holder.
-    release_hold(sd, read_holder.take()).await;
+    release(sd, read_holder.take(), notes).await;
     result.map(|()| report)
-}
-
-/// Slices written under one holder. Larger chunks mean fewer unit-name-map rebuilds (one per
-/// chunk, each costing systemd time proportional to all drop-in directories); smaller ones
-/// mean fewer loaded siblings for systemd to walk on every write. Measured: see BENCHMARKS.md.
-pub const WRITE_CHUNK: usize = 1000;
-
-fn write_chunk() -> usize {
-    std::env::var("DS01_WRITE_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(WRITE_CHUNK)
-}
-
-/// Above this many slices, one holder keeps them all loaded while they are read and
-/// written: each call on an unloaded unit makes systemd load it, and after a write the first
-/// load rebuilds its unit-name map, whose cost grows with every drop-in directory.
-pub const HOLD_THRESHOLD: usize = 64;
-
-pub async fn hold_if_many<S: Systemd>(sd: &S, slices: &[SliceName]) -> Option<String> {
-    if slices.len() <= HOLD_THRESHOLD {
-        return None;
-    }
-    match sd.hold_loaded(slices).await {
-        Ok(h) => Some(h),
-        // Without the right to start units (verify as non-root) reads are just slower.
-        Err(BusError::AccessDenied { .. }) => None,
-        Err(e) => {
-            eprintln!("ds01-slices: note: {e}; going on without it (slower)");
-            None
-        }
-    }
-}
-
-pub async fn release_hold<S: Systemd>(sd: &S, holder: Option<String>) {
-    if let Some(h) = holder {
-        if let Err(e) = sd.release(&h).await {
-            eprintln!("ds01-slices: warning: {e}; the holder stops by itself within 15 minutes");
-        }
-    }
-}
-
-/// Stops holders whose process is gone (an apply that was killed mid-way).
-pub async fn release_orphan_holders<S: Systemd>(sd: &S) {
-    let Ok(holders) = sd.stale_holders().await else {
-        return;
-    };
-    for h in holders {
-        let pid = h
-            .strip_prefix(crate::systemd::client::HOLDER_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            release_hold(sd, Some(h)).await;
-        }
-    }
 }
 
 async fn write_batch<S: Systemd>(
@@ -409,11 +243,11 @@ async fn write_batch<S: Systemd>(
     // cost grows with every drop-in directory: pinned units are written in ~2 ms instead.
     // One write gains nothing from a pin: pins only spare the loads between writes.
     let pin_results = if pin && writing.len() > 1 {
-        bounded(&writing, |c| sd.pin(&c.slice)).await
+        pipeline::bounded(&writing, |c| sd.pin(&c.slice)).await
     } else {
         Vec::new()
     };
-    let results = bounded(&writing, |c| async move {
+    let results = pipeline::bounded(&writing, |c| async move {
         let props = c.properties();
         sd.set_properties(&c.slice, mode, &props).await
     })
@@ -431,11 +265,7 @@ async fn write_batch<S: Systemd>(
                 report.writes += 1;
                 ok.insert(change.slice.clone());
             }
-            Err(
-                e @ (BusError::ServiceUnknown { .. }
-                | BusError::Unreachable { .. }
-                | BusError::AccessDenied { .. }),
-            ) => return Err(e.into()),
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => report.failures.push((change.slice.clone(), e.to_string())),
         }
     }
@@ -461,185 +291,4 @@ fn intent_of(
     intent.extend(change.sets.iter().map(|s| s.property));
     intent.extend(change.owned_after.iter().copied());
     intent
-}
-
-/// `hook pre-create`: make sure the user's slice and its parents hold the configured
-/// limits, cheaply when they already do. Returns the slice to use as cgroup parent.
-pub async fn hook<S: Systemd>(
-    sd: &S,
-    config: &Config,
-    user: &UserName,
-    ownership: &Ownership,
-    mode: WriteMode,
-) -> Result<(SliceName, ApplyReport), HookError> {
-    let resolved = config.resolve(user)?;
-    let plan = plan::plan_resolved(config, &resolved);
-    let slice = resolved.slice;
-    let desired: BTreeMap<SliceName, Option<SliceSpec>> = plan
-        .slices
-        .into_iter()
-        .map(|s| (s.slice.clone(), Some(s)))
-        .collect();
-    let names: Vec<SliceName> = desired.keys().cloned().collect();
-    // Without the lock: most containers start on a slice that is already right.
-    let owned_now = read_owned(ownership, &names)?;
-    let opts = ApplyOptions {
-        mode,
-        dry_run: false,
-        force: true,
-    };
-    let unrecorded = |owned: &BTreeMap<SliceName, BTreeSet<Property>>| {
-        let spec = desired.get(&slice).and_then(Option::as_ref);
-        spec.is_some_and(|s| !s.properties.is_empty())
-            && owned.get(&slice).is_none_or(BTreeSet::is_empty)
-    };
-    if unrecorded(&owned_now) {
-        // A user slice we have never written cannot be in sync with our records: it is
-        // written under the lock without being read, while its parents are read, which spares
-        // a new user's first container one round trip and one load of the unit.
-        let _lock = ownership.lock().map_err(ApplyError::from)?;
-        let owned = read_owned(ownership, &names)?;
-        if let (true, Some(Some(spec))) = (unrecorded(&owned), desired.get(&slice)) {
-            let t = std::time::Instant::now();
-            let leaf = diff::unread(spec);
-            let report = write_unread_leaf(sd, &desired, leaf, &owned, ownership, opts).await?;
-            trace::phase("hook: read and write", t);
-            return Ok((slice, report));
-        }
-    }
-    let t = std::time::Instant::now();
-    let live = read_all(sd, &names).await?;
-    if let Some(Err(e)) = live.iter().find(|l| l.is_err()) {
-        return Err(HookError::Bus(clone_fatal(e)));
-    }
-    start_stopped_parents(sd, &desired, &names, &live).await?;
-    let t = trace::phase("hook: read", t);
-    let (_, todo) = compare(&desired, &names, &live, &owned_now, opts.force);
-    if todo.is_empty() {
-        trace::phase("hook: compare", t);
-        return Ok((
-            slice,
-            ApplyReport {
-                slices_checked: names.len(),
-                ..Default::default()
-            },
-        ));
-    }
-    // Under the writer lock, against the records as they are now. The live values are not
-    // read again: if another hook has just written the same values, writing them once more
-    // changes nothing and costs less than a second round of reads on every write.
-    let _lock = ownership.lock().map_err(ApplyError::from)?;
-    let owned = read_owned(ownership, &names)?;
-    let (report, todo) = compare(&desired, &names, &live, &owned, opts.force);
-    let report = complete(write_changes(sd, report, todo, &owned, ownership, opts, None).await?)?;
-    Ok((slice, report))
-}
-
-/// The hook's write of a user slice it has no record of (`leaf`, not read), made while the
-/// parents are read; then the parents, started if stopped, and written if they differ.
-async fn write_unread_leaf<S: Systemd>(
-    sd: &S,
-    desired: &BTreeMap<SliceName, Option<SliceSpec>>,
-    leaf: Change,
-    owned: &BTreeMap<SliceName, BTreeSet<Property>>,
-    ownership: &Ownership,
-    opts: ApplyOptions,
-) -> Result<ApplyReport, HookError> {
-    let parents: Vec<SliceName> = desired
-        .keys()
-        .filter(|n| **n != leaf.slice)
-        .cloned()
-        .collect();
-    let (parents_live, leaf_written) = tokio::join!(
-        read_all(sd, &parents),
-        write_changes(
-            sd,
-            ApplyReport::default(),
-            vec![leaf],
-            owned,
-            ownership,
-            opts,
-            None
-        )
-    );
-    let mut report = complete(leaf_written?)?;
-    let parents_live = parents_live?;
-    start_stopped_parents(sd, desired, &parents, &parents_live).await?;
-    let (checked, todo) = compare(desired, &parents, &parents_live, owned, opts.force);
-    let parents_report =
-        complete(write_changes(sd, checked, todo, owned, ownership, opts, None).await?)?;
-    report.writes += parents_report.writes;
-    report.changes.extend(parents_report.changes);
-    report.slices_checked = desired.len();
-    Ok(report)
-}
-
-/// A hook's report, or the error that keeps the container from starting unlimited.
-fn complete(report: ApplyReport) -> Result<ApplyReport, HookError> {
-    match report.failures.first() {
-        Some((failed, why)) => Err(HookError::Incomplete(failed.clone(), why.clone())),
-        None => Ok(report),
-    }
-}
-
-fn read_owned(
-    ownership: &Ownership,
-    slices: &[SliceName],
-) -> Result<BTreeMap<SliceName, BTreeSet<Property>>, StateError> {
-    slices
-        .iter()
-        .map(|s| Ok((s.clone(), ownership.read(s)?)))
-        .collect()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    #[error(transparent)]
-    Resolve(#[from] crate::config::ResolveError),
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("could not set the limits of {0}: {1}; the container was not started so that it cannot run unlimited")]
-    Incomplete(SliceName, String),
-}
-
-/// The plan-style diff: `+` new slice, `~` changed, `-` limits removed, in human units.
-pub fn render_changes(changes: &[Change]) -> String {
-    let mut out = String::new();
-    for c in changes {
-        let mark = match c.kind {
-            ChangeKind::New => '+',
-            ChangeKind::Update => '~',
-            ChangeKind::Remove => '-',
-        };
-        if c.sets.is_empty() {
-            let _ = writeln!(
-                out,
-                "  {} (already as configured; now recorded as managed)",
-                c.slice
-            );
-            continue;
-        }
-        let _ = writeln!(out, "{mark} {}", c.slice);
-        for s in &c.sets {
-            let setting = s.property.unit_setting();
-            match c.kind {
-                ChangeKind::New => {
-                    let _ = writeln!(out, "    + {setting}={}", s.property.display(s.to));
-                }
-                _ => {
-                    let _ = writeln!(
-                        out,
-                        "    ~ {setting} {} -> {}",
-                        s.property.display(s.from),
-                        s.property.display(s.to)
-                    );
-                }
-            }
-        }
-    }
-    out
 }

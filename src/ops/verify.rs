@@ -2,22 +2,21 @@
 //! kernel's cgroup files) and compared with the plan.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
 
+use super::{desired_in_scope, hold, release, ApplyError, Notes, Scope};
 use crate::cgroupfs::{self, KernelValue};
 use crate::config::Config;
+use crate::diff;
 use crate::dropin::explain::{self, Shadowing};
 use crate::model::live::LiveSlice;
-use crate::model::names::SliceKind;
-use crate::model::names::SliceName;
+use crate::model::names::{SliceKind, SliceName};
 use crate::model::property::{BusValue, Property};
-use crate::ops::apply::{read_all, ApplyError, Scope};
 use crate::plan::SliceSpec;
 use crate::state::ownership::Ownership;
-use crate::systemd::{BusError, Systemd};
+use crate::systemd::{pipeline, BusError, Systemd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +84,8 @@ pub struct VerifyReport {
     pub holds: bool,
     pub counts: Counts,
     pub slices: Vec<SliceCheck>,
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 pub async fn verify<S: Systemd>(
@@ -95,12 +96,13 @@ pub async fn verify<S: Systemd>(
     cgroup_root: &Path,
 ) -> Result<VerifyReport, ApplyError> {
     let owned = ownership.read_all()?;
-    let desired = crate::ops::apply::desired_in_scope(sd, config, scope, &owned).await?;
+    let desired = desired_in_scope(sd, config, scope, &owned).await?;
     let names: Vec<SliceName> = desired.keys().cloned().collect();
-    let holder = crate::ops::apply::hold_if_many(sd, &names).await;
+    let notes = Notes::default();
+    let holder = hold(sd, &names, &notes).await;
     let read = async {
-        let mut live = read_all(sd, &names).await?;
-        let states = crate::ops::apply::bounded(&live, |l| async move {
+        let mut live = pipeline::read_all(sd, &names).await?;
+        let states = pipeline::bounded(&live, |l| async move {
             match l {
                 Ok(l) => Some(sd.read_unit_state(&l.slice).await),
                 Err(_) => None,
@@ -122,7 +124,7 @@ pub async fn verify<S: Systemd>(
         Ok::<_, BusError>(live)
     };
     let live = read.await;
-    crate::ops::apply::release_hold(sd, holder).await;
+    release(sd, holder, &notes).await;
     let live = live?;
     let empty = BTreeSet::new();
     let mut slices = Vec::new();
@@ -169,6 +171,7 @@ pub async fn verify<S: Systemd>(
         holds,
         counts,
         slices,
+        notes: notes.into_vec(),
     })
 }
 
@@ -207,58 +210,43 @@ pub fn check_slice(
             },
         })
     };
-    match desired {
-        Some(spec) => {
-            for (p, want) in spec.properties.iter() {
-                let have = live.value(p);
-                let mut status = if have == want {
-                    Status::Ok
-                } else if have == p.unset_value() {
-                    Status::Missing
-                } else {
-                    Status::Drift
-                };
-                let kernel = if Property::LIMITS.contains(&p) {
-                    kernel_for(p, have)
-                } else {
-                    None
-                };
-                if status == Status::Ok && kernel.as_ref().is_some_and(|k| k.status == "mismatch") {
-                    status = Status::KernelMismatch;
-                }
-                properties.push(PropertyCheck {
-                    property: p.bus_name(),
-                    status,
-                    expected: Some(p.display(want)),
-                    actual: p.display(have),
-                    expected_value: Some(want),
-                    actual_value: have,
-                    owned: owned.contains(&p),
-                    kernel,
-                    source: None,
-                });
+    if let Some(spec) = desired {
+        for (p, want) in spec.properties.iter() {
+            let have = live.value(p);
+            let mut status = if have == want {
+                Status::Ok
+            } else if have == p.unset_value() {
+                Status::Missing
+            } else {
+                Status::Drift
+            };
+            let kernel = if Property::LIMITS.contains(&p) {
+                kernel_for(p, have)
+            } else {
+                None
+            };
+            if status == Status::Ok && kernel.as_ref().is_some_and(|k| k.status == "mismatch") {
+                status = Status::KernelMismatch;
             }
-            // A limit we set earlier that the configuration dropped is stale too.
-            for p in Property::LIMITS {
-                let have = live.value(p);
-                if spec.properties.get(p).is_none() && owned.contains(&p) && have != p.unset_value()
-                {
-                    properties.push(stale_check(p, have, true, kernel_for(p, have)));
-                }
-            }
+            properties.push(PropertyCheck {
+                property: p.bus_name(),
+                status,
+                expected: Some(p.display(want)),
+                actual: p.display(have),
+                expected_value: Some(want),
+                actual_value: have,
+                owned: owned.contains(&p),
+                kernel,
+                source: None,
+            });
         }
-        None => {
-            for p in Property::LIMITS {
-                let have = live.value(p);
-                if have != p.unset_value() {
-                    properties.push(stale_check(
-                        p,
-                        have,
-                        owned.contains(&p),
-                        kernel_for(p, have),
-                    ));
-                }
-            }
+    }
+    // A limit still in force that the configuration does not ask for: reported when we set
+    // it, and on a slice that should have none at all, whoever set it.
+    for (p, have) in diff::stale_limits(desired, live) {
+        let ours = owned.contains(&p);
+        if ours || desired.is_none() {
+            properties.push(stale_check(p, have, ours, kernel_for(p, have)));
         }
     }
     SliceCheck {
@@ -311,110 +299,4 @@ pub fn explain(report: &mut VerifyReport, root: &Path) {
     if report.counts.contradictions > 0 {
         report.holds = false;
     }
-}
-
-pub fn render_text(report: &VerifyReport) -> String {
-    let mut out = String::new();
-    for s in &report.slices {
-        let state = if s.active { "active" } else { "inactive" };
-        let stale = if s.stale {
-            ", stale: not in the configuration"
-        } else {
-            ""
-        };
-        let _ = writeln!(out, "{} ({state}{stale})", s.slice);
-        if let Some(e) = &s.error {
-            let _ = writeln!(out, "    error    {e}");
-        }
-        for p in &s.properties {
-            let setting = Property::from_bus_name(p.property)
-                .map(|q| q.unit_setting())
-                .unwrap_or(p.property);
-            let line = match p.status {
-                Status::Ok => format!("ok       {setting}={}", p.actual),
-                Status::Drift => format!(
-                    "drift    {setting}: expected {}, actual {}",
-                    p.expected.as_deref().unwrap_or("-"),
-                    p.actual
-                ),
-                Status::Missing => format!(
-                    "missing  {setting}: expected {}, not set",
-                    p.expected.as_deref().unwrap_or("-")
-                ),
-                Status::Stale => format!(
-                    "stale    {setting}={} still in force{}",
-                    p.actual,
-                    if p.owned {
-                        ""
-                    } else {
-                        " (not set by ds01-slices: left alone by apply)"
-                    }
-                ),
-                Status::KernelMismatch => format!(
-                    "kernel   {setting}: systemd holds {}, the kernel does not",
-                    p.actual
-                ),
-            };
-            let kernel = match &p.kernel {
-                Some(KernelCheck {
-                    status: "ok",
-                    value: Some(v),
-                    ..
-                }) => format!("  [kernel {v}]"),
-                Some(KernelCheck {
-                    status,
-                    value,
-                    file,
-                    detail,
-                }) => format!(
-                    "  [kernel: {status}{}{}{}]",
-                    value.as_ref().map(|v| format!(" {v}")).unwrap_or_default(),
-                    file.as_ref()
-                        .map(|f| format!(" in {f}"))
-                        .unwrap_or_default(),
-                    detail
-                        .as_ref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                ),
-                None => String::new(),
-            };
-            let source = p
-                .source
-                .as_ref()
-                .map(|f| format!("  (from {f})"))
-                .unwrap_or_default();
-            let _ = writeln!(out, "    {line}{kernel}{source}");
-        }
-        for sh in &s.shadowed {
-            let _ = writeln!(out, "    conflict {sh}");
-        }
-    }
-    let c = &report.counts;
-    let _ = writeln!(
-        out,
-        "{}: {} slices, {} ok, {} drift, {} missing, {} stale, {} kernel mismatches, {} errors",
-        if report.holds {
-            "all limits hold"
-        } else {
-            "DRIFT"
-        },
-        c.slices,
-        c.ok,
-        c.drift,
-        c.missing,
-        c.stale,
-        c.kernel_mismatch,
-        c.errors
-    );
-    if c.contradictions > 0 {
-        // Appended, not inserted: scripts may parse the line above.
-        out.truncate(out.trim_end().len());
-        let _ = writeln!(
-            out,
-            ", {} contradicting drop-ins (a rendered value shadowed by a D-Bus one: run 'ds01-slices render' or 'ds01-slices apply' to settle on one)",
-            c.contradictions
-        );
-    }
-    out
 }

@@ -8,41 +8,17 @@
 //! loaded. `<state-dir>/lock` serialises writers (apply, render, concurrent hooks).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::lock::{self, WriterLock};
+pub use super::StateError;
+use crate::atomic;
 use crate::model::names::SliceName;
 use crate::model::property::Property;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/ds01-slices";
-/// Holds the digest of the configuration last accepted by a full validation.
+/// Holds the hook's cache of the configuration last accepted by a full validation.
 const VALIDATED_CONFIG: &str = "validated-config";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot use state directory {path}: {source}; it must be writable by root (pass --state-dir or set DS01_STATE_DIR to use another)")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write ownership record {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot take the lock {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Holds the exclusive writer lock until dropped.
-pub struct WriterLock {
-    _file: File,
-}
 
 #[derive(Debug, Clone)]
 pub struct Ownership {
@@ -71,27 +47,7 @@ impl Ownership {
     /// Blocks until no other ds01-slices writer runs. Readers (verify, plan) never lock.
     pub fn lock(&self) -> Result<WriterLock, StateError> {
         self.ensure_dirs()?;
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StateError::Lock {
-                path: path.clone(),
-                source,
-            })?;
-        loop {
-            // SAFETY: flock on a descriptor this function owns; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(WriterLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(StateError::Lock { path, source: err });
-            }
-        }
+        lock::lock(&self.dir.join("lock"))
     }
 
     /// Every slice with a record, and the properties recorded for it.
@@ -136,16 +92,8 @@ impl Ownership {
     /// take only its user's lines from it. Best effort: without the record a hook only
     /// validates everything again.
     pub fn record_validated_config(&self, record: &str) {
-        let path = self.dir.join(VALIDATED_CONFIG);
-        let tmp = self
-            .dir
-            .join(format!(".{VALIDATED_CONFIG}.tmp{}", std::process::id()));
-        let written = fs::create_dir_all(&self.dir)
-            .and_then(|()| fs::write(&tmp, record))
-            .and_then(|()| fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = fs::create_dir_all(&self.dir)
+            .and_then(|()| atomic::replace(&self.dir.join(VALIDATED_CONFIG), record.as_bytes()));
     }
 
     /// Records the full set of properties owned on `slice` (empty: forget the slice).
@@ -166,18 +114,7 @@ impl Ownership {
             .iter()
             .map(|p| format!("{}\n", p.bus_name()))
             .collect();
-        let tmp = self
-            .owned_dir()
-            .join(format!(".{}.tmp{}", slice.as_str(), std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            StateError::Write { path, source }
-        })
+        atomic::replace(&path, text.as_bytes()).map_err(|source| StateError::Write { path, source })
     }
 }
 
@@ -187,7 +124,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_skip_foreign_names() {
-        let dir = std::env::temp_dir().join(format!("ds01-own-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("state");
         let own = Ownership::new(&dir);
         let slice = SliceName::parse("ds01-student-alice.slice").unwrap();
         let props: BTreeSet<Property> = [Property::MemoryMax, Property::TasksMax].into();
@@ -199,6 +137,5 @@ mod tests {
         let _lock = own.lock().unwrap();
         own.record(&slice, &BTreeSet::new()).unwrap();
         assert!(own.read_all().unwrap().is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,15 @@
-//! The D-Bus side: proxies, the client trait, and the bounded pipelining that keeps a busy
-//! systemd safe.
+//! The D-Bus side: proxies generated from systemd's interfaces (`dbus/`), the client trait,
+//! the one connection that implements it, and the bounded pipelining (calls in flight,
+//! holders, pins) that keeps a busy systemd on its bus.
 
+mod bus;
 pub mod client;
+mod error;
+pub mod pipeline;
 pub mod proxies;
+pub mod stats;
 
-pub use client::{BusError, BusSystemd, Systemd, WriteMode};
+pub use bus::{BusSystemd, HOLDER_PREFIX};
+pub use client::{Systemd, WriteMode};
+pub use error::BusError;
+pub use stats::BusStatsSnapshot;

@@ -713,7 +713,7 @@ fn one_failing_slice_does_not_stop_the_others_and_a_rerun_converges() {
     };
     // Enough users that apply holds the slices with a transient unit rather than pins.
     let mut students = fs::read_to_string(w.dir.join("config/groups/student.members")).unwrap();
-    for i in 0..ds01_slices::ops::apply::HOLD_THRESHOLD {
+    for i in 0..ds01_slices::systemd::pipeline::HOLD_THRESHOLD {
         students.push_str(&format!("extra{i:02}\n"));
     }
     w.write("groups/student.members", &students);

@@ -1,0 +1,170 @@
+//! `apply` as the command runs it on a host: over D-Bus, as rendered files, or D-Bus when
+//! systemd answers and files otherwise; and the take-over of files rendered earlier once
+//! D-Bus holds their values.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::apply::{self, ApplyError, ApplyOptions, ApplyReport};
+use super::render::{self, Context, RenderOptions, RenderReport, RenderRunError};
+use super::take_over::RenderedMask;
+use super::Scope;
+use crate::config::Config;
+use crate::dropin::tree::{self, RenderError};
+use crate::error::{Exit, ExitStatus, UsageError};
+use crate::model::names::{SliceName, UserName};
+use crate::state::ownership::Ownership;
+use crate::systemd::stats::BusStatsSnapshot;
+use crate::systemd::{BusError, Systemd, WriteMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Auto,
+    Dbus,
+    Files,
+}
+
+#[derive(Debug)]
+pub enum DeployReport {
+    Dbus(DbusDeploy),
+    Rendered {
+        /// Why D-Bus was not used, when `--backend auto` fell back.
+        fallback: Option<String>,
+        report: RenderReport,
+    },
+}
+
+#[derive(Debug)]
+pub struct DbusDeploy {
+    pub apply: ApplyReport,
+    pub bus: BusStatsSnapshot,
+    /// Rendered files found that are not ours: left alone, and D-Bus values override them.
+    pub foreign: Vec<PathBuf>,
+    /// Rendered files of ours that D-Bus now holds: removed (or, dry run, would be).
+    pub taken_over: Vec<PathBuf>,
+    /// With --dry-run: how many rendered files would be removed.
+    pub would_take_over: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Render(#[from] RenderRunError),
+    #[error(transparent)]
+    Files(#[from] RenderError),
+    #[error(
+        "rendered drop-ins were removed, but systemd did not reload; run 'systemctl daemon-reload'"
+    )]
+    Reload(#[source] BusError),
+}
+
+impl ExitStatus for DeployError {
+    fn exit_code(&self) -> Exit {
+        match self {
+            DeployError::Usage(e) => e.exit_code(),
+            DeployError::Apply(e) => e.exit_code(),
+            DeployError::Render(e) => e.exit_code(),
+            _ => Exit::Failure,
+        }
+    }
+}
+
+pub async fn deploy(
+    ctx: &Context<'_>,
+    config: &Config,
+    user: Option<&UserName>,
+    opts: ApplyOptions,
+    backend: Backend,
+) -> Result<DeployReport, DeployError> {
+    if backend == Backend::Files && opts.mode == WriteMode::Runtime {
+        return Err(UsageError(
+            "--runtime applies to the D-Bus backend only; rendered files are persistent (drop --runtime or use --backend dbus)".into(),
+        )
+        .into());
+    }
+    let render_opts = |systemd_unreachable| RenderOptions {
+        dry_run: opts.dry_run,
+        no_reload: false,
+        systemd_unreachable,
+    };
+    let sd = match backend {
+        Backend::Files => {
+            let report = render::render(ctx, config, user, render_opts(false)).await?;
+            return Ok(DeployReport::Rendered {
+                fallback: None,
+                report,
+            });
+        }
+        Backend::Dbus => render::connect_checked(ctx.bus, ctx.timeout).await?,
+        Backend::Auto => match render::connect_checked(ctx.bus, ctx.timeout).await {
+            Ok(sd) => sd,
+            Err(e) => {
+                // Runtime limits promise to vanish at reboot; rendered files would not.
+                // A named bus may be another machine's (or a sandbox's): rendering into
+                // this host's /etc would be the wrong files, so that needs --root.
+                let local = ctx.bus.is_none() || ctx.root != Path::new("/");
+                let Some(why) = e
+                    .absence()
+                    .filter(|_| opts.mode == WriteMode::Persistent && local)
+                else {
+                    return Err(e.into());
+                };
+                let report = render::render(ctx, config, user, render_opts(true)).await?;
+                return Ok(DeployReport::Rendered {
+                    fallback: Some(why),
+                    report,
+                });
+            }
+        },
+    };
+    let ownership = Ownership::new(ctx.state_dir);
+    // Files rendered earlier are taken over: D-Bus first gets every value they hold (hidden
+    // from apply's reads so that it writes them), then they are removed.
+    // With --bus naming another systemd, the default --root (this host) is not its root:
+    // this host's files are only taken over when --root is given with --bus, or without it.
+    let plan = render::plan_for(config, user).map_err(ApplyError::from)?;
+    let sanitized = user.and_then(|u| u.sanitized().ok());
+    let rendered = if render::root_is_host(ctx.root) && ctx.bus.is_some() {
+        tree::Rendered::default()
+    } else {
+        tree::find_rendered(ctx.root, |s| tree::in_scope(s, &plan, sanitized.as_ref()))?
+    };
+    let masked = RenderedMask::new(&sd, rendered.files.clone());
+    let report = apply::apply(&masked, config, Scope::from(user), &ownership, opts).await?;
+    let mut out = DbusDeploy {
+        bus: sd.stats(),
+        foreign: rendered.foreign,
+        taken_over: Vec::new(),
+        would_take_over: 0,
+        apply: report,
+    };
+    if opts.dry_run {
+        out.would_take_over = rendered.files.len();
+        return Ok(DeployReport::Dbus(out));
+    }
+    // A slice whose write failed keeps its file: it is all that holds its limits.
+    let kept: BTreeSet<&SliceName> = out
+        .apply
+        .failures
+        .iter()
+        .map(|(s, _)| s)
+        .chain(out.apply.refused.iter().map(|c| &c.slice))
+        .collect();
+    let slices: Vec<SliceName> = rendered
+        .files
+        .keys()
+        .filter(|s| !kept.contains(s))
+        .cloned()
+        .collect();
+    out.taken_over = tree::take_over_rendered(ctx.root, &slices)?;
+    if !out.taken_over.is_empty() {
+        sd.reload().await.map_err(DeployError::Reload)?;
+    }
+    Ok(DeployReport::Dbus(out))
+}

@@ -1,0 +1,414 @@
+//! systemd over one shared zbus connection: the only code that talks to systemd.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use super::pipeline::MAX_IN_FLIGHT;
+use super::proxies::{self, ManagerProxy};
+use super::stats::{BusStats, BusStatsSnapshot, CallSlot};
+use super::{BusError, Systemd, WriteMode};
+use crate::model::live::{LiveSlice, UnitState};
+use crate::model::names::SliceName;
+use crate::model::property::{BusValue, Property};
+
+/// Transient services that keep slices loaded during an apply are named with this prefix.
+pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
+/// A holder outlives a crashed run by at most this long: its process then exits and
+/// systemd collects it.
+const HOLDER_LIFETIME_SECS: &str = "900";
+
+/// systemd over one shared zbus connection.
+#[derive(Clone)]
+pub struct BusSystemd {
+    connection: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    timeout: Duration,
+    address: String,
+    slots: Arc<tokio::sync::Semaphore>,
+    stats: Arc<BusStats>,
+}
+
+impl BusSystemd {
+    /// Connects to `address` (a D-Bus address), or the system bus (honouring
+    /// `DBUS_SYSTEM_BUS_ADDRESS`) when `None`, and checks that systemd is there.
+    pub async fn connect(address: Option<&str>, timeout: Duration) -> Result<BusSystemd, BusError> {
+        let shown = address
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok())
+            .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_owned());
+        let unreachable = |e: zbus::Error| BusError::Unreachable {
+            address: shown.clone(),
+            reason: e.to_string(),
+        };
+        let connect = async {
+            let builder = match plain_unix_path(&shown) {
+                // zbus connects a Unix socket on a thread of its own; a hook pays for that
+                // thread on every container start, so the common case connects here.
+                Some(path) => tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(zbus::connection::Builder::unix_stream)
+                    .map_err(|e| zbus::Error::InputOutput(Arc::new(e)))?,
+                None => match address {
+                    Some(a) => zbus::connection::Builder::address(a)?,
+                    None => zbus::connection::Builder::system()?,
+                },
+            };
+            builder.method_timeout(timeout).build().await
+        };
+        let connection = match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result.map_err(unreachable)?,
+            Err(_) => {
+                return Err(BusError::Timeout {
+                    what: format!("connecting to the system bus at {shown}"),
+                    secs: timeout.as_secs(),
+                })
+            }
+        };
+        let manager = ManagerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(unreachable)?;
+        Ok(BusSystemd {
+            connection,
+            manager,
+            timeout,
+            address: shown,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            stats: Arc::new(BusStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> BusStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    async fn slot(&self) -> CallSlot<'_> {
+        // Invariant: this struct owns the semaphore and never closes it, so acquire cannot
+        // fail.
+        let permit = match self.slots.acquire().await {
+            Ok(p) => p,
+            Err(_) => unreachable_semaphore(),
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        if now == 1 {
+            self.stats.busy().since = Some(std::time::Instant::now());
+        }
+        CallSlot {
+            stats: &self.stats,
+            _permit: permit,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn err(&self, what: impl Into<String>, e: zbus::Error) -> BusError {
+        BusError::from_zbus(what, e, self.timeout, &self.address)
+    }
+
+    /// Checks that systemd answers, returning its version.
+    pub async fn version(&self) -> Result<String, BusError> {
+        self.manager
+            .version()
+            .await
+            .map_err(|e| self.err("reading systemd's Version", e))
+    }
+
+    pub async fn system_state(&self) -> Result<String, BusError> {
+        self.manager
+            .system_state()
+            .await
+            .map_err(|e| self.err("reading systemd's SystemState", e))
+    }
+
+    async fn get_unit_property(
+        &self,
+        slice: &SliceName,
+        prop: &'static str,
+    ) -> Result<OwnedValue, BusError> {
+        let path = proxies::unit_object_path(slice.as_str());
+        let what = format!("reading {prop} of {slice}");
+        let _slot = self.slot().await;
+        let reply = self
+            .connection
+            .call_method(
+                Some(proxies::SERVICE),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(proxies::UNIT_INTERFACE, prop),
+            )
+            .await
+            .map_err(|e| self.err(what.clone(), e))?;
+        reply
+            .body()
+            .deserialize::<OwnedValue>()
+            .map_err(|e| BusError::Protocol {
+                what,
+                detail: e.to_string(),
+            })
+    }
+
+    async fn get_all(
+        &self,
+        path: &str,
+        interface: &str,
+        what: &str,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let _slot = self.slot().await;
+        let reply = self
+            .connection
+            .call_method(
+                Some(proxies::SERVICE),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(interface,),
+            )
+            .await
+            .map_err(|e| self.err(what, e))?;
+        reply
+            .body()
+            .deserialize::<HashMap<String, OwnedValue>>()
+            .map_err(|e| BusError::Protocol {
+                what: what.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// The socket path of a D-Bus address that is exactly `unix:path=PATH` with nothing to
+/// unescape; anything else is left to zbus's address parser.
+fn plain_unix_path(address: &str) -> Option<&str> {
+    let path = address.strip_prefix("unix:path=")?;
+    let plain = !path.is_empty() && !path.contains([',', ';', '%']);
+    plain.then_some(path)
+}
+
+#[cold]
+fn unreachable_semaphore() -> ! {
+    // BusSystemd owns the semaphore and never closes it.
+    panic!("the bus call semaphore was closed")
+}
+
+fn as_u64(v: Option<&OwnedValue>) -> Option<u64> {
+    match v.map(|v| &**v) {
+        Some(Value::U64(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn as_bool(v: Option<&OwnedValue>) -> Option<bool> {
+    match v.map(|v| &**v) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    }
+}
+
+fn as_string(v: Option<&OwnedValue>) -> Option<String> {
+    match v.map(|v| &**v) {
+        Some(Value::Str(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn as_strings(v: Option<&OwnedValue>) -> Vec<String> {
+    match v.map(|v| &**v) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|item| match item {
+                Value::Str(s) => Some(s.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn to_value(v: BusValue) -> Value<'static> {
+    match v {
+        BusValue::Bool(b) => Value::Bool(b),
+        BusValue::U64(n) => Value::U64(n),
+    }
+}
+
+impl Systemd for BusSystemd {
+    async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError> {
+        let path = proxies::unit_object_path(slice.as_str());
+        let what = format!("reading slice properties of {slice}");
+        // One call per slice: the Slice interface holds every value apply needs, and each
+        // call on a unit that is not loaded makes systemd load it (the costly part).
+        let props = self.get_all(&path, proxies::SLICE_INTERFACE, &what).await?;
+        let mut values = BTreeMap::new();
+        for p in Property::ACCOUNTING {
+            if let Some(b) = as_bool(props.get(p.bus_name())) {
+                values.insert(p, BusValue::Bool(b));
+            }
+        }
+        for p in Property::LIMITS {
+            if let Some(n) = as_u64(props.get(p.bus_name())) {
+                values.insert(p, BusValue::U64(n));
+            }
+        }
+        let memory_current = as_u64(props.get("MemoryCurrent")).filter(|n| *n != u64::MAX);
+        let control_group = as_string(props.get("ControlGroup")).filter(|s| !s.is_empty());
+        // A slice has a cgroup exactly while it is started; read_unit_state tells precisely.
+        let active_state = if control_group.is_some() {
+            "active"
+        } else {
+            "inactive"
+        };
+        Ok(LiveSlice {
+            slice: slice.clone(),
+            load_state: "loaded".to_owned(),
+            active_state: active_state.to_owned(),
+            control_group,
+            memory_current,
+            values,
+            drop_in_paths: Vec::new(),
+        })
+    }
+
+    async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError> {
+        let (active, dropins) = tokio::join!(
+            self.get_unit_property(slice, "ActiveState"),
+            self.get_unit_property(slice, "DropInPaths")
+        );
+        Ok(UnitState {
+            active_state: as_string(Some(&active?)).unwrap_or_default(),
+            drop_in_paths: as_strings(Some(&dropins?)),
+        })
+    }
+
+    async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .start_unit(slice.as_str(), "fail")
+            .await
+            .map(drop)
+            .map_err(|e| self.err(format!("starting {slice}"), e))
+    }
+
+    async fn set_properties(
+        &self,
+        slice: &SliceName,
+        mode: WriteMode,
+        props: &[(Property, BusValue)],
+    ) -> Result<(), BusError> {
+        let values: Vec<(&str, Value<'_>)> = props
+            .iter()
+            .map(|(p, v)| (p.bus_name(), to_value(*v)))
+            .collect();
+        let names: Vec<&str> = props.iter().map(|(p, _)| p.bus_name()).collect();
+        let _slot = self.slot().await;
+        self.manager
+            .set_unit_properties(slice.as_str(), mode == WriteMode::Runtime, &values)
+            .await
+            .map_err(|e| self.err(format!("setting {} on {slice}", names.join(", ")), e))
+    }
+
+    async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError> {
+        let _slot = self.slot().await;
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &["ds01.slice", "ds01-*.slice"])
+            .await
+            .map_err(|e| self.err("listing loaded ds01 slices", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| SliceName::parse(&row.0).ok())
+            .collect())
+    }
+
+    async fn pin(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .ref_unit(slice.as_str())
+            .await
+            .map_err(|e| self.err(format!("pinning {slice}"), e))?;
+        let now = self.stats.pinned.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_pinned.fetch_max(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn unpin(&self, slice: &SliceName) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .unref_unit(slice.as_str())
+            .await
+            .map_err(|e| self.err(format!("releasing {slice}"), e))?;
+        self.stats.pinned.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn reload(&self) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .reload()
+            .await
+            .map_err(|e| self.err("reloading systemd (Manager.Reload)", e))
+    }
+
+    async fn hold_loaded(&self, slices: &[SliceName]) -> Result<String, BusError> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "{HOLDER_PREFIX}{}-{}.service",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let after: Vec<&str> = slices.iter().map(SliceName::as_str).collect();
+        let exec: Vec<(&str, Vec<&str>, bool)> = vec![(
+            "/bin/sleep",
+            vec!["/bin/sleep", HOLDER_LIFETIME_SECS],
+            false,
+        )];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            (
+                "Description",
+                Value::from("ds01-slices: keeps ds01 slices loaded while their limits are written"),
+            ),
+            ("After", Value::from(after)),
+            ("ExecStart", Value::from(exec)),
+            ("CollectMode", Value::from("inactive-or-failed")),
+        ];
+        let _slot = self.slot().await;
+        self.manager
+            .start_transient_unit(&name, "fail", &props, &[])
+            .await
+            .map_err(|e| {
+                self.err(
+                    format!("starting holder unit {name} for {} slices", slices.len()),
+                    e,
+                )
+            })?;
+        Ok(name)
+    }
+
+    async fn release(&self, holder: &str) -> Result<(), BusError> {
+        let _slot = self.slot().await;
+        self.manager
+            .stop_unit(holder, "replace")
+            .await
+            .map(drop)
+            .map_err(|e| self.err(format!("stopping holder unit {holder}"), e))
+    }
+
+    async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
+        let pattern = format!("{HOLDER_PREFIX}*.service");
+        let _slot = self.slot().await;
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &[pattern.as_str()])
+            .await
+            .map_err(|e| self.err("listing holder units", e))?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
