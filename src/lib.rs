@@ -1,4 +1,16 @@
 //! ds01-slices: per-user aggregate resource limits on DS01's systemd slices.
+//!
+//! The layers, from the inside out (README, "Development", has a line per module):
+//! - the pure domain: [`model`] (names, values, properties, live state), [`config`] (files →
+//!   raw YAML → validated configuration; only `config::read` touches files), [`plan`] and
+//!   [`diff`]. None of them imports zbus, tokio or `std::fs` (`tests/it/architecture.rs`);
+//! - the I/O behind small types: [`systemd`] (the client trait and its D-Bus connection),
+//!   [`dropin`] (rendered files), [`state`] (ownership records, lock, the hook's cache),
+//!   [`cgroupfs`] (the kernel's limit files), [`atomic`] (the one way files are replaced);
+//! - the use cases in [`ops`], which return reports and print nothing;
+//! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
+#![deny(unsafe_code)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod atomic;
 pub mod cgroupfs;

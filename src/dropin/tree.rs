@@ -738,6 +738,7 @@ fn write_named(tmp: &Path, content: &str) -> io::Result<()> {
 
 /// Gives an O_TMPFILE file a temporary name, then renames it over `path`: `linkat` cannot
 /// replace an existing file, `rename` can, atomically.
+#[allow(unsafe_code)]
 fn link_and_rename(file: &File, dir: &Path, path: &Path) -> io::Result<()> {
     let tmp = temp_name(dir);
     let _ = fs::remove_file(&tmp);

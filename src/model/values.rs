@@ -116,7 +116,7 @@ impl fmt::Display for BusCpuQuota {
         let us = self.0;
         if us == BUS_INFINITY {
             f.write_str("infinity")
-        } else if us % USEC_PER_PERCENT == 0 {
+        } else if us.is_multiple_of(USEC_PER_PERCENT) {
             write!(f, "{}%", us / USEC_PER_PERCENT)
         } else {
             write!(

@@ -1,4 +1,5 @@
 mod apply;
+mod architecture;
 mod cli;
 mod dbus_contract;
 mod hook;
