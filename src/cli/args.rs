@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::ops;
+use crate::state::ownership::Ownership;
 use crate::state::DEFAULT_STATE_DIR;
 
 #[derive(Debug, Parser)]
@@ -193,6 +194,11 @@ impl Globals {
     /// `--timeout`, at least one second.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout.max(1))
+    }
+
+    /// The state under `--state-dir`, whose writers wait at most `--timeout` for the lock.
+    pub fn ownership(&self) -> Ownership {
+        Ownership::new(&self.state_dir).with_lock_wait(self.timeout())
     }
 
     /// The options the file backend and take-over need.

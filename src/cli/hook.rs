@@ -9,7 +9,6 @@ use crate::config::{self, Config};
 use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::ops;
-use crate::state::ownership::Ownership;
 use crate::systemd::{BusSystemd, WriteMode};
 use crate::trace;
 
@@ -52,7 +51,7 @@ pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
 /// accepted before (same digest of every file) is not validated again: only the user's own
 /// lines are taken. Any change to any file means a full validation, as for every command.
 fn hook_config(globals: &Globals, user: &UserName) -> Result<Config, CliError> {
-    let ownership = Ownership::new(&globals.state_dir);
+    let ownership = globals.ownership();
     let record = ownership.validated_config();
     let sources = config::Sources::read_trusting(&globals.config, record.as_deref())?;
     if sources.trusted() {
@@ -69,7 +68,7 @@ async fn hook_command(
     mode: WriteMode,
 ) -> CliResult {
     let t = Instant::now();
-    let ownership = Ownership::new(&globals.state_dir);
+    let ownership = globals.ownership();
     let (slice, report) = ops::hook::hook(sd, config, user, &ownership, mode).await?;
     trace::phase("hook: done", t);
     trace::report_bus("hook", sd.stats().waiting_ms);

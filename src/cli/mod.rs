@@ -142,7 +142,7 @@ fn load(cli: &Cli) -> Result<Config, CliError> {
 /// [`load`], keeping the record of the validated configuration for later hooks.
 fn load_remembered(cli: &Cli) -> Result<Config, CliError> {
     let sources = config::Sources::read(&cli.globals.config)?;
-    let ownership = Ownership::new(&cli.globals.state_dir);
+    let ownership = cli.globals.ownership();
     Ok(with_warnings_shown(remember_validated(
         &ownership, sources,
     )?))

@@ -41,6 +41,7 @@ pub fn print(globals: &Globals, config: &Config, report: &RenderReport) -> CliRe
     if !config.aggregate_limits {
         out::stderr("enforcement.aggregate_limits is false: no files are rendered; files ds01-slices rendered earlier are removed");
     }
+    out::notes(&report.notes);
     print_files(globals, report)?;
     let tp = &report.tree;
     for f in &tp.files {

@@ -11,7 +11,6 @@ use crate::model::names::UserName;
 use crate::model::property::Property;
 use crate::ops::verify::{self, KernelCheck, Status, VerifyReport};
 use crate::ops::Scope;
-use crate::state::ownership::Ownership;
 use crate::systemd::BusSystemd;
 
 pub async fn verify(
@@ -21,7 +20,7 @@ pub async fn verify(
     json: bool,
 ) -> CliResult {
     let sd = BusSystemd::connect(globals.bus.as_deref(), globals.timeout()).await?;
-    let ownership = Ownership::new(&globals.state_dir);
+    let ownership = globals.ownership();
     let mut report = verify::verify(
         &sd,
         config,

@@ -51,13 +51,32 @@ pub enum ApplyError {
     Bus(#[from] BusError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// A run ended by one error of the connection or of systemd as a whole.
+    #[error("{error} ({left} of {total} slices not done)")]
+    Stopped {
+        error: BusError,
+        left: usize,
+        total: usize,
+    },
+}
+
+impl ApplyError {
+    /// `e` with how far the run got, when it ended the run.
+    fn stopped(e: ApplyError, left: usize, total: usize) -> ApplyError {
+        match e {
+            ApplyError::Bus(error) if error.is_fatal() => {
+                ApplyError::Stopped { error, left, total }
+            }
+            other => other,
+        }
+    }
 }
 
 impl ExitStatus for ApplyError {
     fn exit_code(&self) -> Exit {
         match self {
             ApplyError::Resolve(e) => e.exit_code(),
-            ApplyError::Bus(e) => e.exit_code(),
+            ApplyError::Bus(e) | ApplyError::Stopped { error: e, .. } => e.exit_code(),
             ApplyError::State(e) => e.exit_code(),
         }
     }
@@ -84,7 +103,8 @@ pub async fn apply<S: Systemd>(
         }
     }
     let mut report = reconcile_and_write(sd, &desired, &owned, ownership, opts, &notes).await?;
-    report.notes = notes.into_vec();
+    report.notes = ownership.take_notes();
+    report.notes.extend(notes.into_vec());
     Ok(report)
 }
 
@@ -111,7 +131,7 @@ async fn reconcile_and_write<S: Systemd>(
         Ok(live) => live,
         Err(e) => {
             release(sd, holder, notes).await;
-            return Err(e.into());
+            return Err(ApplyError::stopped(e.into(), slices.len(), slices.len()));
         }
     };
     let (report, todo) = compare(desired, &slices, &live, owned, opts.force);
@@ -221,7 +241,10 @@ pub(super) async fn write_changes<S: Systemd>(
     }
     // With nothing to write the loop above never took the read holder.
     release(sd, read_holder.take(), notes).await;
-    result.map(|()| report)
+    let left = writes.saturating_sub(report.writes + report.failures.len());
+    result
+        .map(|()| report)
+        .map_err(|e| ApplyError::stopped(e, left, writes))
 }
 
 async fn write_batch<S: Systemd>(

@@ -123,7 +123,7 @@ pub async fn deploy(
             }
         },
     };
-    let ownership = Ownership::new(ctx.state_dir);
+    let ownership = Ownership::new(ctx.state_dir).with_lock_wait(ctx.timeout);
     // Files rendered earlier are taken over: D-Bus first gets every value they hold (hidden
     // from apply's reads so that it writes them), then they are removed.
     // With --bus naming another systemd, the default --root (this host) is not its root:

@@ -32,7 +32,8 @@ pub async fn hook<S: Systemd>(
     let plan = plan::plan_resolved(config, &resolved);
     let notes = Notes::default();
     let (slice, mut report) = ensure(sd, plan, resolved.slice, ownership, mode, &notes).await?;
-    report.notes = notes.into_vec();
+    report.notes = ownership.take_notes();
+    report.notes.extend(notes.into_vec());
     Ok((slice, report))
 }
 

@@ -39,6 +39,7 @@ pub struct RenderReport {
     pub dry_run: bool,
     /// What became of the reload: `None` when nothing changed for systemd.
     pub reload: Option<String>,
+    pub notes: Vec<String>,
 }
 
 impl RenderReport {
@@ -106,7 +107,7 @@ pub async fn render(
     opts: RenderOptions,
 ) -> Result<RenderReport, RenderRunError> {
     let plan = plan_for(config, user)?;
-    let ownership = Ownership::new(ctx.state_dir);
+    let ownership = Ownership::new(ctx.state_dir).with_lock_wait(ctx.timeout);
     let _lock = if opts.dry_run {
         None
     } else {
@@ -128,6 +129,7 @@ pub async fn render(
         executed,
         dry_run: opts.dry_run,
         reload,
+        notes: ownership.take_notes(),
     })
 }
 
@@ -169,7 +171,7 @@ pub fn verify_offline(
     user: Option<&UserName>,
 ) -> Result<OfflineReport, RenderRunError> {
     let plan = plan_for(config, user)?;
-    let ownership = Ownership::new(ctx.state_dir);
+    let ownership = Ownership::new(ctx.state_dir).with_lock_wait(ctx.timeout);
     let tp = tree::plan_tree(config, &plan, user, ctx.root, &ownership)?;
     Ok(tree::offline_check(&tp))
 }

@@ -171,7 +171,11 @@ pub async fn verify<S: Systemd>(
         holds,
         counts,
         slices,
-        notes: notes.into_vec(),
+        notes: ownership
+            .take_notes()
+            .into_iter()
+            .chain(notes.into_vec())
+            .collect(),
     })
 }
 

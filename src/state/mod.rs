@@ -18,6 +18,11 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read ownership record {path}: {source}; check its permissions (it must be readable by root), or remove it to forget what it records")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write ownership record {path}: {source}")]
     Write {
         path: PathBuf,
@@ -27,6 +32,12 @@ pub enum StateError {
     Lock {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("another ds01-slices {} has held the writer lock {path} for over {secs} s; nothing was changed. If it is stopped (Ctrl-Z), resume it (`kill -CONT`) or end it; if it is busy, retry later or raise --timeout", holder.map(|p| format!("(PID {p})")).unwrap_or_default())]
+    Busy {
+        path: PathBuf,
+        holder: Option<u32>,
+        secs: u64,
     },
 }
 

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::lock::{self, WriterLock};
 pub use super::StateError;
@@ -23,13 +25,66 @@ const VALIDATED_CONFIG: &str = "validated-config";
 #[derive(Debug, Clone)]
 pub struct Ownership {
     dir: PathBuf,
+    lock_wait: Duration,
+    notes: Arc<Mutex<Vec<String>>>,
 }
+
+/// A record lists at most the eight property names: anything near this size is not one.
+const MAX_RECORD_BYTES: u64 = 4096;
+
+enum Capped {
+    Missing,
+    NotAFile,
+    TooLarge,
+    NotText,
+    Text(String),
+}
+
+/// Reads `path` if it is a regular file of at most `cap` bytes, without following a symlink
+/// and without blocking on a FIFO.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Capped> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Capped::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Capped::NotAFile),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(Capped::NotAFile);
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Ok(Capped::TooLarge);
+    }
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => Capped::Text(text),
+        Err(_) => Capped::NotText,
+    })
+}
+
+/// How long a writer waits for the lock unless told otherwise (`--timeout`'s default).
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 impl Ownership {
     pub fn new(state_dir: &Path) -> Self {
         Ownership {
             dir: state_dir.to_owned(),
+            lock_wait: DEFAULT_LOCK_WAIT,
+            notes: Arc::default(),
         }
+    }
+
+    /// The same state, with writers waiting at most `wait` for the lock.
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     fn owned_dir(&self) -> PathBuf {
@@ -47,7 +102,7 @@ impl Ownership {
     /// Blocks until no other ds01-slices writer runs. Readers (verify, plan) never lock.
     pub fn lock(&self) -> Result<WriterLock, StateError> {
         self.ensure_dirs()?;
-        lock::lock(&self.dir.join("lock"))
+        lock::lock(&self.dir.join("lock"), self.lock_wait)
     }
 
     /// Every slice with a record, and the properties recorded for it.
@@ -70,16 +125,53 @@ impl Ownership {
         Ok(out)
     }
 
+    /// The properties recorded for `slice`. A record that is not a small regular text
+    /// file of property names is corrupt: it is read as owning every limit (so none we may
+    /// have set is forgotten), noted, and rewritten by the next write to that slice.
     pub fn read(&self, slice: &SliceName) -> Result<BTreeSet<Property>, StateError> {
         let path = self.owned_dir().join(slice.as_str());
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(text
-                .split_whitespace()
-                .filter_map(Property::from_bus_name)
-                .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-            Err(source) => Err(StateError::Dir { path, source }),
+        let corrupt = |why: String| {
+            self.note(format!(
+                "warning: ownership record {} is corrupt ({why}): read as owning every limit of {slice}; the next write to it replaces the record",
+                path.display()
+            ));
+            Ok(Property::LIMITS.into_iter().collect())
+        };
+        let text = match read_capped(&path, MAX_RECORD_BYTES) {
+            Ok(Capped::Text(text)) => text,
+            Ok(Capped::Missing) => return Ok(BTreeSet::new()),
+            Ok(Capped::NotAFile) => return corrupt("not a regular file".into()),
+            Ok(Capped::TooLarge) => return corrupt(format!("over {MAX_RECORD_BYTES} bytes")),
+            Ok(Capped::NotText) => return corrupt("not UTF-8 text".into()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let mut props = BTreeSet::new();
+        for word in text.split_whitespace() {
+            match Property::from_bus_name(word) {
+                Some(p) => {
+                    props.insert(p);
+                }
+                None => return corrupt(format!("unknown property {word:?}")),
+            }
         }
+        Ok(props)
+    }
+
+    fn note(&self, text: String) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(text);
+    }
+
+    /// What reading the records noticed (corrupt records), for the run's report.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .notes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// The record of the last configuration a full validation accepted (see
@@ -137,5 +229,29 @@ mod tests {
         let _lock = own.lock().unwrap();
         own.record(&slice, &BTreeSet::new()).unwrap();
         assert!(own.read_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_record_owns_every_limit_of_its_slice_only() {
+        let scratch = tempfile::tempdir().unwrap();
+        let own = Ownership::new(scratch.path());
+        let good = SliceName::parse("ds01-student-alice.slice").unwrap();
+        let bad = SliceName::parse("ds01-student-bob.slice").unwrap();
+        let big = SliceName::parse("ds01-student-carol.slice").unwrap();
+        own.record(&good, &[Property::TasksMax].into()).unwrap();
+        let owned = scratch.path().join("owned");
+        fs::write(owned.join(bad.as_str()), b"Memory\xffMax\n").unwrap();
+        fs::write(owned.join(big.as_str()), vec![b'M'; 10_000]).unwrap();
+        let all = own.read_all().unwrap();
+        let limits: BTreeSet<Property> = Property::LIMITS.into_iter().collect();
+        assert_eq!(all[&good], [Property::TasksMax].into());
+        assert_eq!(all[&bad], limits);
+        assert_eq!(all[&big], limits);
+        let notes = own.take_notes();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("ds01-student-bob.slice") && n.contains("not UTF-8")));
+        assert!(notes.iter().any(|n| n.contains("over 4096 bytes")));
     }
 }

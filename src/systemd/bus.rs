@@ -30,6 +30,10 @@ pub struct BusSystemd {
     address: String,
     slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<BusStats>,
+    /// The first error that ended the connection for us ([`BusError::ends_connection`]):
+    /// every later call fails with it at once, so a lost connection or a stopped systemd is
+    /// one error, not one per slice, and nothing more goes on the wire.
+    ended: Arc<std::sync::Mutex<Option<BusError>>>,
 }
 
 impl BusSystemd {
@@ -80,6 +84,7 @@ impl BusSystemd {
             address: shown,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             stats: Arc::new(BusStats::default()),
+            ended: Arc::default(),
         })
     }
 
@@ -87,23 +92,36 @@ impl BusSystemd {
         self.stats.snapshot()
     }
 
-    async fn slot(&self) -> CallSlot<'_> {
+    fn ended(&self) -> std::sync::MutexGuard<'_, Option<BusError>> {
+        // Plain data: a panic elsewhere cannot leave it half-written.
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn slot(&self) -> Result<CallSlot<'_>, BusError> {
+        if let Some(e) = self.ended().clone() {
+            return Err(e);
+        }
         // Invariant: this struct owns the semaphore and never closes it, so acquire cannot
         // fail.
         let permit = match self.slots.acquire().await {
             Ok(p) => p,
             Err(_) => unreachable_semaphore(),
         };
+        if let Some(e) = self.ended().clone() {
+            return Err(e);
+        }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
         if now == 1 {
             self.stats.busy().since = Some(std::time::Instant::now());
         }
-        CallSlot {
+        Ok(CallSlot {
             stats: &self.stats,
             _permit: permit,
-        }
+        })
     }
 
     pub fn address(&self) -> &str {
@@ -111,7 +129,14 @@ impl BusSystemd {
     }
 
     fn err(&self, what: impl Into<String>, e: zbus::Error) -> BusError {
-        BusError::from_zbus(what, e, self.timeout, &self.address)
+        let e = BusError::from_zbus(what, e, self.timeout, &self.address);
+        if e.ends_connection() {
+            let mut ended = self.ended();
+            if ended.is_none() {
+                *ended = Some(e.clone());
+            }
+        }
+        e
     }
 
     /// Checks that systemd answers, returning its version.
@@ -136,7 +161,7 @@ impl BusSystemd {
     ) -> Result<OwnedValue, BusError> {
         let path = proxies::unit_object_path(slice.as_str());
         let what = format!("reading {prop} of {slice}");
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         let reply = self
             .connection
             .call_method(
@@ -163,7 +188,7 @@ impl BusSystemd {
         interface: &str,
         what: &str,
     ) -> Result<HashMap<String, OwnedValue>, BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         let reply = self
             .connection
             .call_method(
@@ -289,7 +314,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .start_unit(slice.as_str(), "fail")
             .await
@@ -308,7 +333,7 @@ impl Systemd for BusSystemd {
             .map(|(p, v)| (p.bus_name(), to_value(*v)))
             .collect();
         let names: Vec<&str> = props.iter().map(|(p, _)| p.bus_name()).collect();
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .set_unit_properties(slice.as_str(), mode == WriteMode::Runtime, &values)
             .await
@@ -316,7 +341,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         let rows = self
             .manager
             .list_units_by_patterns(&[], &["ds01.slice", "ds01-*.slice"])
@@ -329,7 +354,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn pin(&self, slice: &SliceName) -> Result<(), BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .ref_unit(slice.as_str())
             .await
@@ -340,7 +365,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn unpin(&self, slice: &SliceName) -> Result<(), BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .unref_unit(slice.as_str())
             .await
@@ -350,7 +375,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn reload(&self) -> Result<(), BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .reload()
             .await
@@ -379,7 +404,7 @@ impl Systemd for BusSystemd {
             ("ExecStart", Value::from(exec)),
             ("CollectMode", Value::from("inactive-or-failed")),
         ];
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .start_transient_unit(&name, "fail", &props, &[])
             .await
@@ -393,7 +418,7 @@ impl Systemd for BusSystemd {
     }
 
     async fn release(&self, holder: &str) -> Result<(), BusError> {
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         self.manager
             .stop_unit(holder, "replace")
             .await
@@ -403,7 +428,7 @@ impl Systemd for BusSystemd {
 
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
         let pattern = format!("{HOLDER_PREFIX}*.service");
-        let _slot = self.slot().await;
+        let _slot = self.slot().await?;
         let rows = self
             .manager
             .list_units_by_patterns(&[], &[pattern.as_str()])

@@ -19,8 +19,16 @@ pub enum BusError {
     NoSuchUnit { what: String, detail: String },
     #[error("{what}: the bus refused the call because too many are pending (LimitsExceeded: {detail}); this is a bug in ds01-slices' pipelining, please report it")]
     LimitsExceeded { what: String, detail: String },
-    #[error("{what}: no answer from systemd within {secs} s; systemd may be overloaded (check `systemctl status`), retry later or raise --timeout")]
+    #[error("{what}: no answer from systemd within {secs} s; systemd may be stopped or overloaded (check `systemctl status`); nothing more was sent. Retry later or raise --timeout: a rerun converges")]
     Timeout { what: String, secs: u64 },
+    #[error("{what}: lost the connection to the system bus at {address} ({detail}); was dbus restarted? Nothing more was sent; rerun: it converges")]
+    Disconnected {
+        what: String,
+        address: String,
+        detail: String,
+    },
+    #[error("{what}: systemd left the bus at {address} without replying (re-executed or restarted?); nothing more was sent; rerun once `systemctl is-system-running` answers: it converges")]
+    SystemdLeft { what: String, address: String },
     #[error("{what}: systemd refused it: {name}: {detail}")]
     Refused {
         what: String,
@@ -41,6 +49,14 @@ const ABSENT_NAMES: [&str; 3] = [
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.Spawn.",
 ];
+
+fn lost_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | UnexpectedEof
+    )
+}
 
 fn names_absent_systemd(text: &str) -> bool {
     ABSENT_NAMES.iter().any(|n| text.contains(n))
@@ -93,6 +109,12 @@ impl BusError {
             }
             "NoSuchUnit" | "LoadFailed" => BusError::NoSuchUnit { what, detail },
             "LimitsExceeded" => BusError::LimitsExceeded { what, detail },
+            // dbus-daemon answers NoReply both when its reply timeout expires and when the
+            // callee left the bus (systemd re-executing) with the call unanswered.
+            "NoReply" if detail.contains("disconnected") => BusError::SystemdLeft {
+                what,
+                address: address.to_owned(),
+            },
             "NoReply" | "Timeout" | "TimedOut" => BusError::Timeout {
                 what,
                 secs: timeout.as_secs(),
@@ -116,6 +138,13 @@ impl BusError {
                 BusError::Timeout {
                     what,
                     secs: timeout.as_secs(),
+                }
+            }
+            zbus::Error::InputOutput(e) | zbus::Error::Connection(e, _) if lost_connection(&e) => {
+                BusError::Disconnected {
+                    what,
+                    address: address.to_owned(),
+                    detail: e.to_string(),
                 }
             }
             zbus::Error::Variant(e) => BusError::Protocol {
@@ -149,13 +178,27 @@ impl BusError {
         )
     }
 
-    /// The error is about the connection or our rights, not one unit: going on with the
-    /// other slices would only repeat it, so the whole run stops with this one message.
+    /// The error is about the connection, systemd as a whole or our rights, not one unit:
+    /// going on with the other slices would only repeat it, so the whole run stops with
+    /// this one message.
     pub fn is_fatal(&self) -> bool {
-        self.is_absent()
+        self.ends_connection()
             || matches!(
                 self,
                 BusError::AccessDenied { .. } | BusError::LimitsExceeded { .. }
+            )
+    }
+
+    /// After this error no further call is sent on the connection: systemd is gone, slow
+    /// beyond the timeout (a timed-out call still holds one of the bus's pending replies,
+    /// so sending more could exceed its limit), or the connection is lost.
+    pub fn ends_connection(&self) -> bool {
+        self.is_absent()
+            || matches!(
+                self,
+                BusError::Timeout { .. }
+                    | BusError::Disconnected { .. }
+                    | BusError::SystemdLeft { .. }
             )
     }
 
@@ -223,7 +266,7 @@ mod tests {
             what: "x".into(),
             secs: 1,
         };
-        assert!(slow.absence().is_none() && !slow.is_fatal());
+        assert!(slow.absence().is_none() && slow.is_fatal());
         let denied = BusError::AccessDenied {
             what: "x".into(),
             detail: "y".into(),
