@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::names::{SliceIdentity, SliceName};
 use crate::model::property::{BusValue, Property};
 
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -138,6 +139,29 @@ fn v1_dir(root: &Path, controllers: &[&str], rel: &str) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| root.join(controllers[0]));
     base.join(rel)
+}
+
+/// Whether the kernel may have a cgroup for `slice`, that is, whether systemd has realized it
+/// and it may hold tasks. Only a plain "not there" in every hierarchy means no: anything
+/// unclear counts as yes, so that the caller takes its careful path.
+pub fn may_be_realized(root: &Path, slice: &SliceName) -> bool {
+    let rel = control_group(slice);
+    [root.join(&rel), root.join("unified").join(&rel), root.join("systemd").join(&rel)]
+        .iter()
+        .any(|dir| !matches!(std::fs::symlink_metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound))
+}
+
+/// The cgroup systemd gives a slice: one directory per level of the name
+/// (`ds01.slice/ds01-g.slice/ds01-g-u.slice`).
+fn control_group(slice: &SliceName) -> PathBuf {
+    let root = SliceName::root();
+    match slice.identity() {
+        SliceIdentity::Root => PathBuf::from(root.as_str()),
+        SliceIdentity::Group(g) => Path::new(root.as_str()).join(SliceName::group(&g).as_str()),
+        SliceIdentity::User(g, _) => Path::new(root.as_str())
+            .join(SliceName::group(&g).as_str())
+            .join(slice.as_str()),
+    }
 }
 
 /// Whether the kernel's value matches the bus value systemd holds.

@@ -98,6 +98,17 @@ pub fn stale_limits<'a>(
         .filter(|(p, have)| *have != p.unset_value())
 }
 
+/// Whether a slice that is no longer desired (a group move, a removed user, a user made
+/// admin) keeps the limits we set on it for now: while its jobs still run, lifting them
+/// would set those jobs free. The next apply after they end lifts them.
+pub fn kept_while_busy(
+    desired: Option<&SliceSpec>,
+    live: &LiveSlice,
+    owned: &BTreeSet<Property>,
+) -> bool {
+    desired.is_none() && live.busy() && stale_limits(None, live).any(|(p, _)| owned.contains(&p))
+}
+
 /// The change that brings `live` to `desired`; `None` when nothing (not even our record)
 /// needs to change.
 pub fn diff(
@@ -105,6 +116,9 @@ pub fn diff(
     live: &LiveSlice,
     owned: &BTreeSet<Property>,
 ) -> Option<Change> {
+    if kept_while_busy(desired, live, owned) {
+        return None;
+    }
     let mut sets = Vec::new();
     if let Some(spec) = desired {
         for (p, want) in spec.properties.iter() {
@@ -196,6 +210,7 @@ mod tests {
             active_state: "inactive".into(),
             control_group: None,
             memory_current: None,
+            tasks_current: None,
             values: values.iter().copied().collect(),
             drop_in_paths: vec![],
         }

@@ -87,10 +87,17 @@ fn print_report(
             "changes": report.changes.iter().map(change_json).collect::<Vec<_>>(),
             "refused": report.refused.iter().map(change_json).collect::<Vec<_>>(),
             "failures": report.failures.iter().map(|(s, e)| serde_json::json!({"slice": s, "error": e})).collect::<Vec<_>>(),
+            "kept": report.kept.iter().map(|(s, tasks)| serde_json::json!({"slice": s, "tasks": tasks})).collect::<Vec<_>>(),
             "bus": bus,
         }))?;
     } else {
         let mut text = changes_text(&report.changes);
+        for (slice, tasks) in &report.kept {
+            text.push_str(&format!(
+                "  {slice} (stale, still active: {}; keeps its limits until they end)\n",
+                tasks_text(*tasks)
+            ));
+        }
         let writing = report.changes.iter().filter(|c| c.writes()).count();
         if writing == 0 && !failed {
             text.push_str(&format!(
@@ -171,4 +178,13 @@ pub fn changes_text(changes: &[Change]) -> String {
         }
     }
     out
+}
+
+/// `5 tasks`, or that the count is unknown.
+pub fn tasks_text(tasks: Option<u64>) -> String {
+    match tasks {
+        Some(1) => "1 task".to_owned(),
+        Some(n) => format!("{n} tasks"),
+        None => "tasks unknown".to_owned(),
+    }
 }

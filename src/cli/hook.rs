@@ -69,7 +69,11 @@ async fn hook_command(
 ) -> CliResult {
     let t = Instant::now();
     let ownership = globals.ownership();
-    let (slice, report) = ops::hook::hook(sd, config, user, &ownership, mode).await?;
+    let opts = ops::hook::HookOptions {
+        mode,
+        cgroup_root: &globals.cgroup_root,
+    };
+    let (slice, report) = ops::hook::hook(sd, config, user, &ownership, opts).await?;
     trace::phase("hook: done", t);
     trace::report_bus("hook", sd.stats().waiting_ms);
     out::notes(&report.notes);

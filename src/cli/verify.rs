@@ -43,10 +43,15 @@ fn text(report: &VerifyReport) -> String {
     let mut out = String::new();
     for s in &report.slices {
         let state = if s.active { "active" } else { "inactive" };
-        let stale = if s.stale {
-            ", stale: not in the configuration"
+        let stale = if s.kept {
+            format!(
+                ", stale, still active: {}",
+                super::apply::tasks_text(s.tasks)
+            )
+        } else if s.stale {
+            ", stale: not in the configuration".to_owned()
         } else {
-            ""
+            String::new()
         };
         let _ = writeln!(out, "{} ({state}{stale})", s.slice);
         if let Some(e) = &s.error {
@@ -78,6 +83,14 @@ fn text(report: &VerifyReport) -> String {
                 ),
                 Status::KernelMismatch => format!(
                     "kernel   {setting}: systemd holds {}, the kernel does not",
+                    p.actual
+                ),
+                Status::KernelUnreadable => format!(
+                    "unread   {setting}={}: the kernel's file could not be read to confirm it",
+                    p.actual
+                ),
+                Status::Kept => format!(
+                    "kept     {setting}={} until the slice's jobs end (then apply lifts it)",
                     p.actual
                 ),
             };
@@ -133,8 +146,19 @@ fn text(report: &VerifyReport) -> String {
         c.kernel_mismatch,
         c.errors
     );
+    // Appended, not inserted: scripts may parse the line above.
+    let mut extra = Vec::new();
+    if c.kernel_unreadable > 0 {
+        extra.push(format!("{} kernel values unreadable", c.kernel_unreadable));
+    }
+    if c.kept > 0 {
+        extra.push(format!("{} stale limits kept while their jobs run", c.kept));
+    }
+    if !extra.is_empty() {
+        out.truncate(out.trim_end().len());
+        let _ = writeln!(out, ", {}", extra.join(", "));
+    }
     if c.contradictions > 0 {
-        // Appended, not inserted: scripts may parse the line above.
         out.truncate(out.trim_end().len());
         let _ = writeln!(
             out,

@@ -14,6 +14,8 @@ pub struct LiveSlice {
     pub control_group: Option<String>,
     /// Bytes in use, when systemd knows (active slices with memory accounting).
     pub memory_current: Option<u64>,
+    /// Tasks in the slice's cgroup, when systemd knows (active slices with tasks accounting).
+    pub tasks_current: Option<u64>,
     pub values: BTreeMap<Property, BusValue>,
     pub drop_in_paths: Vec<String>,
 }
@@ -23,6 +25,12 @@ impl LiveSlice {
         self.active_state == "active"
             || self.active_state == "activating"
             || self.active_state == "reloading"
+    }
+
+    /// Whether jobs may still run in the slice: active with tasks, or active and the count
+    /// unknown (which counts as busy).
+    pub fn busy(&self) -> bool {
+        self.is_active() && self.tasks_current != Some(0)
     }
 
     pub fn value(&self, p: Property) -> BusValue {

@@ -33,6 +33,9 @@ pub struct ApplyReport {
     /// SetUnitProperties calls made.
     pub writes: usize,
     pub slices_checked: usize,
+    /// Stale slices that keep their limits while their jobs run, with the number of tasks
+    /// (`None`: unknown, which counts as running).
+    pub kept: Vec<(SliceName, Option<u64>)>,
     pub notes: Vec<String>,
 }
 
@@ -162,11 +165,12 @@ pub(super) fn compare(
                 continue;
             }
         };
-        let Some(change) = diff::diff(
-            desired[slice].as_ref(),
-            live,
-            owned.get(slice).unwrap_or(&empty),
-        ) else {
+        let owned = owned.get(slice).unwrap_or(&empty);
+        if diff::kept_while_busy(desired[slice].as_ref(), live, owned) {
+            report.kept.push((slice.clone(), live.tasks_current));
+            continue;
+        }
+        let Some(change) = diff::diff(desired[slice].as_ref(), live, owned) else {
             continue;
         };
         if change.memory_below_usage.is_some() && !force {

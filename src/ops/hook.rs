@@ -4,15 +4,18 @@
 //! outside its limits.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use super::apply::{compare, write_changes, ApplyError, ApplyOptions, ApplyReport};
 use super::Notes;
+use crate::cgroupfs;
 use crate::config::{Config, ResolveError};
 use crate::diff::{self, Change};
 use crate::error::{Exit, ExitStatus};
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceKind, SliceName, UserName};
 use crate::model::property::Property;
+use crate::model::values::MemoryLimit;
 use crate::plan::{self, SliceSpec};
 use crate::state::ownership::Ownership;
 use crate::state::StateError;
@@ -26,15 +29,23 @@ pub async fn hook<S: Systemd>(
     config: &Config,
     user: &UserName,
     ownership: &Ownership,
-    mode: WriteMode,
+    opts: HookOptions<'_>,
 ) -> Result<(SliceName, ApplyReport), HookError> {
     let resolved = config.resolve(user)?;
     let plan = plan::plan_resolved(config, &resolved);
     let notes = Notes::default();
-    let (slice, mut report) = ensure(sd, plan, resolved.slice, ownership, mode, &notes).await?;
+    let (slice, mut report) = ensure(sd, plan, resolved.slice, ownership, opts, &notes).await?;
     report.notes = ownership.take_notes();
     report.notes.extend(notes.into_vec());
     Ok((slice, report))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HookOptions<'a> {
+    pub mode: WriteMode,
+    /// Where the kernel's cgroups are: a slice with no record of ours is written without
+    /// being read only when it has no cgroup (so no task that a lower limit could kill).
+    pub cgroup_root: &'a Path,
 }
 
 async fn ensure<S: Systemd>(
@@ -42,7 +53,7 @@ async fn ensure<S: Systemd>(
     plan: plan::Plan,
     slice: SliceName,
     ownership: &Ownership,
-    mode: WriteMode,
+    hook_opts: HookOptions<'_>,
     notes: &Notes,
 ) -> Result<(SliceName, ApplyReport), HookError> {
     let desired: BTreeMap<SliceName, Option<SliceSpec>> = plan
@@ -53,15 +64,18 @@ async fn ensure<S: Systemd>(
     let names: Vec<SliceName> = desired.keys().cloned().collect();
     // Without the lock: most containers start on a slice that is already right.
     let owned_now = read_owned(ownership, &names)?;
+    // Never forced: lowering MemoryMax below what a running slice uses would OOM-kill the
+    // user's jobs; the hook refuses instead, as apply does without --force.
     let opts = ApplyOptions {
-        mode,
+        mode: hook_opts.mode,
         dry_run: false,
-        force: true,
+        force: false,
     };
     let unrecorded = |owned: &BTreeMap<SliceName, BTreeSet<Property>>| {
         let spec = desired.get(&slice).and_then(Option::as_ref);
         spec.is_some_and(|s| !s.properties.is_empty())
             && owned.get(&slice).is_none_or(BTreeSet::is_empty)
+            && !cgroupfs::may_be_realized(hook_opts.cgroup_root, &slice)
     };
     if unrecorded(&owned_now) {
         // A user slice we have never written cannot be in sync with our records: it is
@@ -85,7 +99,8 @@ async fn ensure<S: Systemd>(
     }
     start_stopped_parents(sd, &desired, &names, &live, notes).await?;
     let t = trace::phase("hook: read", t);
-    let (_, todo) = compare(&desired, &names, &live, &owned_now, opts.force);
+    let (checked, todo) = compare(&desired, &names, &live, &owned_now, opts.force);
+    refuse_lowering(&checked)?;
     if todo.is_empty() {
         trace::phase("hook: compare", t);
         return Ok((
@@ -140,12 +155,29 @@ async fn write_unread_leaf<S: Systemd>(
     let parents_live = parents_live?;
     start_stopped_parents(sd, desired, &parents, &parents_live, notes).await?;
     let (checked, todo) = compare(desired, &parents, &parents_live, owned, opts.force);
+    refuse_lowering(&checked)?;
     let parents_report =
         complete(write_changes(sd, checked, todo, owned, ownership, opts, None, notes).await?)?;
     report.writes += parents_report.writes;
     report.changes.extend(parents_report.changes);
     report.slices_checked = desired.len();
     Ok(report)
+}
+
+/// The error for a MemoryMax that would OOM-kill running jobs, if the comparison refused one.
+fn refuse_lowering(report: &ApplyReport) -> Result<(), HookError> {
+    match report
+        .refused
+        .iter()
+        .find_map(|c| Some((c, c.memory_below_usage?)))
+    {
+        Some((change, (usage, max))) => Err(HookError::MemoryBelowUsage {
+            slice: change.slice.clone(),
+            usage: MemoryLimit::Bytes(usage),
+            max: MemoryLimit::Bytes(max),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A hook's report, or the error that keeps the container from starting unlimited.
@@ -178,6 +210,12 @@ pub enum HookError {
     State(#[from] StateError),
     #[error("could not set the limits of {0}: {1}; the container was not started so that it cannot run unlimited")]
     Incomplete(SliceName, String),
+    #[error("refused {slice}: the configured MemoryMax {max} is below the {usage} its jobs use now; writing it would OOM-kill them, so the container was not started. Lower it deliberately with 'ds01-slices apply --force --user USER', or wait until the jobs use less")]
+    MemoryBelowUsage {
+        slice: SliceName,
+        usage: MemoryLimit,
+        max: MemoryLimit,
+    },
 }
 
 impl ExitStatus for HookError {
@@ -187,7 +225,7 @@ impl ExitStatus for HookError {
             HookError::Bus(e) => e.exit_code(),
             HookError::Apply(e) => e.exit_code(),
             HookError::State(e) => e.exit_code(),
-            HookError::Incomplete(..) => Exit::Failure,
+            HookError::Incomplete(..) | HookError::MemoryBelowUsage { .. } => Exit::Failure,
         }
     }
 }

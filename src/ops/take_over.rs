@@ -123,6 +123,7 @@ mod tests {
                 active_state: "inactive".into(),
                 control_group: None,
                 memory_current: None,
+                tasks_current: None,
                 values: [
                     (Property::MemoryMax, BusValue::U64(96 << 30)),
                     (Property::TasksMax, BusValue::U64(100)),

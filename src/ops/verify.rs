@@ -30,6 +30,10 @@ pub enum Status {
     Stale,
     /// The kernel does not hold what systemd says.
     KernelMismatch,
+    /// systemd holds the value, but the kernel's file could not be read to confirm it.
+    KernelUnreadable,
+    /// A stale limit kept on purpose: the slice's jobs still run (see `diff::kept_while_busy`).
+    Kept,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +64,10 @@ pub struct SliceCheck {
     pub kind: SliceKind,
     pub active: bool,
     pub stale: bool,
+    /// Tasks in the slice, when systemd reports them.
+    pub tasks: Option<u64>,
+    /// Stale, but keeping its limits while its jobs run.
+    pub kept: bool,
     pub properties: Vec<PropertyCheck>,
     pub drop_in_paths: Vec<String>,
     /// Rendered values that a D-Bus drop-in overrides with another value: a contradiction.
@@ -75,6 +83,8 @@ pub struct Counts {
     pub missing: usize,
     pub stale: usize,
     pub kernel_mismatch: usize,
+    pub kernel_unreadable: usize,
+    pub kept: usize,
     pub errors: usize,
     pub contradictions: usize,
 }
@@ -137,6 +147,8 @@ pub async fn verify<S: Systemd>(
                 kind: name.kind(),
                 active: false,
                 stale: false,
+                tasks: None,
+                kept: false,
                 properties: Vec::new(),
                 drop_in_paths: Vec::new(),
                 shadowed: Vec::new(),
@@ -162,11 +174,18 @@ pub async fn verify<S: Systemd>(
                 Status::Missing => counts.missing += 1,
                 Status::Stale => counts.stale += 1,
                 Status::KernelMismatch => counts.kernel_mismatch += 1,
+                Status::KernelUnreadable => counts.kernel_unreadable += 1,
+                Status::Kept => counts.kept += 1,
             }
         }
     }
-    let holds =
-        counts.drift + counts.missing + counts.stale + counts.kernel_mismatch + counts.errors == 0;
+    let holds = counts.drift
+        + counts.missing
+        + counts.stale
+        + counts.kernel_mismatch
+        + counts.kernel_unreadable
+        + counts.errors
+        == 0;
     Ok(VerifyReport {
         holds,
         counts,
@@ -245,19 +264,23 @@ pub fn check_slice(
             });
         }
     }
-    // A limit still in force that the configuration does not ask for: reported when we set
-    // it, and on a slice that should have none at all, whoever set it.
+    // Every limit in force that the configuration does not ask for, whoever set it (apply
+    // takes back only its own; the others are for the admin to see).
+    let kept = diff::kept_while_busy(desired, live, owned);
     for (p, have) in diff::stale_limits(desired, live) {
-        let ours = owned.contains(&p);
-        if ours || desired.is_none() {
-            properties.push(stale_check(p, have, ours, kernel_for(p, have)));
+        let mut check = stale_check(p, have, owned.contains(&p), kernel_for(p, have));
+        if kept && check.owned {
+            check.status = Status::Kept;
         }
+        properties.push(check);
     }
     SliceCheck {
         slice: live.slice.clone(),
         kind: live.slice.kind(),
         active: live.is_active(),
         stale: desired.is_none(),
+        tasks: live.tasks_current,
+        kept,
         properties,
         drop_in_paths: live.drop_in_paths.clone(),
         shadowed: Vec::new(),

@@ -284,6 +284,7 @@ impl Systemd for BusSystemd {
             }
         }
         let memory_current = as_u64(props.get("MemoryCurrent")).filter(|n| *n != u64::MAX);
+        let tasks_current = as_u64(props.get("TasksCurrent")).filter(|n| *n != u64::MAX);
         let control_group = as_string(props.get("ControlGroup")).filter(|s| !s.is_empty());
         // A slice has a cgroup exactly while it is started; read_unit_state tells precisely.
         let active_state = if control_group.is_some() {
@@ -297,6 +298,7 @@ impl Systemd for BusSystemd {
             active_state: active_state.to_owned(),
             control_group,
             memory_current,
+            tasks_current,
             values,
             drop_in_paths: Vec::new(),
         })
