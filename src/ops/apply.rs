@@ -54,6 +54,12 @@ pub enum ApplyError {
     Bus(#[from] BusError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("--runtime cannot take effect on {slice}: {file} holds a persistent {setting} set over D-Bus earlier, which shadows runtime values of the same setting; nothing was changed. Apply without --runtime, or remove the persistent values first ('systemctl revert {slice}' removes every value set over D-Bus)")]
+    RuntimeShadowed {
+        slice: SliceName,
+        setting: &'static str,
+        file: String,
+    },
     /// A run ended by one error of the connection or of systemd as a whole.
     #[error("{error} ({left} of {total} slices not done)")]
     Stopped {
@@ -81,6 +87,7 @@ impl ExitStatus for ApplyError {
             ApplyError::Resolve(e) => e.exit_code(),
             ApplyError::Bus(e) | ApplyError::Stopped { error: e, .. } => e.exit_code(),
             ApplyError::State(e) => e.exit_code(),
+            ApplyError::RuntimeShadowed { .. } => Exit::Usage,
         }
     }
 }
@@ -211,6 +218,12 @@ pub(super) async fn write_changes<S: Systemd>(
         report.changes = todo;
         return Ok(report);
     }
+    if opts.mode == WriteMode::Runtime {
+        if let Err(e) = check_runtime_takes_effect(sd, &todo).await {
+            release(sd, read_holder.take(), notes).await;
+            return Err(e);
+        }
+    }
     let mut result = Ok(());
     for chunk in todo.chunks(chunk) {
         let writing: Vec<SliceName> = chunk
@@ -249,6 +262,32 @@ pub(super) async fn write_changes<S: Systemd>(
     result
         .map(|()| report)
         .map_err(|e| ApplyError::stopped(e, left, writes))
+}
+
+/// systemd reads `/etc/systemd/system.control` before `/run/systemd/system.control`, so a
+/// persistent `50-<Setting>.conf` hides the runtime file of the same name: a runtime write
+/// of that setting would report success and change nothing.
+async fn check_runtime_takes_effect<S: Systemd>(sd: &S, todo: &[Change]) -> Result<(), ApplyError> {
+    let writing: Vec<&Change> = todo.iter().filter(|c| c.writes()).collect();
+    let states = pipeline::bounded(&writing, |c| sd.read_unit_state(&c.slice)).await;
+    for (change, state) in writing.iter().zip(states) {
+        let state = state?;
+        for set in &change.sets {
+            let name = format!(
+                "/etc/systemd/system.control/{}.d/50-{}.conf",
+                change.slice,
+                set.property.unit_setting()
+            );
+            if let Some(file) = state.drop_in_paths.iter().find(|p| p.ends_with(&name)) {
+                return Err(ApplyError::RuntimeShadowed {
+                    slice: change.slice.clone(),
+                    setting: set.property.unit_setting(),
+                    file: file.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn write_batch<S: Systemd>(

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::live::LiveSlice;
+use crate::model::live::{LiveSlice, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 use crate::systemd::{BusError, Systemd, WriteMode};
@@ -32,6 +32,10 @@ impl<S: Systemd> Systemd for RenderedMask<'_, S> {
             }
         }
         Ok(live)
+    }
+
+    async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError> {
+        self.inner.read_unit_state(slice).await
     }
 
     async fn set_properties(
@@ -89,6 +93,9 @@ mod tests {
     impl Systemd for Fake {
         async fn read_slice(&self, _: &SliceName) -> Result<LiveSlice, BusError> {
             Ok(self.live.clone())
+        }
+        async fn read_unit_state(&self, _: &SliceName) -> Result<UnitState, BusError> {
+            Ok(UnitState::default())
         }
         async fn set_properties(
             &self,

@@ -22,9 +22,8 @@ pub trait Systemd {
     /// The slice's properties (one call). `active_state` is inferred from its cgroup and
     /// `drop_in_paths` is empty: [`Systemd::read_unit_state`] has both.
     async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError>;
-    async fn read_unit_state(&self, _slice: &SliceName) -> Result<UnitState, BusError> {
-        Ok(UnitState::default())
-    }
+    /// The slice's exact state and drop-in files (two calls).
+    async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError>;
     async fn set_properties(
         &self,
         slice: &SliceName,
