@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, ResolveError, ResolvedUser};
+use crate::config::{Aggregate, Config, ResolveError, ResolvedUser};
 use crate::model::names::SliceKind;
 use crate::model::names::{GroupName, SliceName, UserName};
 use crate::model::property::Properties;
@@ -54,12 +54,15 @@ pub fn user_spec(user: &ResolvedUser) -> SliceSpec {
         kind: SliceKind::User,
         group: Some(user.group.clone()),
         user: Some(user.name.clone()),
-        properties: user
-            .aggregate
-            .as_ref()
-            .map(|a| Properties::limits(a.cpu_quota, a.memory_max, a.memory_high, a.tasks_max))
-            .unwrap_or_default(),
+        properties: limits(user.aggregate.as_ref()),
     }
+}
+
+/// The properties of a user slice with these effective limits (`None`: uncapped).
+pub fn limits(aggregate: Option<&Aggregate>) -> Properties {
+    aggregate
+        .map(|a| Properties::limits(a.cpu_quota, a.memory_max, a.memory_high, a.tasks_max))
+        .unwrap_or_default()
 }
 
 /// The desired state of every managed slice: `ds01.slice`, each group's slice, and each
