@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Aggregate, Config, ResolveError, ResolvedUser};
+use crate::config::{Aggregate, Config, HookTarget, ResolveError, ResolvedUser};
 use crate::model::names::SliceKind;
 use crate::model::names::{GroupName, SliceName, UserName};
 use crate::model::property::Properties;
@@ -98,6 +98,27 @@ pub fn plan_resolved(config: &Config, resolved: &ResolvedUser) -> Plan {
             root_spec(),
             group_spec(&resolved.group),
             user_spec(resolved),
+        ],
+    }
+}
+
+/// The hook's plan, from the record's answer or a full validation's: the same as
+/// [`plan_resolved`] for the user the target was made for.
+pub fn plan_hook(target: &HookTarget) -> Plan {
+    if !target.aggregate_limits {
+        return Plan { slices: Vec::new() };
+    }
+    Plan {
+        slices: vec![
+            root_spec(),
+            group_spec(&target.group),
+            SliceSpec {
+                slice: target.slice.clone(),
+                kind: SliceKind::User,
+                group: Some(target.group.clone()),
+                user: Some(target.user.clone()),
+                properties: target.properties.clone(),
+            },
         ],
     }
 }

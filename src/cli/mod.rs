@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
-use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
+use crate::config::{self, Config, HookTarget, DEFAULT_CONFIG_PATH};
 use crate::error::{Exit, UsageError};
 use crate::model::diagnostics::{Diagnostic, Severity};
 use crate::model::names::SliceKind;
@@ -297,7 +297,7 @@ impl HookCli {
 fn run_hook(globals: &Globals, user: &str, runtime: bool) -> anyhow::Result<Exit> {
     let t = std::time::Instant::now();
     let user = parse_user(user)?;
-    let config = hook_config(globals, &user)?;
+    let target = hook_config(globals, &user)?;
     let t = crate::trace::phase("hook: load configuration", t);
     let rt = async_runtime()?;
     let sd = rt.block_on(connect(globals))?;
@@ -307,35 +307,29 @@ fn run_hook(globals: &Globals, user: &str, runtime: bool) -> anyhow::Result<Exit
     } else {
         WriteMode::Persistent
     };
-    let exit = rt.block_on(hook_command(globals, &sd, &config, &user, mode));
+    let exit = rt.block_on(hook_command(globals, &sd, &target, mode));
     // The process ends right here and the kernel closes the socket: shutting the runtime and
-    // connection down cost a hook ~0.2 ms (and freeing the configuration as much again at
-    // 1,000 users) for nothing.
-    std::mem::forget((config, sd, rt));
+    // connection down cost a hook ~0.2 ms for nothing.
+    std::mem::forget((sd, rt));
     exit
 }
 
-/// The configuration as far as `user` needs it. A configuration that a full validation
-/// accepted before (same digest of every file) is not validated again: only the user's own
-/// lines are taken. Any change to any file means a full validation, as for every command.
-fn hook_config(globals: &Globals, user: &UserName) -> anyhow::Result<Config> {
+/// What the configuration says about `user`. The answer of a full validation whose files are
+/// all unchanged (same digest of every file) is taken from its record; any change to any file
+/// means a full validation, as for every command.
+fn hook_config(globals: &Globals, user: &UserName) -> anyhow::Result<HookTarget> {
     let ownership = Ownership::new(&globals.state_dir);
     let record = ownership.validated_config();
-    let sources = config::Sources::read_trusting(&globals.config, record.as_deref())?;
-    if sources.trusted() {
-        return Ok(sources.trusted_for_user(user)?);
-    }
-    remember_validated(&ownership, sources)
+    let (target, record) = config::for_hook(&globals.config, record.as_deref(), user)?;
+    remember_validated(&ownership, record);
+    Ok(target)
 }
 
-/// Validates `sources` in full and keeps their record for later hooks.
-fn remember_validated(ownership: &Ownership, sources: config::Sources) -> anyhow::Result<Config> {
-    let record = sources.remembered();
-    let config = sources.validate()?;
+/// Keeps the record of a full validation for later hooks.
+fn remember_validated(ownership: &Ownership, record: Option<String>) {
     if let Some(record) = record {
         ownership.record_validated_config(&record);
     }
-    Ok(config)
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<Exit>>>(f: F) -> anyhow::Result<Exit> {
@@ -555,13 +549,12 @@ fn print_apply_report(
 async fn hook_command(
     globals: &Globals,
     sd: &BusSystemd,
-    config: &Config,
-    user: &UserName,
+    target: &HookTarget,
     mode: WriteMode,
 ) -> anyhow::Result<Exit> {
     let t = std::time::Instant::now();
     let ownership = Ownership::new(&globals.state_dir);
-    let (slice, _report) = apply::hook(sd, config, user, &ownership, mode).await?;
+    let (slice, _report) = apply::hook(sd, target, &ownership, mode).await?;
     crate::trace::phase("hook: done", t);
     crate::trace::report_bus("hook", sd.stats().waiting_ms);
     write_stdout(&format!("{slice}\n"))?;
@@ -599,11 +592,9 @@ pub fn load(cli: &Cli) -> anyhow::Result<Config> {
 /// [`load`], keeping the record of the validated configuration for later hooks (see
 /// `hook_config`).
 fn load_remembered(cli: &Cli) -> anyhow::Result<Config> {
-    let sources = config::Sources::read(&cli.globals.config)?;
-    let ownership = Ownership::new(&cli.globals.state_dir);
-    Ok(with_warnings_shown(remember_validated(
-        &ownership, sources,
-    )?))
+    let (config, record) = config::load_recorded(&cli.globals.config)?;
+    remember_validated(&Ownership::new(&cli.globals.state_dir), record);
+    Ok(with_warnings_shown(config))
 }
 
 fn with_warnings_shown(config: Config) -> Config {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::config::Config;
+use crate::config::{Config, HookTarget};
 use crate::diff::{self, Change, ChangeKind};
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceIdentity, SliceName, UserName};
@@ -467,14 +467,12 @@ fn intent_of(
 /// limits, cheaply when they already do. Returns the slice to use as cgroup parent.
 pub async fn hook<S: Systemd>(
     sd: &S,
-    config: &Config,
-    user: &UserName,
+    target: &HookTarget,
     ownership: &Ownership,
     mode: WriteMode,
 ) -> Result<(SliceName, ApplyReport), HookError> {
-    let resolved = config.resolve(user)?;
-    let plan = plan::plan_resolved(config, &resolved);
-    let slice = resolved.slice;
+    let plan = plan::plan_hook(target);
+    let slice = target.slice.clone();
     let desired: BTreeMap<SliceName, Option<SliceSpec>> = plan
         .slices
         .into_iter()
