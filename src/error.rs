@@ -37,21 +37,3 @@ impl ExitStatus for UsageError {
         Exit::Usage
     }
 }
-
-impl ExitStatus for crate::model::names::NameError {
-    fn exit_code(&self) -> Exit {
-        Exit::Usage
-    }
-}
-
-impl ExitStatus for crate::config::ConfigError {
-    fn exit_code(&self) -> Exit {
-        Exit::Usage
-    }
-}
-
-impl ExitStatus for crate::config::ResolveError {
-    fn exit_code(&self) -> Exit {
-        Exit::Usage
-    }
-}

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, ResolveError, ResolvedUser};
+use crate::config::{Aggregate, Config, HookTarget, ResolveError, ResolvedUser};
 use crate::model::names::SliceKind;
 use crate::model::names::{GroupName, SliceName, UserName};
 use crate::model::property::Properties;
@@ -54,12 +54,15 @@ pub fn user_spec(user: &ResolvedUser) -> SliceSpec {
         kind: SliceKind::User,
         group: Some(user.group.clone()),
         user: Some(user.name.clone()),
-        properties: user
-            .aggregate
-            .as_ref()
-            .map(|a| Properties::limits(a.cpu_quota, a.memory_max, a.memory_high, a.tasks_max))
-            .unwrap_or_default(),
+        properties: limits(user.aggregate.as_ref()),
     }
+}
+
+/// The properties of a user slice with these effective limits (`None`: uncapped).
+pub fn limits(aggregate: Option<&Aggregate>) -> Properties {
+    aggregate
+        .map(|a| Properties::limits(a.cpu_quota, a.memory_max, a.memory_high, a.tasks_max))
+        .unwrap_or_default()
 }
 
 /// The desired state of every managed slice: `ds01.slice`, each group's slice, and each
@@ -95,6 +98,27 @@ pub fn plan_resolved(config: &Config, resolved: &ResolvedUser) -> Plan {
             root_spec(),
             group_spec(&resolved.group),
             user_spec(resolved),
+        ],
+    }
+}
+
+/// The hook's plan, from the record's answer or a full validation's: the same as
+/// [`plan_resolved`] for the user the target was made for.
+pub fn plan_hook(target: &HookTarget) -> Plan {
+    if !target.aggregate_limits {
+        return Plan { slices: Vec::new() };
+    }
+    Plan {
+        slices: vec![
+            root_spec(),
+            group_spec(&target.group),
+            SliceSpec {
+                slice: target.slice.clone(),
+                kind: SliceKind::User,
+                group: Some(target.group.clone()),
+                user: Some(target.user.clone()),
+                properties: target.properties.clone(),
+            },
         ],
     }
 }

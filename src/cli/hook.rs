@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::args::{Globals, HookCli, HookCommand, HookOnly};
 use super::exit::{CliError, CliResult};
 use super::{out, parse_user, remember_validated};
-use crate::config::{self, Config};
+use crate::config::{self, HookTarget};
 use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::ops;
@@ -26,7 +26,7 @@ pub fn run(cli: HookCli) -> CliResult {
 pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
     let t = Instant::now();
     let user = parse_user(user)?;
-    let config = hook_config(globals, &user)?;
+    let target = hook_config(globals, &user)?;
     let t = trace::phase("hook: load configuration", t);
     let rt = super::async_runtime()?;
     let sd = rt.block_on(BusSystemd::connect(
@@ -39,32 +39,28 @@ pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
     } else {
         WriteMode::Persistent
     };
-    let exit = rt.block_on(hook_command(globals, &sd, &config, &user, mode));
+    let exit = rt.block_on(hook_command(globals, &sd, &target, mode));
     // The process ends right after this and the kernel closes the socket: shutting the
-    // runtime and connection down cost a hook ~0.2 ms (and freeing the configuration as much
-    // again at 1,000 users) for nothing.
-    std::mem::forget((config, sd, rt));
+    // runtime and connection down cost a hook ~0.2 ms for nothing.
+    std::mem::forget((sd, rt));
     exit
 }
 
-/// The configuration as far as `user` needs it. A configuration that a full validation
-/// accepted before (same digest of every file) is not validated again: only the user's own
-/// lines are taken. Any change to any file means a full validation, as for every command.
-fn hook_config(globals: &Globals, user: &UserName) -> Result<Config, CliError> {
+/// What the configuration says about `user`. The answer of a full validation whose files are
+/// all unchanged (same digest of every file) is taken from its record; any change to any file
+/// means a full validation, as for every command.
+fn hook_config(globals: &Globals, user: &UserName) -> Result<HookTarget, CliError> {
     let ownership = globals.ownership();
     let record = ownership.validated_config();
-    let sources = config::Sources::read_trusting(&globals.config, record.as_deref())?;
-    if sources.trusted() {
-        return Ok(sources.trusted_for_user(user)?);
-    }
-    remember_validated(&ownership, sources)
+    let (target, record) = config::for_hook(&globals.config, record.as_deref(), user)?;
+    remember_validated(&ownership, record);
+    Ok(target)
 }
 
 async fn hook_command(
     globals: &Globals,
     sd: &BusSystemd,
-    config: &Config,
-    user: &UserName,
+    target: &HookTarget,
     mode: WriteMode,
 ) -> CliResult {
     let t = Instant::now();
@@ -73,7 +69,7 @@ async fn hook_command(
         mode,
         cgroup_root: &globals.cgroup_root,
     };
-    let (slice, report) = ops::hook::hook(sd, config, user, &ownership, opts).await?;
+    let (slice, report) = ops::hook::hook(sd, target, &ownership, opts).await?;
     trace::phase("hook: done", t);
     trace::report_bus("hook", sd.stats().waiting_ms);
     out::notes(&report.notes);

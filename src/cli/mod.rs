@@ -141,21 +141,16 @@ fn load(cli: &Cli) -> Result<Config, CliError> {
 
 /// [`load`], keeping the record of the validated configuration for later hooks.
 fn load_remembered(cli: &Cli) -> Result<Config, CliError> {
-    let sources = config::Sources::read(&cli.globals.config)?;
-    let ownership = cli.globals.ownership();
-    Ok(with_warnings_shown(remember_validated(
-        &ownership, sources,
-    )?))
+    let (config, record) = config::load_recorded(&cli.globals.config)?;
+    remember_validated(&cli.globals.ownership(), record);
+    Ok(with_warnings_shown(config))
 }
 
-/// Validates `sources` in full and keeps their record for later hooks.
-fn remember_validated(ownership: &Ownership, sources: config::Sources) -> Result<Config, CliError> {
-    let record = sources.remembered();
-    let config = sources.validate()?;
+/// Keeps the record of a full validation for later hooks.
+fn remember_validated(ownership: &Ownership, record: Option<String>) {
     if let Some(record) = record {
         ownership.record_validated_config(&record);
     }
-    Ok(config)
 }
 
 fn with_warnings_shown(config: Config) -> Config {

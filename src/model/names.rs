@@ -39,6 +39,12 @@ pub enum NameError {
     NotOurSlice(String),
 }
 
+impl crate::error::ExitStatus for NameError {
+    fn exit_code(&self) -> crate::error::Exit {
+        crate::error::Exit::Usage
+    }
+}
+
 impl UserName {
     pub fn new(raw: &str) -> Result<Self, NameError> {
         if raw.is_empty() {

@@ -123,6 +123,11 @@ impl Properties {
         self.0.iter().any(|(p, _)| Property::LIMITS.contains(p))
     }
 
+    /// Properties in the order given (a record of [`Properties::iter`]'s, read back).
+    pub fn from_pairs(pairs: Vec<(Property, BusValue)>) -> Self {
+        Properties(pairs)
+    }
+
     pub fn accounting() -> Self {
         Properties(
             Property::ACCOUNTING

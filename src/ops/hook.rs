@@ -9,11 +9,11 @@ use std::path::Path;
 use super::apply::{compare, write_changes, ApplyError, ApplyOptions, ApplyReport};
 use super::Notes;
 use crate::cgroupfs;
-use crate::config::{Config, ResolveError};
+use crate::config::HookTarget;
 use crate::diff::{self, Change};
 use crate::error::{Exit, ExitStatus};
 use crate::model::live::LiveSlice;
-use crate::model::names::{SliceKind, SliceName, UserName};
+use crate::model::names::{SliceKind, SliceName};
 use crate::model::property::Property;
 use crate::model::values::MemoryLimit;
 use crate::plan::{self, SliceSpec};
@@ -26,15 +26,14 @@ use crate::trace;
 /// limits, cheaply when they already do. Returns the slice to use as cgroup parent.
 pub async fn hook<S: Systemd>(
     sd: &S,
-    config: &Config,
-    user: &UserName,
+    target: &HookTarget,
     ownership: &Ownership,
     opts: HookOptions<'_>,
 ) -> Result<(SliceName, ApplyReport), HookError> {
-    let resolved = config.resolve(user)?;
-    let plan = plan::plan_resolved(config, &resolved);
+    let plan = plan::plan_hook(target);
     let notes = Notes::default();
-    let (slice, mut report) = ensure(sd, plan, resolved.slice, ownership, opts, &notes).await?;
+    let (slice, mut report) =
+        ensure(sd, plan, target.slice.clone(), ownership, opts, &notes).await?;
     report.notes = ownership.take_notes();
     report.notes.extend(notes.into_vec());
     Ok((slice, report))
@@ -201,8 +200,6 @@ fn read_owned(
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error(transparent)]
-    Resolve(#[from] ResolveError),
-    #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -221,7 +218,6 @@ pub enum HookError {
 impl ExitStatus for HookError {
     fn exit_code(&self) -> Exit {
         match self {
-            HookError::Resolve(e) => e.exit_code(),
             HookError::Bus(e) => e.exit_code(),
             HookError::Apply(e) => e.exit_code(),
             HookError::State(e) => e.exit_code(),

@@ -175,7 +175,7 @@ impl Ownership {
     }
 
     /// The record of the last configuration a full validation accepted (see
-    /// [`crate::config::Sources::remembered`]); `None` when there is none or it cannot be read.
+    /// `crate::config::cache`); `None` when there is none or it cannot be read.
     pub fn validated_config(&self) -> Option<String> {
         fs::read_to_string(self.dir.join(VALIDATED_CONFIG)).ok()
     }

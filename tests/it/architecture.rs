@@ -52,7 +52,7 @@ fn module_of(rel: &str) -> &str {
 /// What each module may import from the crate; a module not listed here fails the test
 /// until its place in the layers is decided.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("error", &["config", "model"]),
+    ("error", &[]),
     ("model", &["error", "model"]),
     ("config", &["config", "error", "model", "plan"]),
     ("plan", &["config", "model"]),
@@ -110,11 +110,13 @@ fn each_module_imports_only_the_layers_below_it() {
 fn the_domain_does_no_io() {
     // config/read.rs is the configuration's one stage that reads files.
     let domain = |rel: &str| {
-        rel.starts_with("model/")
-            || (rel.starts_with("config/") && rel != "config/read.rs")
-            || rel == "config.rs"
-            || rel == "plan.rs"
-            || rel == "diff.rs"
+        // Unit tests (in a `tests.rs` or after `#[cfg(test)]`) may make scratch files.
+        !rel.ends_with("/tests.rs")
+            && (rel.starts_with("model/")
+                || (rel.starts_with("config/") && rel != "config/read.rs")
+                || rel == "config.rs"
+                || rel == "plan.rs"
+                || rel == "diff.rs")
     };
     let io = [
         "zbus",
@@ -128,7 +130,6 @@ fn the_domain_does_no_io() {
     ];
     let mut found = Vec::new();
     for (rel, code) in sources().iter().filter(|(rel, _)| domain(rel)) {
-        // Unit tests may make scratch files.
         let code = code.split("#[cfg(test)]").next().unwrap();
         for token in io {
             if code.contains(token) {
