@@ -33,6 +33,9 @@ struct Args {
     plan_users: usize,
     hook_samples: usize,
     out: PathBuf,
+    /// Another build of the tool whose hook is measured in the same sandboxes, sample by
+    /// sample after ours (e.g. the previous release), for a comparison within one run.
+    baseline_bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +46,7 @@ fn parse_args() -> Args {
         plan_users: 10_000,
         hook_samples: 40,
         out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md")),
+        baseline_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +63,7 @@ fn parse_args() -> Args {
             "--plan-users" => a.plan_users = value().parse().expect("plan-users"),
             "--hook-samples" => a.hook_samples = value().parse().expect("hook-samples"),
             "--out" => a.out = PathBuf::from(value()),
+            "--baseline-bin" => a.baseline_bin = Some(PathBuf::from(value())),
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -158,9 +163,19 @@ struct Measured {
 
 /// Runs the product as a whole process; peak RSS from wait4's rusage of that child alone.
 fn measure(args: &[&str], config: &Path, sb: Option<&Sandbox>, state: &Path) -> Measured {
+    measure_bin(Path::new(BIN), args, config, sb, state)
+}
+
+fn measure_bin(
+    bin: &Path,
+    args: &[&str],
+    config: &Path,
+    sb: Option<&Sandbox>,
+    state: &Path,
+) -> Measured {
     let out_path = state.with_extension(format!("out{}", std::process::id()));
     let err_path = state.with_extension(format!("err{}", std::process::id()));
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .arg("--config")
         .arg(config)
@@ -281,6 +296,9 @@ struct SizeResult {
     hook_write_waiting: Vec<f64>,
     hook_ok_waiting: Vec<f64>,
     hook_revalidate: Vec<f64>,
+    base_hook_ok: Vec<f64>,
+    base_hook_write: Vec<f64>,
+    base_hook_revalidate: Vec<f64>,
     systemd_write: Vec<f64>,
     floor: Option<f64>,
     read_floor: Vec<f64>,
@@ -411,12 +429,43 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
             expect_code(what, &m, 0);
             m
         };
+        // The baseline build keeps its own state (its cache record may be of another format)
+        // starting from the same ownership records.
+        let base_state = fx.dir.join("state-baseline");
+        if args.baseline_bin.is_some() {
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(&state)
+                .arg(&base_state)
+                .status()
+                .unwrap();
+            assert!(copied.success(), "copying the state for the baseline");
+        }
+        let base_hook = |what: &str, user: &str| {
+            args.baseline_bin.as_ref().map(|bin| {
+                let m = measure_bin(
+                    bin,
+                    &["hook", "pre-create", user],
+                    &fx.config(),
+                    Some(&sb),
+                    &base_state,
+                );
+                expect_code(what, &m, 0);
+                m.wall.as_secs_f64() * 1000.0
+            })
+        };
+        // Its first hook writes its own record; not a sample.
+        base_hook("baseline hook (warm-up)", &fx.users[run % n]);
         // Hook, slice already right: listed users spread over the file.
         for i in 0..args.hook_samples {
             let m = hook("hook (in sync)", &fx.users[(i * 7919 + run) % n]);
             r.hook_ok.push(m.wall.as_secs_f64() * 1000.0);
             r.hook_ok_waiting.push(waiting_ms(&m.stderr));
             r.rss_hook.push(m.max_rss_kib as f64);
+            r.base_hook_ok.extend(base_hook(
+                "baseline hook (in sync)",
+                &fx.users[(i * 7919 + run) % n],
+            ));
         }
         // Hook that must write (a new unlisted user each time), interleaved with systemd's
         // own time for the same kind of write (a fresh slice, one SetUnitProperties call).
@@ -437,6 +486,10 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
             let m = hook("hook (write)", &format!("newcomer{run}x{i}"));
             r.hook_write.push(m.wall.as_secs_f64() * 1000.0);
             r.hook_write_waiting.push(waiting_ms(&m.stderr));
+            r.base_hook_write.extend(base_hook(
+                "baseline hook (write)",
+                &format!("basecomer{run}x{i}"),
+            ));
         }
         drop(sd);
         // The first hook after any configuration file changed validates everything again.
@@ -447,6 +500,10 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
                 &fx.users[(i * 7919 + run) % n],
             );
             r.hook_revalidate.push(m.wall.as_secs_f64() * 1000.0);
+            r.base_hook_revalidate.extend(base_hook(
+                "baseline hook (configuration changed)",
+                &fx.users[(i * 7919 + run) % n],
+            ));
         }
         assert_systemd_on_bus(&sb, "hooks");
 
@@ -647,6 +704,28 @@ fn report(
             percentile(r.hook_revalidate.clone(), 0.5),
             percentile(r.hook_revalidate.clone(), 0.99)
         );
+    }
+    if let Some(bin) = &args.baseline_bin {
+        let _ = writeln!(
+            md,
+            "\n### This build against the baseline build, same sandboxes (p50, ms)\n"
+        );
+        let _ = writeln!(md, "Baseline: `{}`, each of its samples taken right after ours with the same user (writing: another new user), from a copy of the same state.\n", bin.display());
+        let _ = writeln!(md, "| N | in sync: this / baseline | writing: this / baseline | after a config change: this / baseline |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for (n, r) in rows {
+            let p = |v: &Vec<f64>| percentile(v.clone(), 0.5);
+            let _ = writeln!(
+                md,
+                "| {n} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+                p(&r.hook_ok),
+                p(&r.base_hook_ok),
+                p(&r.hook_write),
+                p(&r.base_hook_write),
+                p(&r.hook_revalidate),
+                p(&r.base_hook_revalidate)
+            );
+        }
     }
     let _ = writeln!(md, "\n## Peak RSS (MiB, median)\n");
     let _ = writeln!(
