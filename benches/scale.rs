@@ -9,7 +9,6 @@
 //! `--naive-max`.
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 use std::fmt::Write as _;
