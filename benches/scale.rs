@@ -9,7 +9,6 @@
 //! `--naive-max`.
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 use std::fmt::Write as _;
@@ -22,9 +21,7 @@ use ds01_slices::model::names::SliceName;
 use ds01_slices::model::property::{BusValue, Property};
 use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
 use serde_json::Value;
-use support::Sandbox;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
+use support::{Sandbox, BIN};
 
 struct Args {
     sizes: Vec<usize>,

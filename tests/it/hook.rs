@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use crate::apply::{Run, World, EXAMPLE, STUDENT_LIMITS};
+use crate::support::{Run, World, EXAMPLE, STUDENT_LIMITS};
 
 /// What the ownership record of a user slice with every limit set holds.
 const USER_RECORD: &str = "CPUQuotaPerSecUSec\nMemoryMax\nMemoryHigh\nTasksMax\n";
@@ -14,12 +13,12 @@ const USER_RECORD: &str = "CPUQuotaPerSecUSec\nMemoryMax\nMemoryHigh\nTasksMax\n
 const PARENT_RECORD: &str = "CPUAccounting\nMemoryAccounting\nTasksAccounting\nIOAccounting\n";
 
 fn hook(w: &World, user: &str) -> Run {
-    w.go(&["hook", "pre-create", user])
+    w.run(&["hook", "pre-create", user])
 }
 
 #[test]
 fn hook_prints_only_the_slice_and_sets_its_limits_first() {
-    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+    let Some(w) = World::new(EXAMPLE) else {
         return;
     };
     let cases = [
@@ -60,15 +59,15 @@ fn hook_prints_only_the_slice_and_sets_its_limits_first() {
     );
 
     // The hook's unlisted user keeps the limits through a full apply.
-    let out = w.ok(&["apply"], 0);
+    let out = w.expect(&["apply"], 0).stdout;
     assert!(!out.contains("ds01-student-zoe.slice"), "{out}");
     assert_eq!(w.limits("ds01-student-zoe.slice"), STUDENT_LIMITS);
-    w.ok(&["verify"], 0);
+    w.expect(&["verify"], 0);
 }
 
 #[test]
 fn hook_with_a_bad_user_name_exits_2_with_empty_stdout() {
-    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+    let Some(w) = World::new(EXAMPLE) else {
         return;
     };
     for user in ["@domain", "@hertie-school.lan"] {
@@ -87,7 +86,7 @@ fn hook_with_a_bad_user_name_exits_2_with_empty_stdout() {
 
 #[test]
 fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
-    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+    let Some(w) = World::new(EXAMPLE) else {
         return;
     };
     let w = Arc::new(w);
@@ -116,7 +115,7 @@ fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
             std::thread::spawn(move || {
                 let mut cmd = w.cmd(&["hook", "pre-create", user]);
                 start.wait();
-                Run::from(cmd.output().unwrap())
+                Run::of(&mut cmd)
             })
         })
         .collect();
@@ -141,12 +140,7 @@ fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
     ] {
         expected.insert(parent, Some(PARENT_RECORD));
     }
-    let mut on_disk: Vec<String> = fs::read_dir(w.state().join("owned"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    on_disk.sort();
+    let on_disk: Vec<String> = w.records().into_keys().collect();
     let mut want: Vec<&str> = expected
         .iter()
         .filter(|(_, r)| r.is_some())
@@ -162,18 +156,18 @@ fn twenty_concurrent_hooks_agree_and_leave_a_consistent_record() {
     }
     for (user, _) in &users[..7] {
         w.assert_user_as_planned(user);
-        w.ok(&["verify", "--user", user], 0);
+        w.expect(&["verify", "--user", user], 0);
     }
     assert_eq!(w.limits("ds01-student-new_user.slice"), STUDENT_LIMITS);
 }
 
 #[test]
 fn hook_takes_a_shortcut_only_through_a_configuration_validated_as_it_is_now() {
-    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+    let Some(w) = World::new(EXAMPLE) else {
         return;
     };
     let stamp = || fs::read_to_string(w.state().join("validated-config")).ok();
-    w.ok(&["apply"], 0);
+    w.expect(&["apply"], 0);
     let accepted = stamp().expect("apply records the validated configuration");
     let out = hook(&w, "alice");
     assert_eq!(
@@ -183,7 +177,7 @@ fn hook_takes_a_shortcut_only_through_a_configuration_validated_as_it_is_now() {
     );
 
     // A bad line anywhere changes the digest: the hook validates everything and refuses.
-    let students = fs::read_to_string(w.dir.join("config/groups/student.members")).unwrap();
+    let students = w.read("groups/student.members");
     w.write("groups/student.members", &format!("{students}@nobody\n"));
     let out = hook(&w, "alice");
     assert_eq!(out.code, Some(2), "{out}");
@@ -201,7 +195,7 @@ fn hook_takes_a_shortcut_only_through_a_configuration_validated_as_it_is_now() {
 
     // Moved to another group: the hook follows the files, never a remembered answer.
     w.write("groups/student.members", &students.replace("alice\n", ""));
-    let researchers = fs::read_to_string(w.dir.join("config/groups/researcher.members")).unwrap();
+    let researchers = w.read("groups/researcher.members");
     w.write(
         "groups/researcher.members",
         &format!("{researchers}alice\n"),
@@ -221,10 +215,10 @@ fn hook_takes_a_shortcut_only_through_a_configuration_validated_as_it_is_now() {
 
 #[test]
 fn the_hook_starts_stopped_parent_slices_before_it_writes() {
-    let Some(w) = World::new(Path::new(EXAMPLE)) else {
+    let Some(w) = World::new(EXAMPLE) else {
         return;
     };
-    w.ok(&["apply"], 0);
+    w.expect(&["apply"], 0);
     let out = w.sb.systemctl(&["stop", "ds01.slice"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(w.show("ds01-student.slice", "ActiveState"), "inactive");

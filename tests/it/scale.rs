@@ -3,20 +3,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use ds01_slices::diff;
 use ds01_slices::plan::SliceSpec;
 use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
-use serde_json::Value;
 
-use crate::apply::{World, EXAMPLE};
+use crate::support::{user_names, World, EXAMPLE};
 
 const USERS: usize = 300;
 
 fn write_config(w: &World) {
-    let users = crate::support::user_names(USERS);
+    let users = user_names(USERS);
     let (mut student, mut researcher, mut admin) = (Vec::new(), Vec::new(), Vec::new());
     for (i, u) in users.iter().enumerate() {
         match i % 10 {
@@ -41,27 +39,20 @@ fn plan(w: &World) -> Vec<SliceSpec> {
     ds01_slices::plan::plan(&config).unwrap().slices
 }
 
-fn files(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for dir in fs::read_dir(root).unwrap().flatten() {
-        for f in fs::read_dir(dir.path()).unwrap().flatten() {
-            let rel = format!(
-                "{}/{}",
-                dir.file_name().to_string_lossy(),
-                f.file_name().to_string_lossy()
-            );
-            out.insert(rel, fs::read_to_string(f.path()).unwrap());
-        }
-    }
-    out
+/// The sandbox's D-Bus drop-ins: "<unit>.d/<file>" → contents.
+fn control_files(w: &World) -> BTreeMap<String, String> {
+    w.drop_ins("/etc/systemd/system.control")
+        .into_iter()
+        .map(|(k, p)| (k, fs::read_to_string(p).unwrap()))
+        .collect()
 }
 
 #[test]
 fn fast_apply_leaves_the_same_state_as_one_call_per_slice_at_300_users() {
-    let Some(fast) = World::new(Path::new(EXAMPLE)) else {
+    let Some(fast) = World::new(EXAMPLE) else {
         return;
     };
-    let Some(simple) = World::new(Path::new(EXAMPLE)) else {
+    let Some(simple) = World::new(EXAMPLE) else {
         return;
     };
     write_config(&fast);
@@ -69,7 +60,7 @@ fn fast_apply_leaves_the_same_state_as_one_call_per_slice_at_300_users() {
     let plan = plan(&fast);
     assert!(plan.len() > USERS);
 
-    let report: Value = serde_json::from_str(&fast.ok(&["apply", "--json"], 0)).unwrap();
+    let report = fast.json(&["apply", "--json"], 0);
     assert!(
         report["bus"]["max_in_flight"].as_u64().unwrap() <= 64,
         "{}",
@@ -104,8 +95,8 @@ fn fast_apply_leaves_the_same_state_as_one_call_per_slice_at_300_users() {
     });
 
     // The same drop-in files, byte for byte...
-    let fast_files = files(&fast.sb.host_path("/etc/systemd/system.control"));
-    let simple_files = files(&simple.sb.host_path("/etc/systemd/system.control"));
+    let fast_files = control_files(&fast);
+    let simple_files = control_files(&simple);
     let differing: Vec<&String> = fast_files
         .keys()
         .chain(simple_files.keys())
@@ -132,6 +123,6 @@ fn fast_apply_leaves_the_same_state_as_one_call_per_slice_at_300_users() {
         // No holder unit is left behind.
         assert!(a.stale_holders().await.unwrap().is_empty());
     });
-    fast.ok(&["verify"], 0);
-    simple.ok(&["verify"], 0);
+    fast.expect(&["verify"], 0);
+    simple.expect(&["verify"], 0);
 }

@@ -1,20 +1,71 @@
-//! Shared by the integration tests: a real, sandboxed systemd to run the product against, and
-//! readers for what the kernel then enforces.
+//! Shared by the integration tests (and benches/scale.rs, which includes this module): the
+//! binary with a clean environment, scratch directories, a real sandboxed systemd and the world
+//! of one test on it, and readers for what the product reports and the kernel enforces.
+//!
+//! - [`cmd`]: the binary's path, the one clean command builder, what a run did.
+//! - [`scratch`]: temporary directories removed on drop.
+//! - [`sandbox`]: systemd 252 as PID 1 of private namespaces (boot.sh, supervisor.sh).
+//! - [`world`]: a sandbox plus a configuration copy and a state directory.
+//! - [`report`]: `verify`'s text and JSON.
+//! - [`cgroup`]: what the kernel enforces, from cgroup control files.
 
-// Each test module uses its own part of the harness; what one of them leaves unused is not dead.
-#![allow(dead_code)]
+// Each test module (and the benchmark) uses its own part of the harness; what one of them
+// leaves unused, item or re-export, is not dead.
+#![allow(dead_code, unused_imports)]
 
 pub mod cgroup;
+pub mod cmd;
+pub mod report;
 pub mod sandbox;
+pub mod scratch;
+pub mod world;
 
 use std::fs;
-use std::path::Path;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use cgroup::Limit;
-pub use sandbox::{
-    ok_stdout, sandbox_available_or_skip, sandbox_or_skip, two_sandboxes_or_skip, Sandbox,
-};
+pub use cgroup::{CgroupVersion, Limit};
+pub use cmd::{clear_tool_env, ds01, ok_stdout, Run, BIN};
+pub use report::{live_values, sources, verify_block, verify_entry, verify_slice};
+pub use sandbox::{sandbox_available_or_skip, sandbox_or_skip, two_sandboxes_or_skip, Sandbox};
+pub use scratch::{copy_dir, write_file, Scratch};
+pub use world::{World, NO_LIMITS, STUDENT_LIMITS};
+
+pub const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+/// The bundled example configuration directory.
+pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+/// The production configuration (a byte-for-byte copy of the server's main file, with test
+/// members and overrides).
+pub const PRODUCTION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/production");
+/// The main file's name in a configuration directory.
+pub const MAIN: &str = "resource-limits.yaml";
+
+/// The main file of the configuration directory `dir` (e.g. [`EXAMPLE`]).
+pub fn main_file(dir: &str) -> PathBuf {
+    Path::new(dir).join(MAIN)
+}
+
+/// Whether a test that cannot run here must fail rather than skip: under CI=true or
+/// DS01_REQUIRE_SYSTEMD=1 a test that skips silently tests nothing.
+pub fn skips_forbidden() -> bool {
+    let set = |var: &str, value: &str| {
+        std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    set("CI", "true") || set("DS01_REQUIRE_SYSTEMD", "1")
+}
+
+/// Skips the calling test: prints "SKIPPED: <reason>" and returns false, or panics where skips
+/// are forbidden ([`skips_forbidden`]). `needs` says what the test needs, for that panic.
+pub fn skip(needs: &str, reason: &str) -> bool {
+    if skips_forbidden() {
+        panic!("{needs} is required (CI=true or DS01_REQUIRE_SYSTEMD=1), but {reason}");
+    }
+    // Past libtest's capture (which takes only the print macros), so that a skip shows even
+    // when the test passes.
+    let _ = writeln!(io::stderr(), "SKIPPED: {reason}");
+    false
+}
 
 /// `n` generated user names for scale runs: every third an LDAP-style address (sanitized to
 /// its local part), the others `user00000`-style.

@@ -5,7 +5,7 @@
 //! so that teardown has a single path whether the test passes, panics or is SIGKILLed.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cgroup::{parse_enforcement, Enforcement};
+use super::cmd::{clear_tool_env, ok_stdout};
 
 const SUPERVISOR: &str = include_str!("supervisor.sh");
 const BOOT: &str = include_str!("boot.sh");
@@ -66,23 +67,10 @@ pub fn two_sandboxes_or_skip() -> Option<(Sandbox, Sandbox)> {
 /// or panics under CI=true or DS01_REQUIRE_SYSTEMD=1. For tests that boot sandboxes in other
 /// ways than sandbox_or_skip (in other threads or processes).
 pub fn sandbox_available_or_skip() -> bool {
-    let Some(reason) = Sandbox::unavailable() else {
-        return true;
-    };
-    if systemd_required() {
-        panic!("a real systemd is required (CI=true or DS01_REQUIRE_SYSTEMD=1), but {reason}");
+    match Sandbox::unavailable() {
+        None => true,
+        Some(reason) => super::skip("a real systemd", &reason),
     }
-    // Past libtest's capture (which takes only the print macros), so that a skip shows even
-    // when the test passes.
-    let _ = writeln!(io::stderr(), "SKIPPED: {reason}");
-    false
-}
-
-fn systemd_required() -> bool {
-    let set = |var: &str, value: &str| {
-        std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
-    };
-    set("CI", "true") || set("DS01_REQUIRE_SYSTEMD", "1")
 }
 
 impl Sandbox {
@@ -294,10 +282,11 @@ impl Sandbox {
         PathBuf::from(format!("/proc/{}/root", self.pid)).join(p.trim_start_matches('/'))
     }
 
-    /// Runs a command inside the sandbox's mount, PID, UTS and IPC namespaces. The process stays
-    /// in the test's cgroups but dies with the sandbox (it is in its PID namespace).
+    /// Runs a command inside the sandbox's mount, PID, UTS and IPC namespaces, without the
+    /// environment variables ds01-slices reads. The process stays in the test's cgroups but
+    /// dies with the sandbox (it is in its PID namespace).
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
+        clear_tool_env(&mut Command::new("nsenter"))
             .args(["-t", &self.pid.to_string(), "-m", "-p", "-u", "-i", "--"])
             .args(args)
             .stdin(Stdio::null())
@@ -419,20 +408,6 @@ impl Drop for Sandbox {
                 panic!("{msg}");
             }
         }
-    }
-}
-
-/// The stdout of a successful command, or an error with its status and stderr.
-pub fn ok_stdout(what: &str, out: Output) -> Result<String, String> {
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{what} failed ({}): stderr: {}; stdout: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ))
     }
 }
 

@@ -1,0 +1,96 @@
+//! The binary under test, started with a clean environment, and what one run of it did.
+
+use std::fmt;
+use std::process::{Command, Output, Stdio};
+
+/// The `ds01-slices` binary cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
+
+/// Every environment variable `ds01-slices` reads (`grep -rn env src/`): the global options'
+/// stand-ins, the bus address (also read by the client), phase tracing and the write-chunk
+/// override. A test that wants one sets it on the command after [`ds01`].
+pub const TOOL_ENV: [&str; 7] = [
+    "DS01_CONFIG",
+    "DS01_STATE_DIR",
+    "DS01_CGROUP_ROOT",
+    "DS01_ROOT",
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "DS01_TRACE",
+    "DS01_WRITE_CHUNK",
+];
+
+/// Removes [`TOOL_ENV`] from `cmd`'s environment, so that nothing of the caller's (a developer's
+/// DS01_CONFIG, a CI machine's bus address) reaches the binary: also for commands that start it
+/// indirectly (a shell script, nsenter, setpriv).
+pub fn clear_tool_env(cmd: &mut Command) -> &mut Command {
+    for var in TOOL_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `ds01-slices <args>` with none of [`TOOL_ENV`] inherited and stdin from /dev/null.
+pub fn ds01(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    clear_tool_env(&mut cmd).args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// What one run of a command did. Output that is not UTF-8 fails the test.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// None when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Runs `cmd` to completion.
+    pub fn of(cmd: &mut Command) -> Run {
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+            .into()
+    }
+
+    /// Asserts the exit code; `what` says which run this is.
+    #[track_caller]
+    pub fn assert_code(self, code: i32, what: impl fmt::Display) -> Run {
+        assert_eq!(self.code, Some(code), "{what}\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+/// The stdout of a successful command, or an error with its status and stderr.
+pub fn ok_stdout(what: &str, out: Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}): stderr: {}; stdout: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ))
+    }
+}
