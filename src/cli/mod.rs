@@ -429,10 +429,10 @@ async fn apply_command(
     let plan = render::plan_for(config, user)?;
     let sanitized = user.and_then(|u| u.sanitized().ok());
     let rendered = if render::root_is_host(&cli.globals.root) && cli.globals.bus.is_some() {
-        dropin::tree::Rendered::default()
+        dropin::Rendered::default()
     } else {
-        dropin::tree::find_rendered(&cli.globals.root, |s| {
-            dropin::tree::in_scope(s, &plan, sanitized.as_ref())
+        dropin::find_rendered(&cli.globals.root, |s| {
+            dropin::in_scope(s, &plan, sanitized.as_ref())
         })?
     };
     for f in &rendered.foreign {
@@ -467,7 +467,7 @@ async fn apply_command(
         .filter(|s| !kept.contains(s))
         .cloned()
         .collect();
-    let removed = dropin::tree::take_over_rendered(&cli.globals.root, &slices)?;
+    let removed = dropin::take_over_rendered(&cli.globals.root, &slices)?;
     if !removed.is_empty() {
         for f in &removed {
             eprintln!("ds01-slices: removed {} (now set over D-Bus)", f.display());

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::dropin::tree::{self, FileAction, TreePlan};
+use crate::dropin::{self, FileAction, TreePlan};
 use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::plan::{self, Plan};
@@ -141,11 +141,11 @@ pub async fn render(
     } else {
         Some(ownership.lock()?)
     };
-    let tp = tree::plan_tree(config, &plan, user, ctx.root, &ownership)?;
+    let tp = dropin::plan_tree(config, &plan, user, ctx.root, &ownership)?;
     let executed = if opts.dry_run {
-        tree::Executed::default()
+        dropin::Executed::default()
     } else {
-        tree::execute(&tp, &ownership)?
+        dropin::execute(&tp, &ownership)?
     };
     let reload = if opts.dry_run || !tp.changes_units() {
         None
@@ -225,7 +225,7 @@ async fn reload(ctx: &Context<'_>, opts: &RenderOptions) -> anyhow::Result<Strin
 fn print_render(
     ctx: &Context<'_>,
     tp: &TreePlan,
-    executed: &tree::Executed,
+    executed: &dropin::Executed,
     dry_run: bool,
     reload: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -334,14 +334,14 @@ pub fn verify_offline(
 ) -> anyhow::Result<Exit> {
     let plan = plan_for(config, user)?;
     let ownership = Ownership::new(ctx.state_dir);
-    let tp = tree::plan_tree(config, &plan, user, ctx.root, &ownership)?;
-    let report = tree::offline_check(&tp);
+    let tp = dropin::plan_tree(config, &plan, user, ctx.root, &ownership)?;
+    let report = dropin::offline_check(&tp);
     if json {
         let text =
             serde_json::to_string_pretty(&report).context("cannot serialize output as JSON")?;
         crate::cli::write_stdout(&format!("{text}\n"))?;
     } else {
-        crate::cli::write_stdout(&tree::render_offline_text(&report))?;
+        crate::cli::write_stdout(&dropin::render_offline_text(&report))?;
     }
     Ok(if report.holds { Exit::Ok } else { Exit::Drift })
 }
