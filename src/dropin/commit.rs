@@ -3,16 +3,15 @@
 //! slice left with neither its rendered file nor the D-Bus drop-ins that held its values.
 
 use std::collections::BTreeSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::decide::TreePlan;
 use super::error::RenderError;
 use super::format::{TMP_PREFIX, TMP_SUFFIX};
+use crate::atomic::{self, parent};
 use crate::state::ownership::Ownership;
 
 /// What [`execute`] did beyond the plan's file actions.
@@ -30,7 +29,7 @@ pub fn execute(tp: &TreePlan, ownership: &Ownership) -> Result<Executed, RenderE
     for tmp in &tp.leftover_temps {
         remove_if_present(tmp)?;
     }
-    let mut staging = Staging::new();
+    let mut staging = Staging::default();
     for (file, content) in tp.writes() {
         staging.stage(&tp.root, &file.path, content)?;
     }
@@ -56,10 +55,6 @@ pub fn execute(tp: &TreePlan, ownership: &Ownership) -> Result<Executed, RenderE
     Ok(done)
 }
 
-pub(super) fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new("/"))
-}
-
 pub(super) fn remove_if_present(path: &Path) -> Result<bool, RenderError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
@@ -79,84 +74,35 @@ pub(super) fn remove_dir_if_empty(dir: &Path, removed: &mut Vec<PathBuf>) {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), RenderError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| RenderError::Sync {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// A file's new content, written and flushed but not yet visible under its name.
-enum Temp {
-    /// An O_TMPFILE file: it has no name until it is linked, so a crash cannot leave it
-    /// behind.
-    Unnamed(File),
-    /// For file systems without O_TMPFILE.
-    Named(PathBuf),
-}
-
-struct Staged {
-    path: PathBuf,
-    temp: Temp,
+    atomic::sync_dir(dir).map_err(|source| RenderError::Sync {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Staged files and the directories made for them; dropping it without a commit removes
-/// them all (also on panic).
+/// them all (also on panic), so a run that fails before its first rename leaves the tree
+/// exactly as it found it.
 #[derive(Default)]
 struct Staging {
-    staged: Vec<Staged>,
+    /// Each final path with its staged content. Dropping an [`atomic::Staged`] removes its
+    /// temporary file.
+    staged: Vec<(PathBuf, atomic::Staged)>,
     created_dirs: Vec<PathBuf>,
     committed: bool,
-    /// O_TMPFILE files are linked through /proc/self/fd, which a chroot may lack.
-    unnamed: bool,
 }
 
 impl Staging {
-    fn new() -> Staging {
-        Staging {
-            staged: Vec::new(),
-            created_dirs: Vec::new(),
-            committed: false,
-            unnamed: Path::new("/proc/self/fd").is_dir(),
-        }
-    }
-
     fn stage(&mut self, root: &Path, path: &Path, content: &str) -> Result<(), RenderError> {
-        let dir = parent(path);
         let write_err = |source| RenderError::Write {
             path: path.to_owned(),
             source,
         };
+        let dir = parent(path);
         self.ensure_dir(root, dir).map_err(write_err)?;
-        let opened = if self.unnamed {
-            open_unnamed(dir)
-        } else {
-            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
-        };
-        let temp = match opened {
-            Ok(mut file) => {
-                file.write_all(content.as_bytes())
-                    .and_then(|_| file.sync_all())
-                    .map_err(write_err)?;
-                Temp::Unnamed(file)
-            }
-            Err(e) if unnamed_unsupported(&e) => {
-                let tmp = temp_name(dir);
-                // Registered before it exists, so a failure below still removes it.
-                self.staged.push(Staged {
-                    path: path.to_owned(),
-                    temp: Temp::Named(tmp.clone()),
-                });
-                write_named(&tmp, content).map_err(write_err)?;
-                return Ok(());
-            }
-            Err(e) => return Err(write_err(e)),
-        };
-        self.staged.push(Staged {
-            path: path.to_owned(),
-            temp,
-        });
+        let staged =
+            atomic::stage(dir, TMP_PREFIX, TMP_SUFFIX, content.as_bytes()).map_err(write_err)?;
+        self.staged.push((path.to_owned(), staged));
         Ok(())
     }
 
@@ -181,27 +127,18 @@ impl Staging {
         Ok(())
     }
 
+    /// Moves every staged file into place, then flushes each touched directory once: one
+    /// flush per directory instead of one per file, and none before every rename is done.
     fn commit(mut self) -> Result<(), RenderError> {
-        let staged = std::mem::take(&mut self.staged);
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
         let mut result = Ok(());
-        let mut rest = staged.into_iter();
-        for s in rest.by_ref() {
-            let dir = parent(&s.path).to_owned();
-            let moved = match &s.temp {
-                Temp::Unnamed(file) => link_and_rename(file, &dir, &s.path),
-                Temp::Named(tmp) => fs::rename(tmp, &s.path).inspect_err(|_| {
-                    let _ = fs::remove_file(tmp);
-                }),
-            };
-            if let Err(source) = moved {
-                result = Err(RenderError::Commit {
-                    path: s.path.clone(),
-                    source,
-                });
+        let mut rest = std::mem::take(&mut self.staged).into_iter();
+        for (path, staged) in rest.by_ref() {
+            if let Err(source) = staged.commit(&path) {
+                result = Err(RenderError::Commit { path, source });
                 break;
             }
-            dirs.insert(dir);
+            dirs.insert(parent(&path).to_owned());
         }
         // What was not moved is given back to Drop's cleanup.
         self.staged = rest.collect();
@@ -213,7 +150,14 @@ impl Staging {
                 .retain(|d| !dirs.iter().any(|m| m.starts_with(d)));
         }
         result?;
-        for dir in dirs {
+        // A new directory's own entry lives in its parent: without flushing that too, a
+        // crash could lose the directory and with it the files just flushed inside it.
+        let made: Vec<PathBuf> = self
+            .created_dirs
+            .iter()
+            .map(|d| parent(d).to_owned())
+            .collect();
+        for dir in dirs.into_iter().chain(made).collect::<BTreeSet<_>>() {
             sync_dir(&dir)?;
         }
         Ok(())
@@ -222,11 +166,8 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        for s in self.staged.drain(..) {
-            if let Temp::Named(tmp) = s.temp {
-                let _ = fs::remove_file(tmp);
-            }
-        }
+        // Temporary files first: the directories made for them can only go once empty.
+        self.staged.clear();
         if !self.committed {
             for d in self.created_dirs.drain(..).rev() {
                 let _ = fs::remove_dir(d);
@@ -235,72 +176,13 @@ impl Drop for Staging {
     }
 }
 
-fn open_unnamed(dir: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-        .mode(0o644)
-        .open(dir)
-}
-
-fn unnamed_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-    )
-}
-
-fn temp_name(dir: &Path) -> PathBuf {
-    dir.join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", std::process::id()))
-}
-
-fn write_named(tmp: &Path, content: &str) -> io::Result<()> {
-    // A leftover of a crashed run with the same PID is ours by name.
-    let _ = fs::remove_file(tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(tmp)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()
-}
-
-/// Gives an O_TMPFILE file a temporary name, then renames it over `path`: `linkat` cannot
-/// replace an existing file, `rename` can, atomically.
-fn link_and_rename(file: &File, dir: &Path, path: &Path) -> io::Result<()> {
-    let tmp = temp_name(dir);
-    let _ = fs::remove_file(&tmp);
-    let proc_path = format!("/proc/self/fd/{}\0", file.as_raw_fd());
-    let mut target = tmp.as_os_str().as_bytes().to_vec();
-    target.push(0);
-    // SAFETY: both arguments are NUL-terminated byte strings that live across the call, and
-    // linkat only reads them.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            proc_path.as_ptr().cast(),
-            libc::AT_FDCWD,
-            target.as_ptr().cast(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dropin::decide::{plan_tree, FileAction};
-    use crate::dropin::format::{DROP_IN_FILE, UNIT_DIR};
+    use crate::dropin::format::{is_leftover_temp, DROP_IN_FILE, UNIT_DIR};
     use crate::dropin::testutil::{all_files, config, TempRoot};
     use crate::plan::plan;
-    use crate::state::ownership::Ownership;
 
     #[test]
     fn named_temporary_files_are_committed_or_removed() {
@@ -310,9 +192,14 @@ mod tests {
             let path = dir.join(DROP_IN_FILE);
             let mut staging = Staging::default();
             staging.stage(&root.0, &path, "new\n").unwrap();
-            assert!(dir
-                .join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", std::process::id()))
-                .exists());
+            let staged: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert!(
+                staged.len() == 1 && is_leftover_temp(&staged[0]),
+                "one temporary file, named so that the next run recognises it: {staged:?}"
+            );
             if commit {
                 staging.commit().unwrap();
                 assert_eq!(
@@ -329,6 +216,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_panic_before_the_commit_leaves_nothing_behind() {
+        let root = TempRoot::new("panic");
+        let path = root
+            .0
+            .join(UNIT_DIR)
+            .join("ds01.slice.d")
+            .join(DROP_IN_FILE);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut staging = Staging::default();
+            staging.stage(&root.0, &path, "new\n").unwrap();
+            panic!("between staging and commit");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(all_files(&root.0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_next_render_removes_what_an_interrupted_one_left() {
+        let root = TempRoot::new("interrupted");
+        let state = TempRoot::new("interrupted-state");
+        let own = Ownership::new(&state.0);
+        let dir = root.0.join(UNIT_DIR).join("ds01.slice.d");
+        fs::create_dir_all(&dir).unwrap();
+        // What a killed run leaves: a staged file never committed (here forgotten, as a
+        // SIGKILL would), and one of a version that named them by PID.
+        std::mem::forget(atomic::stage(&dir, TMP_PREFIX, TMP_SUFFIX, b"half").unwrap());
+        fs::write(dir.join(".10-resource-limits.conf.4242.tmp"), "").unwrap();
+        fs::write(dir.join("keep.tmp"), "").unwrap();
+        let c = config("alice\n");
+        let p = plan(&c).unwrap();
+        let tp = plan_tree(&c, &p, None, &root.0, &own).unwrap();
+        assert_eq!(tp.leftover_temps.len(), 2, "{:?}", tp.leftover_temps);
+        execute(&tp, &own).unwrap();
+        assert_eq!(
+            all_files(&dir),
+            ["10-resource-limits.conf", "keep.tmp"],
+            "leftovers gone, other files kept"
+        );
     }
 
     #[test]

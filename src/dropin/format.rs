@@ -28,8 +28,9 @@ pub const UNIT_DIR: &str = "etc/systemd/system";
 pub const CONTROL_DIRS: [&str; 2] = ["etc/systemd/system.control", "run/systemd/system.control"];
 /// The settings the old generator wrote; a file with anything else in it is not recognised.
 const LEGACY_SETTINGS: [&str; 4] = ["CPUQuota", "MemoryMax", "MemoryHigh", "TasksMax"];
-/// Temporary files are `.10-resource-limits.conf.<pid>.tmp`: hidden, and without the
-/// `.conf` suffix systemd reads, so a leftover is never loaded; the next run removes it.
+/// Staged files are `.10-resource-limits.conf.<random>.tmp`: hidden, and without the `.conf`
+/// suffix systemd reads, so one left by a killed run is never loaded; the next render removes
+/// it. Versions before `atomic` named them by PID, which the same rule still recognises.
 pub const TMP_PREFIX: &str = ".10-resource-limits.conf.";
 pub const TMP_SUFFIX: &str = ".tmp";
 
@@ -265,6 +266,11 @@ pub fn property_for_setting(setting: &str) -> Option<Property> {
         .into_iter()
         .chain(Property::LIMITS)
         .find(|p| p.unit_setting() == setting)
+}
+
+/// Whether a file name in a slice's drop-in directory is one of our staged files.
+pub fn is_leftover_temp(name: &str) -> bool {
+    crate::atomic::is_staged_name(name, TMP_PREFIX, TMP_SUFFIX)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! - `scan`: what is on disk under `--root`;
 //! - `decide`: scan and plan into a [`TreePlan`], an action for every file;
 //! - `commit`: a [`TreePlan`] carried out, all new contents staged before any is renamed
-//!   into place;
+//!   into place ([`crate::atomic`]);
 //! - `offline`: a [`TreePlan`] as the `verify --offline` report, and its text;
 //! - `takeover`: the files `apply` takes over, and their removal;
 //! - [`explain`]: which drop-in wins, for `verify` against a live systemd.

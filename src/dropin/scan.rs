@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::error::RenderError;
-use super::format::{classify, Provenance, DROP_IN_FILE, TMP_PREFIX, TMP_SUFFIX, UNIT_DIR};
+use super::format::{classify, is_leftover_temp, Provenance, DROP_IN_FILE, UNIT_DIR};
 use crate::model::names::SliceName;
 
 /// One `10-resource-limits.conf` found under `--root`.
@@ -117,15 +117,7 @@ fn leftover_temps(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
-        let name = entry.file_name();
-        let Some(middle) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(TMP_PREFIX))
-            .and_then(|n| n.strip_suffix(TMP_SUFFIX))
-        else {
-            continue;
-        };
-        if !middle.is_empty() && middle.bytes().all(|b| b.is_ascii_digit()) {
+        if entry.file_name().to_str().is_some_and(is_leftover_temp) {
             out.push(entry.path());
         }
     }
@@ -211,15 +203,24 @@ mod tests {
         for name in [
             ".10-resource-limits.conf.123.tmp",
             ".10-resource-limits.conf.x.tmp",
+            ".10-resource-limits.conf.aB3xY9zQ.tmp",
+            ".10-resource-limits.conf.x-y.tmp",
             "keep.tmp",
             ".10-resource-limits.conf..tmp",
         ] {
             fs::write(dir.join(name), "").unwrap();
         }
-        let scan = scan(&root.0).unwrap();
+        let mut found = scan(&root.0).unwrap().leftover_temps;
+        found.sort();
         assert_eq!(
-            scan.leftover_temps,
-            [dir.join(".10-resource-limits.conf.123.tmp")]
+            found,
+            [
+                // A PID, as versions before `atomic` named them.
+                dir.join(".10-resource-limits.conf.123.tmp"),
+                // The random middle `atomic::stage` gives them.
+                dir.join(".10-resource-limits.conf.aB3xY9zQ.tmp"),
+                dir.join(".10-resource-limits.conf.x.tmp"),
+            ]
         );
     }
 }

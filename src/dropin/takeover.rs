@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::commit::{parent, remove_dir_if_empty, remove_if_present, sync_dir};
+use super::commit::{remove_dir_if_empty, remove_if_present, sync_dir};
 use super::error::RenderError;
 use super::format::{parse_assignments, relative_path};
 use super::scan::{read_found, scan};
+use crate::atomic::parent;
 use crate::model::names::SliceName;
 use crate::model::property::Property;
 
