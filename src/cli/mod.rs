@@ -1,6 +1,7 @@
 //! The command-line contract: arguments, subcommands, and what each prints.
 
 pub mod exit;
+pub mod offline;
 pub mod pyjson;
 
 use std::io::Write;

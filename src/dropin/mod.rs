@@ -16,7 +16,7 @@
 //! - `decide`: scan and plan into a [`TreePlan`], an action for every file;
 //! - `commit`: a [`TreePlan`] carried out, all new contents staged before any is renamed
 //!   into place ([`crate::atomic`]);
-//! - `offline`: a [`TreePlan`] as the `verify --offline` report, and its text;
+//! - `offline`: a [`TreePlan`] as the `verify --offline` report;
 //! - `takeover`: the files `apply` takes over, and their removal;
 //! - [`explain`]: which drop-in wins, for `verify` against a live systemd.
 //!
@@ -43,8 +43,6 @@ pub use format::{
     render_spec, same_setting_value, setting_value, DropIn, Provenance, CONTROL_DIRS, DROP_IN_FILE,
     MARKER, UNIT_DIR,
 };
-pub use offline::{
-    offline_check, render_offline_text, FileCheck, FileStatus, OfflineCounts, OfflineReport,
-};
+pub use offline::{offline_check, FileCheck, FileStatus, OfflineCounts, OfflineReport};
 pub use scan::{read_found, scan, Found, Scan};
 pub use takeover::{find_rendered, take_over_rendered, Rendered};

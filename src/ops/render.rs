@@ -341,7 +341,7 @@ pub fn verify_offline(
             serde_json::to_string_pretty(&report).context("cannot serialize output as JSON")?;
         crate::cli::write_stdout(&format!("{text}\n"))?;
     } else {
-        crate::cli::write_stdout(&dropin::render_offline_text(&report))?;
+        crate::cli::write_stdout(&crate::cli::offline::render_offline_text(&report))?;
     }
     Ok(if report.holds { Exit::Ok } else { Exit::Drift })
 }
