@@ -9,7 +9,7 @@
 //!   [`cgroupfs`] (the kernel's limit files), [`atomic`] (the one way files are replaced);
 //! - the use cases in [`ops`], which return reports and print nothing;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod atomic;

@@ -9,8 +9,8 @@ use super::args::Globals;
 use super::exit::{CliError, CliResult};
 use super::out;
 use crate::config::Config;
-use crate::dropin::tree::{FileAction, FileStatus, OfflineReport};
 use crate::dropin::{display_setting_value, property_for_setting};
+use crate::dropin::{FileAction, FileStatus, OfflineReport};
 use crate::error::Exit;
 use crate::ops::render::RenderReport;
 

@@ -10,7 +10,7 @@ use super::render::{self, Context, RenderOptions, RenderReport, RenderRunError};
 use super::take_over::RenderedMask;
 use super::Scope;
 use crate::config::Config;
-use crate::dropin::tree::{self, RenderError};
+use crate::dropin::{self, RenderError};
 use crate::error::{Exit, ExitStatus, UsageError};
 use crate::model::names::{SliceName, UserName};
 use crate::state::ownership::Ownership;
@@ -131,9 +131,9 @@ pub async fn deploy(
     let plan = render::plan_for(config, user).map_err(ApplyError::from)?;
     let sanitized = user.and_then(|u| u.sanitized().ok());
     let rendered = if render::root_is_host(ctx.root) && ctx.bus.is_some() {
-        tree::Rendered::default()
+        dropin::Rendered::default()
     } else {
-        tree::find_rendered(ctx.root, |s| tree::in_scope(s, &plan, sanitized.as_ref()))?
+        dropin::find_rendered(ctx.root, |s| dropin::in_scope(s, &plan, sanitized.as_ref()))?
     };
     let masked = RenderedMask::new(&sd, rendered.files.clone());
     let report = apply::apply(&masked, config, Scope::from(user), &ownership, opts).await?;
@@ -162,7 +162,7 @@ pub async fn deploy(
         .filter(|s| !kept.contains(s))
         .cloned()
         .collect();
-    out.taken_over = tree::take_over_rendered(ctx.root, &slices)?;
+    out.taken_over = dropin::take_over_rendered(ctx.root, &slices)?;
     if !out.taken_over.is_empty() {
         sd.reload().await.map_err(DeployError::Reload)?;
     }

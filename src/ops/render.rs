@@ -5,8 +5,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, ResolveError};
-use crate::dropin::tree::{self, TreePlan};
-use crate::dropin::tree::{Executed, OfflineReport, RenderError};
+use crate::dropin::{self, TreePlan};
+use crate::dropin::{Executed, OfflineReport, RenderError};
 use crate::error::{Exit, ExitStatus};
 use crate::model::names::UserName;
 use crate::plan::{self, Plan};
@@ -113,11 +113,11 @@ pub async fn render(
     } else {
         Some(ownership.lock()?)
     };
-    let tp = tree::plan_tree(config, &plan, user, ctx.root, &ownership)?;
+    let tp = dropin::plan_tree(config, &plan, user, ctx.root, &ownership)?;
     let executed = if opts.dry_run {
         Executed::default()
     } else {
-        tree::execute(&tp, &ownership)?
+        dropin::execute(&tp, &ownership)?
     };
     let reload = if opts.dry_run || !tp.changes_units() {
         None
@@ -172,8 +172,8 @@ pub fn verify_offline(
 ) -> Result<OfflineReport, RenderRunError> {
     let plan = plan_for(config, user)?;
     let ownership = Ownership::new(ctx.state_dir).with_lock_wait(ctx.timeout);
-    let tp = tree::plan_tree(config, &plan, user, ctx.root, &ownership)?;
-    Ok(tree::offline_check(&tp))
+    let tp = dropin::plan_tree(config, &plan, user, ctx.root, &ownership)?;
+    Ok(dropin::offline_check(&tp))
 }
 
 #[cfg(test)]

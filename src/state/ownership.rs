@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::lock::{self, WriterLock};
-pub use super::StateError;
+use super::StateError;
 use crate::atomic;
 use crate::model::names::SliceName;
 use crate::model::property::Property;
