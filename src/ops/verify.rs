@@ -248,8 +248,12 @@ pub fn check_slice(
             } else {
                 None
             };
-            if status == Status::Ok && kernel.as_ref().is_some_and(|k| k.status == "mismatch") {
-                status = Status::KernelMismatch;
+            if status == Status::Ok {
+                match kernel.as_ref().map(|k| k.status) {
+                    Some("mismatch") => status = Status::KernelMismatch,
+                    Some("unreadable") => status = Status::KernelUnreadable,
+                    _ => {}
+                }
             }
             properties.push(PropertyCheck {
                 property: p.bus_name(),

@@ -2,6 +2,7 @@ mod apply;
 mod architecture;
 mod cli;
 mod dbus_contract;
+mod failsafe;
 mod hook;
 mod render;
 mod sandbox;

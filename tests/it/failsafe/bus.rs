@@ -1,0 +1,158 @@
+//! systemd or the bus going away mid-run, and a writer stopped while it holds the lock: one
+//! clear error, nothing left hanging, and a rerun converges.
+
+use std::fs;
+use std::time::Duration;
+
+use super::{finish, spawn, text, world_with_students, Stopped};
+use crate::support::{wait_until, World};
+
+const USERS: usize = 1000;
+
+/// Waits until `w`'s apply has begun writing (its intent records come right before the
+/// writes), so that an interruption falls in the middle of them.
+fn wait_for_writes(w: &World) {
+    let owned = w.state().join("owned");
+    wait_until(Duration::from_secs(120), "apply starts writing", || {
+        let n = fs::read_dir(&owned).map(|d| d.count()).unwrap_or(0);
+        (n > 5).then_some(())
+    })
+    .unwrap();
+}
+
+/// The run's stderr says one thing, once: no line per slice.
+fn assert_one_error(stderr: &str, what: &str) {
+    let errors = stderr.lines().filter(|l| l.contains("error:")).count();
+    assert_eq!(errors, 1, "{what}: one error\n{stderr}");
+    assert!(
+        stderr.lines().count() <= 5,
+        "{what}: a few lines only\n{stderr}"
+    );
+    assert!(!stderr.contains("LimitsExceeded"), "{what}\n{stderr}");
+    assert!(stderr.contains("slices not done"), "{what}\n{stderr}");
+}
+
+fn wait_for_systemd_on_the_bus(w: &World) {
+    wait_until(
+        Duration::from_secs(60),
+        "systemd is back on the bus",
+        || {
+            w.sb.busctl(&["status", "org.freedesktop.systemd1"])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .unwrap();
+}
+
+fn assert_rerun_converges(w: &World) {
+    wait_for_systemd_on_the_bus(w);
+    w.expect(&["apply"], 0);
+    w.expect(&["verify"], 0);
+}
+
+#[test]
+fn a_stopped_systemd_ends_apply_with_one_timeout_error() {
+    let Some(w) = world_with_students(USERS) else {
+        return;
+    };
+    let apply = spawn(w.cmd(&["apply", "--timeout", "3"]));
+    wait_for_writes(&w);
+    let stopped = Stopped::new(w.sb.pid());
+    let (out, took) = finish(apply, Duration::from_secs(120));
+    drop(stopped);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_one_error(&stderr, "systemd stopped");
+    assert!(
+        stderr.contains("no answer from systemd within 3 s"),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "ended soon after the timeout: {took:?}"
+    );
+    assert_rerun_converges(&w);
+}
+
+#[test]
+fn a_bus_restart_mid_apply_is_one_error_and_a_rerun_converges() {
+    let Some(w) = world_with_students(USERS) else {
+        return;
+    };
+    let apply = spawn(w.cmd(&["apply"]));
+    wait_for_writes(&w);
+    assert!(w
+        .sb
+        .systemctl(&["restart", "dbus.service"])
+        .status
+        .success());
+    let (out, _) = finish(apply, Duration::from_secs(120));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_one_error(&stderr, "dbus restarted");
+    assert!(
+        stderr.contains("lost the connection to the system bus"),
+        "{stderr}"
+    );
+    assert_rerun_converges(&w);
+}
+
+#[test]
+fn a_daemon_reexec_mid_apply_is_at_most_one_error() {
+    let Some(w) = world_with_students(USERS) else {
+        return;
+    };
+    let apply = spawn(w.cmd(&["apply"]));
+    wait_for_writes(&w);
+    assert!(w.sb.systemctl(&["daemon-reexec"]).status.success());
+    let (out, _) = finish(apply, Duration::from_secs(120));
+    let stderr = text(&out.stderr);
+    // Calls in flight when systemd leaves the bus end the run; if none was, it simply
+    // finishes.
+    if out.status.code() != Some(0) {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_one_error(&stderr, "daemon-reexec");
+        assert!(
+            stderr.contains("systemd left the bus") || stderr.contains("systemd is not on the bus"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("no answer from systemd"), "{stderr}");
+    }
+    assert_rerun_converges(&w);
+}
+
+#[test]
+fn a_stopped_writer_holding_the_lock_bounds_a_hooks_wait_and_is_named() {
+    let Some(w) = world_with_students(USERS) else {
+        return;
+    };
+    let apply = spawn(w.cmd(&["apply"]));
+    let pid = apply.id();
+    let lock = w.state().join("lock");
+    wait_until(Duration::from_secs(60), "apply holds the lock", || {
+        (fs::read_to_string(&lock).ok()?.trim() == pid.to_string()).then_some(())
+    })
+    .unwrap();
+    let stopped = Stopped::new(pid);
+    let hook = spawn(w.cmd(&["hook", "pre-create", "newcomer", "--timeout", "2"]));
+    let (out, took) = finish(hook, Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the hook gave up\n{stderr}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(out.stdout.is_empty(), "no slice for the container");
+    assert!(
+        stderr.contains(&format!("(PID {pid}) has held the writer lock")),
+        "{stderr}"
+    );
+    drop(stopped);
+    let (out, took) = finish(apply, Duration::from_secs(180));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "after {took:?}: {}",
+        text(&out.stderr)
+    );
+    w.expect(&["hook", "pre-create", "newcomer"], 0);
+}
