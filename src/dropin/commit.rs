@@ -3,14 +3,14 @@
 //! slice left with neither its rendered file nor the D-Bus drop-ins that held its values.
 
 use std::collections::BTreeSet;
-use std::fs::{self, DirBuilder};
+use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::decide::TreePlan;
 use super::error::RenderError;
 use super::format::{TMP_PREFIX, TMP_SUFFIX};
+use super::root::Root;
 use crate::atomic::{self, parent};
 use crate::state::ownership::Ownership;
 
@@ -25,13 +25,26 @@ pub struct Executed {
 /// of them cannot be written), then moved into place; stale files and our D-Bus drop-ins
 /// go last, so no slice is ever left with neither.
 pub fn execute(tp: &TreePlan, ownership: &Ownership) -> Result<Executed, RenderError> {
+    let root = Root::open(&tp.root)?;
+    // The tree was checked when it was read; checked again now, before the first change, so
+    // that a symlink that appeared since refuses the run with nothing changed (`root` says
+    // what this does and does not guard against).
+    let touched = tp
+        .leftover_temps
+        .iter()
+        .chain(tp.writes().map(|(f, _)| &f.path))
+        .chain(tp.removals().map(|f| &f.path))
+        .chain(tp.dbus.iter().filter(|d| d.recognised).map(|d| &d.path));
+    for path in touched {
+        root.no_symlink_to(parent(path))?;
+    }
     let mut done = Executed::default();
     for tmp in &tp.leftover_temps {
         remove_if_present(tmp)?;
     }
     let mut staging = Staging::default();
     for (file, content) in tp.writes() {
-        staging.stage(&tp.root, &file.path, content)?;
+        staging.stage(&root, &file.path, content)?;
     }
     staging.commit()?;
 
@@ -93,37 +106,17 @@ struct Staging {
 }
 
 impl Staging {
-    fn stage(&mut self, root: &Path, path: &Path, content: &str) -> Result<(), RenderError> {
-        let write_err = |source| RenderError::Write {
-            path: path.to_owned(),
-            source,
-        };
+    fn stage(&mut self, root: &Root, path: &Path, content: &str) -> Result<(), RenderError> {
         let dir = parent(path);
-        self.ensure_dir(root, dir).map_err(write_err)?;
+        root.make_dirs(dir, path, &mut self.created_dirs)?;
         let staged =
-            atomic::stage(dir, TMP_PREFIX, TMP_SUFFIX, content.as_bytes()).map_err(write_err)?;
+            atomic::stage(dir, TMP_PREFIX, TMP_SUFFIX, content.as_bytes()).map_err(|source| {
+                RenderError::Write {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         self.staged.push((path.to_owned(), staged));
-        Ok(())
-    }
-
-    /// Creates `dir` and any missing parents (never `root` itself), remembering each.
-    fn ensure_dir(&mut self, root: &Path, dir: &Path) -> io::Result<()> {
-        let mut missing = Vec::new();
-        let mut d = dir;
-        while d != root && !d.exists() {
-            missing.push(d.to_owned());
-            match d.parent() {
-                Some(p) => d = p,
-                None => break,
-            }
-        }
-        for d in missing.into_iter().rev() {
-            match DirBuilder::new().mode(0o755).create(&d) {
-                Ok(()) => self.created_dirs.push(d),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
         Ok(())
     }
 
@@ -191,7 +184,9 @@ mod tests {
             let dir = root.0.join(UNIT_DIR).join("ds01.slice.d");
             let path = dir.join(DROP_IN_FILE);
             let mut staging = Staging::default();
-            staging.stage(&root.0, &path, "new\n").unwrap();
+            staging
+                .stage(&Root::open(&root.0).unwrap(), &path, "new\n")
+                .unwrap();
             let staged: Vec<String> = fs::read_dir(&dir)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -228,7 +223,9 @@ mod tests {
             .join(DROP_IN_FILE);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut staging = Staging::default();
-            staging.stage(&root.0, &path, "new\n").unwrap();
+            staging
+                .stage(&Root::open(&root.0).unwrap(), &path, "new\n")
+                .unwrap();
             panic!("between staging and commit");
         }));
         assert!(unwound.is_err());
@@ -256,6 +253,27 @@ mod tests {
             all_files(&dir),
             ["10-resource-limits.conf", "keep.tmp"],
             "leftovers gone, other files kept"
+        );
+    }
+
+    #[test]
+    fn a_symlink_that_appears_after_the_plan_refuses_the_run_before_any_change() {
+        let root = TempRoot::new("late-link");
+        let outside = TempRoot::new("late-link-outside");
+        let state = TempRoot::new("late-link-state");
+        let own = Ownership::new(&state.0);
+        let c = config("alice\n");
+        let p = plan(&c).unwrap();
+        let tp = plan_tree(&c, &p, None, &root.0, &own).unwrap();
+        fs::create_dir_all(root.0.join("etc/systemd")).unwrap();
+        std::os::unix::fs::symlink(&outside.0, root.0.join(UNIT_DIR)).unwrap();
+        let err = execute(&tp, &own).unwrap_err();
+        assert!(matches!(err, RenderError::Symlink { .. }), "{err}");
+        assert_eq!(all_files(&outside.0), Vec::<String>::new());
+        // all_files follows the link: it lists the (empty) outside directory as a directory.
+        assert_eq!(
+            all_files(&root.0),
+            ["etc/", "etc/systemd/", "etc/systemd/system/"]
         );
     }
 

@@ -13,6 +13,7 @@ use super::format::{
     dbus_drop_in_name, drop_in_dir_name, only_settings, parse_assignments, relative_path,
     render_spec, same_setting_value, setting_value, Provenance, CONTROL_DIRS,
 };
+use super::root::Root;
 use super::scan::{read_optional, scan};
 use crate::config::Config;
 use crate::diff;
@@ -136,7 +137,8 @@ pub fn plan_tree(
 ) -> Result<TreePlan, RenderError> {
     let sanitized = user.and_then(|u| u.sanitized().ok());
     let scope = |s: &SliceName| in_scope(s, plan, sanitized.as_ref());
-    let scan = scan(root)?;
+    let tree = Root::open(root)?;
+    let scan = scan(&tree)?;
     let owned: BTreeMap<SliceName, BTreeSet<Property>> = ownership
         .read_all()?
         .into_iter()
@@ -216,7 +218,7 @@ pub fn plan_tree(
                     .join(control)
                     .join(drop_in_dir_name(slice))
                     .join(dbus_drop_in_name(p));
-                let Some(text) = read_optional(&path)? else {
+                let Some(text) = read_optional(&tree, &path)? else {
                     continue;
                 };
                 let recognised = text
@@ -244,7 +246,7 @@ pub fn plan_tree(
                         .join(control)
                         .join(drop_in_dir_name(slice))
                         .join(dbus_drop_in_name(p));
-                    let Some(Some(text)) = read_optional(&dbus_file)? else {
+                    let Some(Some(text)) = read_optional(&tree, &dbus_file)? else {
                         continue;
                     };
                     let Some((_, dbus_value)) =

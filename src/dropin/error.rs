@@ -4,6 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Exit, ExitStatus};
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,28 @@ pub enum RenderError {
     Sync { path: PathBuf, source: io::Error },
     #[error("cannot remove {path}: {source}; make its directory writable and rerun")]
     Remove { path: PathBuf, source: io::Error },
+    /// A symlink below `--root` (README, "Rendering drop-in files"): refused before anything
+    /// is read through it, so the whole run is.
+    #[error("{} is a symlink (to {}); ds01-slices follows no symlink below --root {}, so that nothing it writes or removes can land outside it. Nothing was changed: replace it with a real directory, or pass --root the target itself", .link.display(), .target.display(), .root.display())]
+    Symlink {
+        root: PathBuf,
+        link: PathBuf,
+        target: PathBuf,
+    },
+    #[error("{} is not a directory; ds01-slices reads and writes drop-ins only through real directories below --root {}. Nothing was changed: replace it with a real directory and rerun", .path.display(), .root.display())]
+    NotADirectory { root: PathBuf, path: PathBuf },
+    /// A path of ours not below the root: a bug, refused rather than followed.
+    #[error("internal error: {} is not below --root {}; nothing was changed: please report this", .path.display(), .root.display())]
+    OutsideRoot { root: PathBuf, path: PathBuf },
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl ExitStatus for RenderError {
+    fn exit_code(&self) -> Exit {
+        match self {
+            RenderError::State(e) => e.exit_code(),
+            _ => Exit::Failure,
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! A render reads, decides, then writes, and only the last step changes anything, so
 //! `--dry-run` and `verify --offline` stop before it and still say exactly what it would do:
 //! - `format`: the bytes of our files and the recognition of files found (pure);
+//! - `root`: `--root` and the rule below it: no symlink is followed;
 //! - `scan`: what is on disk under `--root`;
 //! - `decide`: scan and plan into a [`TreePlan`], an action for every file;
 //! - `commit`: a [`TreePlan`] carried out, all new contents staged before any is renamed
@@ -29,6 +30,7 @@ mod error;
 pub mod explain;
 mod format;
 mod offline;
+mod root;
 mod scan;
 mod takeover;
 #[cfg(test)]
@@ -44,5 +46,6 @@ pub use format::{
     MARKER, UNIT_DIR,
 };
 pub use offline::{offline_check, FileCheck, FileStatus, OfflineCounts, OfflineReport};
+pub use root::Root;
 pub use scan::{read_found, scan, Found, Scan};
 pub use takeover::{find_rendered, take_over_rendered, Rendered};

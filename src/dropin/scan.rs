@@ -4,15 +4,17 @@
 //!
 //! Everything happens in `etc/systemd/system/ds01*.slice.d/` and (for the D-Bus drop-ins we
 //! wrote earlier) `{etc,run}/systemd/system.control/ds01*.slice.d/`. Names come from
-//! validated [`SliceName`]s, so no path can leave those directories.
+//! validated [`SliceName`]s, and no symlink below `--root` is followed ([`Root`]), so no path
+//! can leave those directories.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::error::RenderError;
-use super::format::{classify, is_leftover_temp, Provenance, DROP_IN_FILE, UNIT_DIR};
+use super::format::{classify, is_leftover_temp, Provenance, CONTROL_DIRS, DROP_IN_FILE, UNIT_DIR};
+use super::root::{is_symlink_error, open_nofollow, Dir, Root};
 use crate::model::names::SliceName;
 
 /// One `10-resource-limits.conf` found under `--root`.
@@ -33,35 +35,23 @@ pub struct Scan {
     pub leftover_temps: Vec<PathBuf>,
 }
 
-/// Reads the rendered tree. Read-only: leftovers are only listed here.
-pub fn scan(root: &Path) -> Result<Scan, RenderError> {
-    match fs::metadata(root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(RenderError::Root {
-                path: root.to_owned(),
-                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            })
-        }
-        Err(source) => {
-            return Err(RenderError::Root {
-                path: root.to_owned(),
-                source,
-            })
-        }
+/// Reads the rendered tree. Read-only: leftovers are only listed here. A symlink (or a
+/// non-directory) on the way to any directory a render uses fails the whole scan, also for
+/// the D-Bus directories no slice may need this time: whether a run is refused must not
+/// depend on which slices it happens to look at.
+pub fn scan(root: &Root) -> Result<Scan, RenderError> {
+    for control in CONTROL_DIRS {
+        root.dir(&root.path().join(control))?;
     }
-    let unit_dir = root.join(UNIT_DIR);
+    let unit_dir = root.path().join(UNIT_DIR);
     let mut scan = Scan::default();
-    let entries = match fs::read_dir(&unit_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
-        Err(source) => {
-            return Err(RenderError::Read {
-                path: unit_dir,
-                source,
-            })
-        }
-    };
+    if root.dir(&unit_dir)? == Dir::Absent {
+        return Ok(scan);
+    }
+    let entries = fs::read_dir(&unit_dir).map_err(|source| RenderError::Read {
+        path: unit_dir.clone(),
+        source,
+    })?;
     for entry in entries {
         let entry = entry.map_err(|source| RenderError::Read {
             path: unit_dir.clone(),
@@ -81,12 +71,13 @@ pub fn scan(root: &Path) -> Result<Scan, RenderError> {
             path: dir.clone(),
             source,
         })?;
+        if file_type.is_symlink() {
+            // Refused with the link and its target named.
+            root.dir(&dir)?;
+        }
         if !file_type.is_dir() {
-            let what = if file_type.is_symlink() {
-                "a symlink"
-            } else {
-                "not a directory"
-            };
+            // Someone's file where a slice's directory goes cannot lead out of the root: only
+            // that slice is refused.
             scan.files.insert(
                 slice,
                 Found {
@@ -94,15 +85,16 @@ pub fn scan(root: &Path) -> Result<Scan, RenderError> {
                     provenance: Provenance::Foreign,
                     text: None,
                     odd: Some(format!(
-                        "{} is {what}; ds01-slices writes only into real directories under --root",
+                        "{} is not a directory; ds01-slices writes only into real directories under --root",
                         dir.display()
                     )),
                 },
             );
             continue;
         }
+        root.dir(&dir)?;
         scan.leftover_temps.extend(leftover_temps(&dir)?);
-        if let Some(found) = read_found(&path)? {
+        if let Some(found) = read_found(root, &path)? {
             scan.files.insert(slice, found);
         }
     }
@@ -124,33 +116,27 @@ fn leftover_temps(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
     Ok(out)
 }
 
-/// The file at `path`, if any, with who wrote it.
-pub fn read_found(path: &Path) -> Result<Option<Found>, RenderError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(RenderError::Read {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    if !meta.file_type().is_file() {
-        return Ok(Some(Found {
-            path: path.to_owned(),
-            provenance: Provenance::Foreign,
-            text: None,
-            odd: Some(format!(
-                "{} is not a regular file (a symlink?); ds01-slices only manages files it wrote",
-                path.display()
-            )),
-        }));
+/// The file at `path` (under `root`), if any, with who wrote it. A symlink on the way to it
+/// fails; the file itself is opened without following one.
+pub fn read_found(root: &Root, path: &Path) -> Result<Option<Found>, RenderError> {
+    if root.file_dir(path)? == Dir::Absent {
+        return Ok(None);
     }
-    let bytes = fs::read(path).map_err(|source| RenderError::Read {
+    let odd = |why: &str| Found {
         path: path.to_owned(),
-        source,
-    })?;
+        provenance: Provenance::Foreign,
+        text: None,
+        odd: Some(format!(
+            "{} is {why}; ds01-slices only manages files it wrote",
+            path.display()
+        )),
+    };
+    let bytes = match read_file(path)? {
+        Content::Missing => return Ok(None),
+        Content::Symlink => return Ok(Some(odd("a symlink"))),
+        Content::NotAFile => return Ok(Some(odd("not a regular file"))),
+        Content::Bytes(bytes) => bytes,
+    };
     Ok(Some(match String::from_utf8(bytes) {
         Ok(text) => Found {
             path: path.to_owned(),
@@ -167,27 +153,53 @@ pub fn read_found(path: &Path) -> Result<Option<Found>, RenderError> {
     }))
 }
 
-/// `None`: no such file. `Some(None)`: there, but not text we could read as a drop-in.
-pub fn read_optional(path: &Path) -> Result<Option<Option<String>>, RenderError> {
+/// `None`: no such file (or no such directory). `Some(None)`: there, but not text we could
+/// read as a drop-in. A symlink on the way to it fails.
+pub fn read_optional(root: &Root, path: &Path) -> Result<Option<Option<String>>, RenderError> {
+    if root.file_dir(path)? == Dir::Absent {
+        return Ok(None);
+    }
+    Ok(match read_file(path)? {
+        Content::Missing => None,
+        Content::Symlink | Content::NotAFile => Some(None),
+        Content::Bytes(bytes) => Some(String::from_utf8(bytes).ok()),
+    })
+}
+
+enum Content {
+    Missing,
+    Symlink,
+    NotAFile,
+    Bytes(Vec<u8>),
+}
+
+/// A regular file's bytes, checked again on the file opened (not only on its name), so that
+/// what is read is what was checked.
+fn read_file(path: &Path) -> Result<Content, RenderError> {
+    let read_err = |source| RenderError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    // Looked at before opening too: opening a device can have effects of its own.
     match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(RenderError::Read {
-                path: path.to_owned(),
-                source,
-            })
-        }
-        Ok(m) if !m.file_type().is_file() => return Ok(Some(None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Content::Missing),
+        Err(source) => return Err(read_err(source)),
+        Ok(m) if m.file_type().is_symlink() => return Ok(Content::Symlink),
+        Ok(m) if !m.is_file() => return Ok(Content::NotAFile),
         Ok(_) => {}
     }
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8(bytes).ok())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RenderError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+    let mut file = match open_nofollow(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(Content::Missing),
+        Err(e) if is_symlink_error(&e) => return Ok(Content::Symlink),
+        Err(source) => return Err(read_err(source)),
+    };
+    if !file.metadata().map_err(read_err)?.is_file() {
+        return Ok(Content::NotAFile);
     }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(Content::Bytes(bytes))
 }
 
 #[cfg(test)]
@@ -210,7 +222,7 @@ mod tests {
         ] {
             fs::write(dir.join(name), "").unwrap();
         }
-        let mut found = scan(&root.0).unwrap().leftover_temps;
+        let mut found = scan(&Root::open(&root.0).unwrap()).unwrap().leftover_temps;
         found.sort();
         assert_eq!(
             found,

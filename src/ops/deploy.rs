@@ -70,6 +70,7 @@ impl ExitStatus for DeployError {
             DeployError::Usage(e) => e.exit_code(),
             DeployError::Apply(e) => e.exit_code(),
             DeployError::Render(e) => e.exit_code(),
+            DeployError::Files(e) => e.exit_code(),
             _ => Exit::Failure,
         }
     }

@@ -69,7 +69,9 @@ impl ExitStatus for RenderRunError {
     fn exit_code(&self) -> Exit {
         match self {
             RenderRunError::Resolve(e) => e.exit_code(),
-            _ => Exit::Failure,
+            RenderRunError::Files(e) => e.exit_code(),
+            RenderRunError::State(e) => e.exit_code(),
+            RenderRunError::Reload { .. } => Exit::Failure,
         }
     }
 }

@@ -11,6 +11,7 @@ mod files;
 mod golden;
 mod live;
 mod mounts;
+mod symlinks;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -74,7 +75,8 @@ impl Offline {
     }
 }
 
-/// Every entry under `root`: relative path → (is dir, bytes, inode, mtime in ns, mode).
+/// Every entry under `root`: relative path → (is dir, bytes, inode, mtime in ns, mode); a
+/// symlink's bytes are its target, and it is not followed.
 type Tree = BTreeMap<String, (bool, Vec<u8>, u64, i128, u32)>;
 
 fn tree(root: &Path) -> Tree {
@@ -91,6 +93,12 @@ fn tree(root: &Path) -> Tree {
             if m.is_dir() {
                 out.insert(format!("{rel}/"), (true, Vec::new(), m.ino(), mtime, mode));
                 walk(&p, base, out);
+            } else if m.is_symlink() {
+                let target = fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes();
+                out.insert(format!("{rel}@"), (false, target, m.ino(), mtime, mode));
             } else {
                 out.insert(rel, (false, fs::read(&p).unwrap(), m.ino(), mtime, mode));
             }
