@@ -1,5 +1,5 @@
 //! The command line: parse, run a use case, print its report, exit. The only module that
-//! prints ([`out`]) and the only one that turns errors into exit codes ([`exit`]).
+//! prints (`out`) and the only one that turns errors into exit codes ([`exit`]).
 
 mod apply;
 pub mod args;

@@ -54,7 +54,7 @@ pub struct PropertyCheck {
     pub actual_value: BusValue,
     pub owned: bool,
     pub kernel: Option<KernelCheck>,
-    /// The drop-in the effective value comes from (see [`explain`]).
+    /// The drop-in the effective value comes from (see [`explain()`]).
     pub source: Option<String>,
 }
 

@@ -16,7 +16,7 @@ pub enum WriteMode {
     Runtime,
 }
 
-/// Everything the tool needs from systemd. Implemented over D-Bus by [`BusSystemd`].
+/// Everything the tool needs from systemd. Implemented over D-Bus by [`super::BusSystemd`].
 #[allow(async_fn_in_trait)]
 pub trait Systemd {
     /// The slice's properties (one call). `active_state` is inferred from its cgroup and
