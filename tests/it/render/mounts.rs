@@ -31,6 +31,9 @@ fn in_mount_namespace(s: &Offline, script: &str) -> Run {
     let out = Run::of(
         clear_tool_env(&mut Command::new("unshare"))
             .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            // libmount creates its utab's directory (/run/mount) on every mount, and /run is
+            // the machine's here: point it where no directory can be made.
+            .env("LIBMOUNT_UTAB", "/proc/ds01-no-utab/utab")
             .env("BIN", BIN)
             .env("ROOT", s.root())
             .env("STATE", s.state())
