@@ -52,18 +52,31 @@ fn assert_rerun_converges(w: &World) {
     w.expect(&["verify"], 0);
 }
 
+/// An apply of [`USERS`] users with `args`, interrupted by `interrupt` once it writes: its
+/// exit code, stderr and run time.
+fn interrupted_apply(
+    w: &World,
+    args: &[&str],
+    interrupt: impl FnOnce(&World),
+) -> (Option<i32>, String, Duration) {
+    let apply = spawn(w.cmd(&[&["apply"], args].concat()));
+    wait_for_writes(w);
+    interrupt(w);
+    let (out, took) = finish(apply, Duration::from_secs(120));
+    (out.status.code(), text(&out.stderr), took)
+}
+
 #[test]
 fn a_stopped_systemd_ends_apply_with_one_timeout_error() {
     let Some(w) = world_with_students(USERS) else {
         return;
     };
-    let apply = spawn(w.cmd(&["apply", "--timeout", "3"]));
-    wait_for_writes(&w);
-    let stopped = Stopped::new(w.sb.pid());
-    let (out, took) = finish(apply, Duration::from_secs(120));
+    let mut stopped = None;
+    let (code, stderr, took) = interrupted_apply(&w, &["--timeout", "3"], |w| {
+        stopped = Some(Stopped::new(w.sb.pid()));
+    });
     drop(stopped);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
     assert_one_error(&stderr, "systemd stopped");
     assert!(
         stderr.contains("no answer from systemd within 3 s"),
@@ -81,16 +94,14 @@ fn a_bus_restart_mid_apply_is_one_error_and_a_rerun_converges() {
     let Some(w) = world_with_students(USERS) else {
         return;
     };
-    let apply = spawn(w.cmd(&["apply"]));
-    wait_for_writes(&w);
-    assert!(w
-        .sb
-        .systemctl(&["restart", "dbus.service"])
-        .status
-        .success());
-    let (out, _) = finish(apply, Duration::from_secs(120));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) = interrupted_apply(&w, &[], |w| {
+        assert!(w
+            .sb
+            .systemctl(&["restart", "dbus.service"])
+            .status
+            .success());
+    });
+    assert_eq!(code, Some(1), "{stderr}");
     assert_one_error(&stderr, "dbus restarted");
     assert!(
         stderr.contains("lost the connection to the system bus"),
@@ -104,15 +115,13 @@ fn a_daemon_reexec_mid_apply_is_at_most_one_error() {
     let Some(w) = world_with_students(USERS) else {
         return;
     };
-    let apply = spawn(w.cmd(&["apply"]));
-    wait_for_writes(&w);
-    assert!(w.sb.systemctl(&["daemon-reexec"]).status.success());
-    let (out, _) = finish(apply, Duration::from_secs(120));
-    let stderr = text(&out.stderr);
+    let (code, stderr, _) = interrupted_apply(&w, &[], |w| {
+        assert!(w.sb.systemctl(&["daemon-reexec"]).status.success());
+    });
     // Calls in flight when systemd leaves the bus end the run; if none was, it simply
     // finishes.
-    if out.status.code() != Some(0) {
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+    if code != Some(0) {
+        assert_eq!(code, Some(1), "{stderr}");
         assert_one_error(&stderr, "daemon-reexec");
         assert!(
             stderr.contains("systemd left the bus") || stderr.contains("systemd is not on the bus"),
