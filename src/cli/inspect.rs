@@ -39,7 +39,11 @@ pub fn show(globals: &Globals, config: &Config, user: &str, aggregate_only: bool
         properties: plan::user_spec(&resolved).properties,
     };
     if aggregate_only {
-        out::stdout(&format!("{}\n", pyjson::dumps(&report.aggregate)))?;
+        let text = match &resolved.aggregate {
+            Some(a) => pyjson::dumps_section(&a.raw),
+            None => pyjson::dumps(&serde_json::Value::Null),
+        };
+        out::stdout(&format!("{text}\n"))?;
     } else if globals.json {
         out::json(&report)?;
     } else {
