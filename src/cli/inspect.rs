@@ -194,7 +194,11 @@ pub fn check_config(globals: &Globals) -> CliResult {
             overrides: 0,
             problems: d.items,
         },
-        Err(e @ config::ConfigError::Unreadable { .. }) if globals.json => CheckReport {
+        Err(
+            e @ (config::ConfigError::Unreadable { .. }
+            | config::ConfigError::Untrusted { .. }
+            | config::ConfigError::Changed { .. }),
+        ) if globals.json => CheckReport {
             ok: false,
             groups: 0,
             users: 0,

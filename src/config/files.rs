@@ -296,7 +296,7 @@ impl Snapshot {
 
 fn too_large(kind: Kind, size: u64) -> ReadError {
     ReadError::Unreadable(format!(
-        "it is {size} bytes, more than the {} MiB a {} may have; point the configuration at the right file, or split it",
+        "it is {size} bytes, more than the {} MiB a {} may have (a file this large is not a DS01 configuration); point it at the right file",
         kind.cap() / MIB,
         kind.noun()
     ))

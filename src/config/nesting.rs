@@ -162,7 +162,7 @@ pub(super) fn refused(path: &Path, text: &str, diags: &mut Diagnostics) -> bool 
     diags.error(
         Location::new(path, Some(line)),
         format!(
-            "the YAML nests deeper than {MAX_DEPTH} levels here (a DS01 configuration needs 5 at most); look for an unclosed `[` or `{{` or indentation that keeps growing (refused before parsing: the parser would take minutes)"
+            "the YAML nests deeper than {MAX_DEPTH} levels here (a DS01 configuration needs 5 at most); look for an unclosed `[` or `{{` or indentation that keeps growing (refused before parsing: the YAML parser takes tens of seconds on such input)"
         ),
     );
     true

@@ -157,7 +157,7 @@ pub(super) fn check_file(path: &Path, m: &Metadata, kind: Kind) -> Result<(), St
     match others_who_write(m) {
         None => Ok(()),
         Some(who) => Err(format!(
-            "the {} can be changed by {who} ({}), who could then lift limits; {} (ds01-slices run as root reads only configuration that only root can change)",
+            "the {} can be changed by {who} ({}), so someone other than root could lift limits; {} (ds01-slices run as root reads only configuration that only root can change)",
             kind.noun(),
             owner_and_mode(m),
             fix(path)
@@ -203,7 +203,7 @@ pub(super) fn check_dirs(
                 String::new()
             } else {
                 format!(
-                    "directory {} can be written by {who} ({}), who could then replace the {} and lift limits; {}",
+                    "directory {} can be written by {who} ({}), so someone other than root could replace the {} and lift limits; {}",
                     lookup.dir.display(),
                     owner_and_mode(&m),
                     kind.noun(),

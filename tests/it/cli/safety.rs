@@ -258,6 +258,13 @@ fn as_root_only_files_that_only_root_can_change_are_read() {
         ],
     );
 
+    let out = run(&["--json", "check-config", "--config", &scratch.config()]);
+    assert_eq!(out.code, 2, "{}", out.show());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let message = report["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains("who is not root"), "{message}");
+
     let scratch = clean_tree("trust-group");
     let groups = scratch.join("groups");
     std::os::unix::fs::chown(&groups, None, Some(65534)).unwrap();
