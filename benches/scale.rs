@@ -117,6 +117,9 @@ impl Fixture {
         let mut text = fs::read_to_string(&path).unwrap();
         let _ = writeln!(text, "# edit {i}");
         fs::write(path, text).unwrap();
+        // A file changed less than 50 ms ago may be half-written: every reader waits until
+        // it is that old. The figure is of the validation a change costs, not of that wait.
+        std::thread::sleep(std::time::Duration::from_millis(60));
     }
 
     /// 5% of users always have a memory override; with `changed`, 10% more get a new TasksMax.

@@ -39,7 +39,11 @@ pub fn show(globals: &Globals, config: &Config, user: &str, aggregate_only: bool
         properties: plan::user_spec(&resolved).properties,
     };
     if aggregate_only {
-        out::stdout(&format!("{}\n", pyjson::dumps(&report.aggregate)))?;
+        let text = match &resolved.aggregate {
+            Some(a) => pyjson::dumps_section(&a.raw),
+            None => pyjson::dumps(&serde_json::Value::Null),
+        };
+        out::stdout(&format!("{text}\n"))?;
     } else if globals.json {
         out::json(&report)?;
     } else {
@@ -190,7 +194,11 @@ pub fn check_config(globals: &Globals) -> CliResult {
             overrides: 0,
             problems: d.items,
         },
-        Err(e @ config::ConfigError::Unreadable { .. }) if globals.json => CheckReport {
+        Err(
+            e @ (config::ConfigError::Unreadable { .. }
+            | config::ConfigError::Untrusted { .. }
+            | config::ConfigError::Changed { .. }),
+        ) if globals.json => CheckReport {
             ok: false,
             groups: 0,
             users: 0,

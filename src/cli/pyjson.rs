@@ -4,9 +4,30 @@
 
 use serde_json::Value;
 
+use crate::config::Written;
+
 pub fn dumps(value: &Value) -> String {
     let mut out = String::new();
     write_value(&mut out, value);
+    out
+}
+
+/// A section of the configuration as written, as a JSON object; an infinite value (YAML's
+/// `.inf`) as `Infinity`, which is what `json.dumps` prints for it.
+pub fn dumps_section(section: &[(String, Written)]) -> String {
+    let mut out = String::from("{");
+    for (i, (key, value)) in section.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_string(&mut out, key);
+        out.push_str(": ");
+        match value {
+            Written::Json(v) => write_value(&mut out, v),
+            Written::Infinity => out.push_str("Infinity"),
+        }
+    }
+    out.push('}');
     out
 }
 
@@ -79,5 +100,17 @@ mod tests {
         );
         assert_eq!(dumps(&json!("José😀")), r#""Jos\u00e9\ud83d\ude00""#);
         assert_eq!(dumps(&Value::Null), "null");
+    }
+
+    #[test]
+    fn an_infinite_value_is_printed_as_python_prints_it() {
+        let section = [
+            ("gpu_limit".to_owned(), Written::Infinity),
+            ("tasks_max".to_owned(), Written::Json(json!(5))),
+        ];
+        assert_eq!(
+            dumps_section(&section),
+            r#"{"gpu_limit": Infinity, "tasks_max": 5}"#
+        );
     }
 }

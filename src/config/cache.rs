@@ -294,7 +294,7 @@ impl<'a> Record<'a> {
     }
 
     /// The groups whose members files the record was computed from, present or absent.
-    pub fn members_groups(&self) -> impl Iterator<Item = &GroupName> {
+    pub fn members_groups(&self) -> impl Iterator<Item = &GroupName> + Clone {
         self.sources.members.iter().map(|(group, _)| group)
     }
 

@@ -17,11 +17,16 @@
 //! byte the one it was computed from.
 
 pub mod cache;
+mod files;
 mod lines;
+mod nesting;
 mod read;
+mod trust;
 mod validate;
 mod yaml;
 
+#[cfg(test)]
+mod read_tests;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +55,15 @@ pub const GROUPS_DIR: &str = "groups";
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {reason}; pass --config PATH or set DS01_CONFIG to the resource-limits.yaml to use")]
     Unreadable { path: PathBuf, reason: String },
+    #[error("refusing configuration file {path}: {reason}; nothing was changed")]
+    Untrusted { path: PathBuf, reason: String },
+    /// Every attempt found a file changing: a non-atomic write, or a writer that never stops.
+    #[error("{path} changed while it was read ({attempts} reads in {millis} ms); rerun, and replace configuration files atomically (write a copy, then `mv` it over); nothing was changed")]
+    Changed {
+        path: PathBuf,
+        attempts: usize,
+        millis: u128,
+    },
     #[error("{}", render_invalid(.0))]
     Invalid(Diagnostics),
     /// Only from [`for_hook`]: the configuration is valid but gives the hook's user no slice.
@@ -99,9 +113,37 @@ pub struct Aggregate {
     pub memory_max: Option<MemoryLimit>,
     pub memory_high: Option<MemoryLimit>,
     pub tasks_max: Option<TasksLimit>,
-    pub gpu_limit: Option<Json>,
+    pub gpu_limit: Option<Written>,
     /// The section as written (keys in file order, values as in the YAML), for `show`.
-    pub raw: Vec<(String, Json)>,
+    pub raw: Vec<(String, Written)>,
+}
+
+/// A value as the YAML wrote it, for `show`: JSON, or the infinite float YAML writes `.inf`
+/// (a `gpu_limit` may be one), which JSON cannot hold and Python's `json.dumps` prints as
+/// `Infinity`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Json(Json),
+    Infinity,
+}
+
+impl Written {
+    /// As strict JSON: `Infinity` has no JSON form and becomes null, as serde_json makes it.
+    pub fn to_json(&self) -> Json {
+        match self {
+            Written::Json(v) => v.clone(),
+            Written::Infinity => Json::Null,
+        }
+    }
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Written::Json(v) => write!(f, "{v}"),
+            Written::Infinity => f.write_str("Infinity"),
+        }
+    }
 }
 
 impl Aggregate {
@@ -124,8 +166,14 @@ impl Aggregate {
         }
     }
 
+    /// The section as strict JSON (see [`Written::to_json`]).
     pub fn raw_json(&self) -> Json {
-        Json::Object(self.raw.iter().cloned().collect())
+        Json::Object(
+            self.raw
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+        )
     }
 }
 
@@ -341,10 +389,10 @@ pub fn for_hook(
     record: Option<&str>,
     user: &UserName,
 ) -> Result<(HookTarget, Option<String>), ConfigError> {
-    let main = read::main_text(path)?;
     let mut in_sync = false;
     if let Some(record) = record.and_then(Record::parse) {
-        if let Some(current) = read::current_digests(path, &main, record.members_groups()) {
+        // Digests of a stable read of every file: a torn file never matches the record.
+        if let Some(current) = read::current_digests(path, record.members_groups())? {
             in_sync = current == *record.sources();
             if let Some(target) = record.lookup(&current, user) {
                 return Ok((target, None));
@@ -353,7 +401,7 @@ pub fn for_hook(
     }
     // The record is missing, stale, or cannot answer for this user (who then most likely
     // fails to resolve, which only the full validation reports in full).
-    let (config, record) = Sources::read_with_main(path, main).validate_recorded()?;
+    let (config, record) = Sources::read(path)?.validate_recorded()?;
     let target = HookTarget::from_config(&config, user)?;
     Ok((target, if in_sync { None } else { record }))
 }

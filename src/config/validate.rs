@@ -23,7 +23,12 @@ pub struct MembersFile {
 /// The user names of a members file with their line numbers: `#` starts a comment.
 fn member_entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines().enumerate().filter_map(|(index, line)| {
-        let entry = line.split('#').next().unwrap_or_default().trim();
+        // A byte order mark (files joined with `cat`) is no part of a name.
+        let entry = line
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
         (!entry.is_empty()).then_some((index + 1, entry))
     })
 }
@@ -56,6 +61,33 @@ pub(super) fn check_high_below_max(
             ));
         }
     }
+}
+
+/// Groups that list no one: most likely the members files are not where they are looked
+/// for (a copy of the main file elsewhere, a wrong `--config`), and everyone would get the
+/// default group's limits.
+fn no_members_warning(
+    path: &Path,
+    group_names: &[(GroupName, Location)],
+    default_group: Option<&GroupName>,
+    diags: &mut Diagnostics,
+) {
+    let Some((_, first)) = group_names.first() else {
+        return;
+    };
+    let groups_dir = path
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(super::GROUPS_DIR);
+    let everyone = match default_group {
+        Some(g) => format!("every user is in default_group {g}"),
+        None => "no user has a group".to_owned(),
+    };
+    diags.warning(first.clone(), format!(
+        "no members file lists any user: none of the {} groups has a file in {} with a name in it, so {everyone}; if that is not meant, point --config at the configuration whose groups/ holds the members files",
+        group_names.len(),
+        groups_dir.display()
+    ));
 }
 
 /// `file_overrides` are the entries of `user-overrides.yaml`, already walked (their problems
@@ -184,6 +216,10 @@ pub(super) fn validate(
         })
         .collect();
 
+    if members.is_empty() {
+        let default_group = raw.default_group.as_ref().map(|(g, _)| g);
+        no_members_warning(&raw.path, &raw.group_names, default_group, &mut diags);
+    }
     let config = Config::new(
         raw.path,
         raw.aggregate_limits,
@@ -228,6 +264,19 @@ pub(super) fn validate(
                 }
             }
             Err(e) => diags.error(o.location.clone(), e.to_string()),
+        }
+    }
+
+    for o in &config.overrides {
+        let names_a_group = config
+            .groups
+            .iter()
+            .any(|g| g.name.as_str() == o.user.as_str());
+        if names_a_group && config.member(&o.user).is_none() {
+            diags.warning(o.location.clone(), format!(
+                "the override `{0}` is named like the group {0}, but overrides are for users: it applies only to a user account named {0}; to change the limits of group {0}, edit `groups: {0}: aggregate:` in the main file",
+                o.user
+            ));
         }
     }
 

@@ -8,8 +8,9 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 use super::lines::LineIndex;
+use super::nesting;
 use super::validate::check_high_below_max;
-use super::{Aggregate, Group, OverrideAggregate, UserOverride, GROUPS_DIR};
+use super::{Aggregate, Group, OverrideAggregate, UserOverride, Written, GROUPS_DIR};
 use crate::model::diagnostics::{Diagnostics, Location};
 use crate::model::names::{GroupName, UserName};
 use crate::model::values::{CpuQuota, MemoryLimit, TasksLimit, ValueError};
@@ -93,7 +94,18 @@ fn to_json(v: &Yaml) -> Json {
     }
 }
 
+/// `v` as written, an infinite float included (JSON alone would make it null).
+fn written(v: &Yaml) -> Written {
+    match v {
+        Yaml::Number(n) if n.as_f64() == Some(f64::INFINITY) => Written::Infinity,
+        other => Written::Json(to_json(other)),
+    }
+}
+
 fn parse_yaml(path: &Path, text: &str, diags: &mut Diagnostics) -> Option<Yaml> {
+    if nesting::refused(path, text, diags) {
+        return None;
+    }
     match serde_yaml::from_str::<Yaml>(text) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -371,7 +383,13 @@ fn parse_aggregate(
                 }
             }
             "gpu_limit" => match v {
-                Yaml::Number(_) | Yaml::Null => agg.gpu_limit = Some(to_json(v)),
+                Yaml::Number(n) if n.as_f64().is_some_and(f64::is_nan) => {
+                    report(diags, ValueError::NotANumber(n.to_string()));
+                }
+                Yaml::Number(n) if n.as_f64().is_some_and(|f| f < 0.0) => {
+                    report(diags, ValueError::Negative(n.to_string()));
+                }
+                Yaml::Number(_) | Yaml::Null => agg.gpu_limit = Some(written(v)),
                 _ => wrong_type(diags, "a number (GPU-equivalents) or null"),
             },
             other => {
@@ -386,7 +404,7 @@ fn parse_aggregate(
                 ));
             }
         }
-        agg.raw.push((key.clone(), to_json(v)));
+        agg.raw.push((key.clone(), written(v)));
     }
     Some(agg)
 }

@@ -23,6 +23,8 @@ pub enum ValueError {
     PercentTasks(String),
     #[error("{0:?} must be a percentage of one CPU such as \"9600%\" (100% = one CPU)")]
     CpuWithoutPercent(String),
+    #[error("{0:?} is not a percentage of one CPU: write a whole or decimal number of percent, such as \"9600%\" or \"150.5%\" (100% = one CPU; no exponents or signs)")]
+    NotAPercent(String),
     #[error("{0:?} is zero: a zero limit would stop every process; remove the key or set \"infinity\" for no limit")]
     Zero(String),
     #[error("{0:?} is negative")]
@@ -60,7 +62,11 @@ impl CpuQuota {
             .strip_suffix('%')
             .ok_or_else(|| ValueError::CpuWithoutPercent(text.to_owned()))?
             .trim();
-        let (whole, fraction) = parse_decimal(number, text)?;
+        // The generic message would suggest a memory size ("96G").
+        let (whole, fraction) = parse_decimal(number, text).map_err(|e| match e {
+            ValueError::NotANumber(t) => ValueError::NotAPercent(t),
+            other => other,
+        })?;
         let rounded = if fraction.is_some() {
             whole.checked_add(1)
         } else {
@@ -387,6 +393,18 @@ mod tests {
             "99999999999999999999%",
         ] {
             assert!(CpuQuota::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_quota_that_is_no_number_is_told_in_cpu_terms() {
+        for bad in ["1e3%", "abc%", "%", "1.2.3%"] {
+            let message = CpuQuota::parse(bad).unwrap_err().to_string();
+            assert!(
+                message.contains("percentage of one CPU"),
+                "{bad}: {message}"
+            );
+            assert!(!message.contains("96G"), "{bad}: {message}");
         }
     }
 

@@ -34,7 +34,7 @@ fn bad(
 }
 
 /// The base configuration with one edit.
-fn main_sub(from: &str, to: &str) -> (&'static str, Content) {
+pub(super) fn main_sub(from: &str, to: &str) -> (&'static str, Content) {
     (MAIN, Content::Text(replaced(BASE, from, to)))
 }
 
@@ -43,7 +43,7 @@ fn prod_sub(from: &str, to: &str) -> (&'static str, Content) {
     (MAIN, Content::Text(replaced(PRODUCTION_TEXT, from, to)))
 }
 
-fn default_files() -> Vec<(&'static str, Content)> {
+pub(super) fn default_files() -> Vec<(&'static str, Content)> {
     vec![
         text(MAIN, BASE),
         text(STUDENTS, "alice\njohn.doe\n"),
@@ -70,6 +70,8 @@ fn bad_cases() -> Vec<Bad> {
         bad("cpu_quota number without %", vec![main_sub("cpu_quota: \"9600%\"", "cpu_quota: 9600")], &["cpu_quota of group student", "\"9600\" must be a percentage"], "resource-limits.yaml:7"),
         bad("memory_max is a mapping", vec![main_sub("memory_max: \"96G\"", "memory_max: {size: 96G}")], &["memory_max of group student must be", "found a mapping"], "resource-limits.yaml:8"),
         bad("gpu_limit string", vec![main_sub("gpu_limit: 2.0", "gpu_limit: two")], &["gpu_limit of group student must be a number", "found a string"], "resource-limits.yaml:11"),
+        bad("negative gpu_limit", vec![main_sub("gpu_limit: 2.0", "gpu_limit: -1")], &["gpu_limit of group student", "\"-1\" is negative"], "resource-limits.yaml:11"),
+        bad("cpu_quota with an exponent", vec![main_sub("\"9600%\"", "\"1e3%\"")], &["cpu_quota of group student", "\"1e3%\" is not a percentage of one CPU"], "resource-limits.yaml:7"),
         // Unknown keys
         bad("unknown aggregate key", vec![main_sub("memory_max:", "memroy_max:")], &["unknown key `memroy_max`", "of group student in {dir}/resource-limits.yaml", "did you mean `memory_max`?"], "resource-limits.yaml:8"),
         bad("unknown key in production file", vec![prod_sub("memory_max: \"320G\"", "memroy_max: \"320G\"")], &["unknown key `memroy_max`", "of group researcher in {dir}/resource-limits.yaml", "did you mean `memory_max`?"], "resource-limits.yaml:122"),
@@ -111,6 +113,7 @@ fn bad_cases() -> Vec<Bad> {
         bad("bad unit in override", vec![text(OVERRIDES, "# raise alice\nalice:\n  aggregate:\n    memory_max: 1TB\n")], &["memory_max of the override of user alice", "\"1TB\" has unknown unit"], "user-overrides.yaml:4"),
         bad("override user sanitizes to nothing", vec![text(OVERRIDES, "alice: {}\n\"@nowhere\":\n  aggregate: null\n")], &["\"@nowhere\" has nothing left after sanitization"], "user-overrides.yaml:2"),
         bad("overrides file is a directory", vec![dir(OVERRIDES)], &["cannot read overrides file"], "user-overrides.yaml"),
+        bad("deeply nested overrides", vec![text(OVERRIDES, &"[".repeat(200_000))], &["nests deeper than 32 levels"], "user-overrides.yaml:1"),
         bad("overrides file not UTF-8", vec![bytes(OVERRIDES, b"alice:\n  aggregate: {tasks_max: \xff}\n")], &["cannot read overrides file", "UTF-8"], "user-overrides.yaml"),
     ]
 }

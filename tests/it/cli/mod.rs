@@ -8,6 +8,7 @@
 mod bad_input;
 mod command_line;
 mod production;
+mod safety;
 mod warnings;
 
 use serde_json::{json, Value};

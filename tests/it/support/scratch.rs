@@ -12,6 +12,11 @@ impl Scratch {
     /// `label` is reduced to at most 40 ASCII letters, digits and dashes, so that paths in
     /// messages stay plain.
     pub fn new(label: &str) -> Scratch {
+        Scratch::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// [`Scratch::new`] under `parent` (for a test whose files another user must reach).
+    pub fn new_in(parent: &Path, label: &str) -> Scratch {
         let label: String = label
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -19,7 +24,7 @@ impl Scratch {
             .collect();
         let dir = tempfile::Builder::new()
             .prefix(&format!("ds01-{label}-"))
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap_or_else(|e| panic!("cannot create a scratch directory for {label}: {e}"));
         Scratch(dir)
     }
