@@ -19,6 +19,12 @@ pub struct Staged {
 /// Writes `content` to a new temporary file in `dir`, named `<prefix>XXXXXX<suffix>`, with
 /// mode 0644, flushed to disk.
 pub fn stage(dir: &Path, prefix: &str, suffix: &str, content: &[u8]) -> io::Result<Staged> {
+    let staged = stage_unflushed(dir, prefix, suffix, content)?;
+    staged.temp.as_file().sync_all()?;
+    Ok(staged)
+}
+
+fn stage_unflushed(dir: &Path, prefix: &str, suffix: &str, content: &[u8]) -> io::Result<Staged> {
     let mut temp = tempfile::Builder::new()
         .prefix(prefix)
         .suffix(suffix)
@@ -27,7 +33,6 @@ pub fn stage(dir: &Path, prefix: &str, suffix: &str, content: &[u8]) -> io::Resu
     temp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))?;
     temp.write_all(content)?;
-    temp.as_file().sync_all()?;
     Ok(Staged { temp })
 }
 
@@ -42,9 +47,24 @@ impl Staged {
 
 /// Replaces `path` with `content` atomically and durably (file and directory flushed).
 pub fn replace(path: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = parent(path);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    stage(dir, &format!(".{name}."), ".tmp", content)?.commit(path)?;
+    stage(parent(path), &format!(".{name}."), ".tmp", content)?.commit(path)?;
+    sync_dir(parent(path))
+}
+
+/// Replaces `path` with `content` atomically but not yet durably: a crash of this process
+/// leaves the old file or the new one; [`flush`] later (say, while a D-Bus call is on the
+/// wire) makes the new one survive a crash of the machine too.
+pub fn replace_now(path: &Path, content: &[u8]) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    stage_unflushed(parent(path), &format!(".{name}."), ".tmp", content)?.commit(path)
+}
+
+/// Flushes files replaced by [`replace_now`], then their directory.
+pub fn flush(dir: &Path, files: &[std::path::PathBuf]) -> io::Result<()> {
+    for f in files {
+        File::open(f)?.sync_all()?;
+    }
     sync_dir(dir)
 }
 

@@ -26,7 +26,7 @@ pub fn run(cli: HookCli) -> CliResult {
 pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
     let t = Instant::now();
     let user = parse_user(user)?;
-    let target = hook_config(globals, &user)?;
+    let (target, record) = hook_config(globals, &user)?;
     let t = trace::phase("hook: load configuration", t);
     let rt = super::async_runtime()?;
     let sd = rt.block_on(BusSystemd::connect(
@@ -39,7 +39,13 @@ pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
     } else {
         WriteMode::Persistent
     };
-    let exit = rt.block_on(hook_command(globals, &sd, &target, mode));
+    // A new record of the configuration is written (and flushed) while the hook's calls are
+    // on the wire: `join` polls the hook first, which sends them.
+    let (exit, ()) = rt.block_on(async {
+        tokio::join!(hook_command(globals, &sd, &target, mode), async {
+            remember_validated(&globals.ownership(), record)
+        })
+    });
     // The process ends right after this and the kernel closes the socket: shutting the
     // runtime and connection down cost a hook ~0.2 ms for nothing.
     std::mem::forget((sd, rt));
@@ -49,12 +55,13 @@ pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
 /// What the configuration says about `user`. The answer of a full validation whose files are
 /// all unchanged (same digest of every file) is taken from its record; any change to any file
 /// means a full validation, as for every command.
-fn hook_config(globals: &Globals, user: &UserName) -> Result<HookTarget, CliError> {
-    let ownership = globals.ownership();
-    let record = ownership.validated_config();
-    let (target, record) = config::for_hook(&globals.config, record.as_deref(), user)?;
-    remember_validated(&ownership, record);
-    Ok(target)
+/// Also returns the record to keep, when the configuration was validated in full.
+fn hook_config(
+    globals: &Globals,
+    user: &UserName,
+) -> Result<(HookTarget, Option<String>), CliError> {
+    let record = globals.ownership().validated_config();
+    Ok(config::for_hook(&globals.config, record.as_deref(), user)?)
 }
 
 async fn hook_command(

@@ -303,7 +303,7 @@ async fn write_batch<S: Systemd>(
     // Record intent first: a crash between the two leaves a record that claims at most
     // what was about to be written, never a limit we set but forgot.
     for change in &writing {
-        ownership.record(&change.slice, &intent_of(change, owned))?;
+        ownership.record_now(&change.slice, &intent_of(change, owned))?;
     }
     // A write to a unit that is not loaded makes systemd reload its unit-name map, whose
     // cost grows with every drop-in directory: pinned units are written in ~2 ms instead.
@@ -313,11 +313,18 @@ async fn write_batch<S: Systemd>(
     } else {
         Vec::new()
     };
-    let results = pipeline::bounded(&writing, |c| async move {
-        let props = c.properties();
-        sd.set_properties(&c.slice, mode, &props).await
-    })
-    .await;
+    // The records' flush runs while the writes are on the wire: `join` sends them first.
+    let (results, synced) = tokio::join!(
+        pipeline::bounded(&writing, |c| async move {
+            let props = c.properties();
+            sd.set_properties(&c.slice, mode, &props).await
+        }),
+        async {
+            let slices: Vec<SliceName> = writing.iter().map(|c| c.slice.clone()).collect();
+            ownership.sync(&slices)
+        }
+    );
+    synced?;
     for (change, pinned) in writing.iter().zip(&pin_results) {
         if pinned.is_ok() {
             // Losing a pin only costs speed; the write result is what matters.

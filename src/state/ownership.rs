@@ -192,6 +192,19 @@ impl Ownership {
     /// Written before the properties are set, so a crash leaves a record that claims at
     /// most what we were about to write.
     pub fn record(&self, slice: &SliceName, props: &BTreeSet<Property>) -> Result<(), StateError> {
+        self.record_now(slice, props)?;
+        self.sync(std::slice::from_ref(slice))
+    }
+
+    /// [`Ownership::record`] without flushing the directory: the record is in place for every
+    /// reader and survives a crash of this process; [`Ownership::sync`] makes it survive a
+    /// crash of the machine. Apply and the hook record their intent this way and flush while
+    /// the write it announces is on the wire, which takes the flush off the hook's path.
+    pub fn record_now(
+        &self,
+        slice: &SliceName,
+        props: &BTreeSet<Property>,
+    ) -> Result<(), StateError> {
         self.ensure_dirs()?;
         let path = self.owned_dir().join(slice.as_str());
         if props.is_empty() {
@@ -206,7 +219,20 @@ impl Ownership {
             .iter()
             .map(|p| format!("{}\n", p.bus_name()))
             .collect();
-        atomic::replace(&path, text.as_bytes()).map_err(|source| StateError::Write { path, source })
+        atomic::replace_now(&path, text.as_bytes())
+            .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Flushes the records of `slices` written by [`Ownership::record_now`] to disk (a
+    /// record since removed is skipped).
+    pub fn sync(&self, slices: &[SliceName]) -> Result<(), StateError> {
+        let dir = self.owned_dir();
+        let files: Vec<PathBuf> = slices
+            .iter()
+            .map(|s| dir.join(s.as_str()))
+            .filter(|p| p.exists())
+            .collect();
+        atomic::flush(&dir, &files).map_err(|source| StateError::Write { path: dir, source })
     }
 }
 
