@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,22 @@ pub fn lock(path: &Path, wait: Duration) -> Result<WriterLock, StateError> {
         path: path.to_owned(),
         source,
     };
+    // O_NONBLOCK | O_NOFOLLOW: a FIFO or a link in its place fails at once instead of
+    // blocking every writer or locking some other file.
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
         .map_err(err)?;
+    if !file.metadata().map_err(err)?.is_file() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file; remove it (ds01-slices makes a new one)",
+        )));
+    }
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(1);
     loop {

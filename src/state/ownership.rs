@@ -31,6 +31,9 @@ pub struct Ownership {
 
 /// A record lists at most the eight property names: anything near this size is not one.
 const MAX_RECORD_BYTES: u64 = 4096;
+/// The hook's cache holds a line per user: ~42 KB at 1,000 users, so 16 MiB is far beyond
+/// any real configuration (whose files are capped at 1 + 4 + 4 MiB).
+const MAX_CACHE_BYTES: u64 = 16 << 20;
 
 enum Capped {
     Missing,
@@ -176,8 +179,13 @@ impl Ownership {
 
     /// The record of the last configuration a full validation accepted (see
     /// `crate::config::cache`); `None` when there is none or it cannot be read.
+    /// Read like the ownership records (no symlink, no FIFO, capped): anything else is no
+    /// record, and the hook validates in full.
     pub fn validated_config(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(VALIDATED_CONFIG)).ok()
+        match read_capped(&self.dir.join(VALIDATED_CONFIG), MAX_CACHE_BYTES) {
+            Ok(Capped::Text(text)) => Some(text),
+            _ => None,
+        }
     }
 
     /// Keeps `record` of a configuration that passed a full validation, so that a hook can
@@ -255,6 +263,40 @@ mod tests {
         let _lock = own.lock().unwrap();
         own.record(&slice, &BTreeSet::new()).unwrap();
         assert!(own.read_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cache_that_is_no_regular_small_file_is_no_cache() {
+        let scratch = tempfile::tempdir().unwrap();
+        let own = Ownership::new(scratch.path());
+        own.record_validated_config("record\n");
+        assert_eq!(own.validated_config().as_deref(), Some("record\n"));
+        let path = scratch.path().join(VALIDATED_CONFIG);
+        fs::remove_file(&path).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        assert_eq!(
+            own.validated_config(),
+            None,
+            "a FIFO is read without blocking"
+        );
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_fifo_fails_at_once() {
+        let scratch = tempfile::tempdir().unwrap();
+        let own = Ownership::new(scratch.path());
+        fs::create_dir_all(scratch.path().join("owned")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(scratch.path().join("lock"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        let err = own.lock().unwrap_err().to_string();
+        assert!(err.contains("cannot take the lock"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::bad_input::{default_files, main_sub};
 use super::*;
-use crate::support::{clear_tool_env, BIN};
+use crate::support::{clear_tool_env, skip, BIN};
 
 /// Longer than any of these runs may take; a run still going then hangs, which is a failure.
 const HANG: Duration = Duration::from_secs(20);
@@ -217,7 +217,10 @@ fn check_config(scratch: &Scratch) -> Run {
 #[test]
 fn as_root_only_files_that_only_root_can_change_are_read() {
     if !as_root() {
-        println!("SKIPPED: not root, so the tool only reads and refuses nothing");
+        skip(
+            "root",
+            "not root, so the tool only reads and refuses nothing",
+        );
         return;
     }
     let scratch = clean_tree("trust-clean");
@@ -286,7 +289,7 @@ fn as_root_only_files_that_only_root_can_change_are_read() {
 #[test]
 fn a_sticky_directory_on_the_way_is_fine_when_what_is_below_it_is_roots() {
     if !as_root() {
-        println!("SKIPPED: not root");
+        skip("root", "not root");
         return;
     }
     let scratch = Scratch::new("sticky");
@@ -335,7 +338,10 @@ fn a_sticky_directory_on_the_way_is_fine_when_what_is_below_it_is_roots() {
 #[test]
 fn not_as_root_nothing_is_refused_for_its_owner() {
     if !as_root() || Command::new("setpriv").arg("--version").output().is_err() {
-        println!("SKIPPED: needs root and setpriv to run as nobody");
+        skip(
+            "root and setpriv",
+            "needs root and setpriv to run as nobody",
+        );
         return;
     }
     // Under /tmp, which every user can reach (TMPDIR may be below a directory only root may
