@@ -4,9 +4,14 @@
 //!     cargo bench --bench scale                       # N = 100, 1000, 5000
 //!     cargo bench --bench scale -- --sizes 100,1000 --runs 3 --naive-max 1000
 //!
+//!     cargo bench --bench scale -- --host vm --sizes 100,1000 --runs 3 --naive-max 1000
+//!
 //! Needs root and unshare (as the systemd tests do). Every figure is a median over
 //! `--runs` fresh sandboxes; the naive baseline (quadratic) runs once per size up to
-//! `--naive-max`.
+//! `--naive-max`. `--host vm` runs the same benchmark inside the cgroup v2 test VM
+//! (tests/it/support/vm.rs: Debian under QEMU/TCG, sandboxes on the unified hierarchy) and
+//! replaces only BENCHMARKS.md's cgroup v2 section; the default host (the v1 sandbox on this
+//! machine) replaces everything before it.
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -33,7 +38,15 @@ struct Args {
     /// Another build of the tool whose hook is measured in the same sandboxes, sample by
     /// sample after ours (e.g. the previous release), for a comparison within one run.
     baseline_bin: Option<PathBuf>,
+    /// `vm`: run inside the cgroup v2 VM (see the top).
+    host: String,
+    /// Set for the run inside the VM: write only the cgroup v2 section, as is.
+    section_v2: bool,
 }
+
+/// Where BENCHMARKS.md's cgroup v2 section starts; the v1 run keeps what follows it.
+const V2_MARKER: &str =
+    "<!-- cgroup v2 section: `cargo bench --bench scale -- --host vm ...` writes from here -->";
 
 fn parse_args() -> Args {
     let mut a = Args {
@@ -44,6 +57,8 @@ fn parse_args() -> Args {
         hook_samples: 40,
         out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md")),
         baseline_bin: None,
+        host: "sandbox".into(),
+        section_v2: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +76,8 @@ fn parse_args() -> Args {
             "--hook-samples" => a.hook_samples = value().parse().expect("hook-samples"),
             "--out" => a.out = PathBuf::from(value()),
             "--baseline-bin" => a.baseline_bin = Some(PathBuf::from(value())),
+            "--host" => a.host = value(),
+            "--section-v2" => a.section_v2 = true,
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -76,8 +93,13 @@ struct Fixture {
 
 impl Fixture {
     fn new(n: usize, tag: &str) -> Fixture {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-{tag}-{n}-{}", std::process::id()));
+        // In the VM the build directory is a read-only share.
+        let base = if support::vm::in_vm_guest() {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        };
+        let dir = base.join(format!("bench-{tag}-{n}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("groups")).unwrap();
         fs::copy(
@@ -589,6 +611,11 @@ fn machine() -> String {
 
 fn main() {
     let args = parse_args();
+    match args.host.as_str() {
+        "vm" if !support::vm::in_vm_guest() => return run_on_vm(&args),
+        "vm" | "sandbox" => {}
+        other => panic!("--host {other}: the hosts are sandbox (default) and vm"),
+    }
     if let Some(why) = Sandbox::unavailable() {
         eprintln!("cannot run the scale benchmark: {why}");
         std::process::exit(1);
@@ -624,7 +651,16 @@ fn main() {
     let plan_rss_mib = median(plan_rss) / 1024.0;
     let plan_secs = median(plan_wall);
     let md = report(&args, &rows, &version, plan_secs, plan_rss_mib);
-    fs::write(&args.out, &md).unwrap();
+    if args.section_v2 {
+        fs::write(&args.out, &md).unwrap();
+    } else {
+        // Everything before the cgroup v2 section is this run's; the section stays.
+        let kept = fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|old| old.find(V2_MARKER).map(|i| old[i..].to_string()))
+            .unwrap_or_else(|| format!("{V2_MARKER}\n\n(not measured yet)\n"));
+        fs::write(&args.out, format!("{md}\n{kept}")).unwrap();
+    }
     println!("{md}");
     let safety_ok = rows
         .iter()
@@ -638,6 +674,63 @@ fn main() {
     }
 }
 
+/// The same benchmark inside the cgroup v2 VM: this binary runs there with the same options,
+/// writes its section to the shared directory, and it replaces BENCHMARKS.md's v2 section.
+fn run_on_vm(args: &Args) {
+    if let Some(why) = support::vm::unavailable() {
+        eprintln!("cannot run the benchmark on the VM: {why}");
+        std::process::exit(1);
+    }
+    let started = Instant::now();
+    let vm = support::vm::Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
+    eprintln!(
+        "VM booted in {:.1} s ({})",
+        vm.boot_time().as_secs_f64(),
+        vm.image.versions().trim().replace('\n', ", ")
+    );
+    let (host_dir, guest_dir) = vm.shared_dir("bench");
+    let mut guest_args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--host" | "--out" => {
+                it.next();
+            }
+            "--bench" => {}
+            _ => guest_args.push(a),
+        }
+    }
+    guest_args.extend([
+        "--host".into(),
+        "vm".into(),
+        "--section-v2".into(),
+        "--out".into(),
+        format!("{guest_dir}/v2.md"),
+    ]);
+    let refs: Vec<&str> = guest_args.iter().map(String::as_str).collect();
+    let exe = std::env::current_exe().expect("the benchmark's path");
+    let run = support::vm::run_test_binary(&vm, &exe, &refs, Duration::from_secs(6 * 3600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprint!("{}", run.stderr);
+    let section = fs::read_to_string(host_dir.join("v2.md")).unwrap_or_else(|e| {
+        panic!(
+            "the benchmark in the VM wrote no report ({e}): exit {:?}\n{}",
+            run.code, run.stdout
+        )
+    });
+    let old = fs::read_to_string(&args.out).unwrap_or_default();
+    let v1 = old.find(V2_MARKER).map(|i| &old[..i]).unwrap_or(&old);
+    fs::write(&args.out, format!("{v1}{V2_MARKER}\n\n{section}")).unwrap();
+    println!("{section}");
+    eprintln!(
+        "benchmark on the VM: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    if run.code != Some(0) {
+        std::process::exit(run.code.unwrap_or(1));
+    }
+}
+
 fn report(
     args: &Args,
     rows: &[(usize, SizeResult)],
@@ -646,13 +739,31 @@ fn report(
     plan_rss_mib: f64,
 ) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# Benchmarks\n");
-    let _ = writeln!(md, "Produced by `cargo bench --bench scale -- --sizes {} --runs {} --naive-max {}` (benches/scale.rs); do not edit by hand.\n",
-        args.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","), args.runs, args.naive_max);
-    let _ = writeln!(md, "- Machine: {}", machine());
+    let v2 = args.section_v2;
     let _ = writeln!(
         md,
-        "- systemd: {version} (sandboxed, cgroup v1/hybrid), one fresh sandbox per run"
+        "{}",
+        if v2 {
+            "## On cgroup v2: the test VM\n"
+        } else {
+            "# Benchmarks\n"
+        }
+    );
+    let _ = writeln!(md, "Produced by `cargo bench --bench scale -- {}--sizes {} --runs {} --naive-max {}` (benches/scale.rs); do not edit by hand.\n",
+        if v2 { "--host vm " } else { "" },
+        args.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","), args.runs, args.naive_max);
+    let _ = writeln!(md, "- Machine: {}", machine());
+    if v2 {
+        let _ = writeln!(md, "- Host: Debian 12 in QEMU under TCG (software emulation: every figure is several times the machine's; compare ratios within this table), kernel booted with `systemd.unified_cgroup_hierarchy=1`");
+    }
+    let _ = writeln!(
+        md,
+        "- systemd: {version} (sandboxed, {}), one fresh sandbox per run",
+        if v2 {
+            "cgroup v2 with cpu, memory, pids, io delegated"
+        } else {
+            "cgroup v1/hybrid"
+        }
     );
     let _ = writeln!(md, "- Figures: median of {} runs (hook: p50/p99 over {} samples per run); whole-process wall time of the release binary", args.runs, args.hook_samples);
     let _ = writeln!(md, "- Baselines in the same run: *naive* = one SetUnitProperties per user slice, sequential, no reads (run once per size ≤ {}); *files* = `ds01-slices render` + one Manager.Reload; *systemd's floor* = the same calls as ours (writes for cold, reads for warm; all slices held loaded, pipelined) from an already-connected client, without our process, configuration or comparison\n", args.naive_max);
@@ -667,7 +778,7 @@ fn report(
             .unwrap_or_else(|| "not run".into());
         let ratio = r
             .naive
-            .map(|v| format!("{:.0}×", v / cold))
+            .map(|v| format!("{:.1}×", v / cold))
             .unwrap_or_else(|| "-".into());
         let floor = r
             .floor
@@ -762,6 +873,24 @@ fn report(
             "| {n} | {} | {} | {} | yes |",
             r.max_in_flight, r.max_pinned, r.warm_writes
         );
+    }
+    if v2 {
+        let _ = writeln!(md, "\n### Ratios in this run\n");
+        for (n, r) in rows {
+            let cold = median(r.cold.clone());
+            let naive = r
+                .naive
+                .map(|v| format!("naive / cold {:.2}×, ", v / cold))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "- N = {n}: {naive}cold / files + reload {:.1}×, warm / systemd's floor for the reads {:.2}×, warm writes {}",
+                cold / median(r.files.clone()),
+                median(r.warm.clone()) / median(r.read_floor.clone()),
+                r.warm_writes
+            );
+        }
+        return md;
     }
     let _ = writeln!(md, "\n## Targets at N = 1,000\n");
     if let Some((_, r)) = rows.iter().find(|(n, _)| *n == 1000) {

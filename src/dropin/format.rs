@@ -349,6 +349,13 @@ mod tests {
             parse_setting_value(Property::CpuQuotaPerSecUSec, "150.5%"),
             Some(BusValue::U64(1_505_000))
         );
+        // systemd ≥ 256 persists SetUnitProperties' quota with two decimals (seen on 257):
+        // the same setting as the integer form 252 writes and this tool renders.
+        assert!(same_setting_value(
+            Property::CpuQuotaPerSecUSec,
+            "9600.00%",
+            "9600%"
+        ));
         assert_eq!(parse_setting_value(Property::MemoryMax, "50%"), None);
         assert_eq!(
             display_setting_value(Property::MemoryMax, "68719476736"),

@@ -312,7 +312,16 @@ fn our_proxies_and_client_round_trip_against_systemd() {
         let path = proxies::unit_object_path(PROBE);
         assert_eq!(manager.load_unit(PROBE).await.unwrap().as_str(), path);
         assert_eq!(manager.get_unit(PROBE).await.unwrap().as_str(), path);
-        assert!(manager.version().await.unwrap().starts_with("252"));
+        // dbus/ was committed against 252; the contract holds for 252 (Debian 12) and 257
+        // (Debian 13, the VM's second suite).
+        let version = manager.version().await.unwrap();
+        let major: u32 = version
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("systemd version {version:?}"));
+        assert!(major >= 252, "systemd {version}");
 
         let sd = BusSystemd::connect(Some(&address), timeout).await.unwrap();
         assert_eq!(sd.system_state().await.unwrap(), "running");

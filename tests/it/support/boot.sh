@@ -13,9 +13,16 @@ IFS='
 export LIBMOUNT_UTAB=/proc/ds01-sandbox-no-utab/utab
 
 # Fresh hierarchies, rooted at this cgroup namespace; the inherited ones show the machine's root.
-umount -R /sys/fs/cgroup
-mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
-for m in $1; do
+# On v2 the namespace is entered at the end (see there); until then the machine's tree stays.
+if [ -n "${DS01_SANDBOX_PAYLOAD:-}" ]; then
+    echo 0 >"$DS01_SANDBOX_PAYLOAD/cgroup.procs"
+    unified=1
+else
+    unified=0
+    umount -R /sys/fs/cgroup
+    mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+fi
+[ "$unified" = 1 ] || for m in $1; do
     mp=${m%% *}; rest=${m#* }; type=${rest%% *}; opts=${rest#* }
     mkdir -p "$mp"
     if [ "$type" = cgroup2 ]; then
@@ -73,8 +80,13 @@ ExecStart=/usr/bin/dbus-daemon --system --address=systemd: --nofork --nopidfile 
 # that SetUnitProperties drop-ins are found): none of the machine's units, so none of the above
 # can be started even by name. No generators either: they read the machine's configuration
 # (fstab, init.d, postgresql) to make units nobody here wants.
-exec env -i container=ds01-sandbox PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    SYSTEMD_PROC_CMDLINE="systemd.unified_cgroup_hierarchy=0 systemd.log_target=kmsg systemd.show_status=0" \
+# v2: a cgroup namespace rooted at the payload leaf (this process is there now), and the unified
+# hierarchy mounted afresh inside it, so that systemd sees its leaf as the root.
+enter=""
+[ "$unified" = 1 ] && enter='umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup &&'
+exec unshare $([ "$unified" = 1 ] && echo --cgroup) sh -c "$enter"' exec "$@"' ds01-sandbox-boot \
+    env -i container=ds01-sandbox PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    SYSTEMD_PROC_CMDLINE="systemd.unified_cgroup_hierarchy=$unified systemd.log_target=kmsg systemd.show_status=0" \
     SYSTEMD_UNIT_PATH=/etc/systemd/system.control:/run/systemd/system.control:/run/systemd/transient:/etc/systemd/system:/run/systemd/system \
     SYSTEMD_GENERATOR_PATH=/run/ds01-sandbox-no-generators \
     SYSTEMD_ENVIRONMENT_GENERATOR_PATH=/run/ds01-sandbox-no-generators \

@@ -18,6 +18,7 @@ pub mod cmd;
 pub mod report;
 pub mod sandbox;
 pub mod scratch;
+pub mod vm;
 pub mod world;
 
 use std::fs;

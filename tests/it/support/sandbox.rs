@@ -19,6 +19,8 @@ use super::cmd::{clear_tool_env, ok_stdout};
 const SUPERVISOR: &str = include_str!("supervisor.sh");
 const BOOT: &str = include_str!("boot.sh");
 const SYSTEMD: &str = "/usr/lib/systemd/systemd";
+/// On cgroup v2: the delegated cgroup directory below which sandboxes are made.
+pub const SANDBOX_CGROUP: &str = "DS01_SANDBOX_CGROUP";
 /// Generous: boot takes well under a second, but CI machines are shared.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -93,9 +95,14 @@ impl Sandbox {
             }
         }
         if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            return Some(
-                "cgroup v2-only machine: the sandbox recipe needs the v1 hierarchies".into(),
-            );
+            // The unified hierarchy: sandboxes go below a cgroup delegated to this run (the
+            // VM's runner makes one, support/vm.rs).
+            return match std::env::var_os(SANDBOX_CGROUP) {
+                Some(dir) if Path::new(&dir).join("cgroup.subtree_control").is_file() => None,
+                _ => Some(format!(
+                    "cgroup v2 machine without {SANDBOX_CGROUP} (a delegated cgroup for the sandboxes; the v2 VM's runner sets it)"
+                )),
+            };
         }
         if !Path::new("/sys/fs/cgroup/memory").is_dir() || !Path::new("/sys/fs/cgroup/cpu").is_dir()
         {
@@ -204,6 +211,20 @@ impl Sandbox {
 
     fn wait_until_running(&self, started: Instant) -> Result<(), String> {
         let mut state = String::from("(no answer on the bus yet)");
+        // Until boot.sh has mounted the sandbox's own /run and exec'd systemd, the bus address
+        // below leads to the machine's /run: on a host whose systemd runs (the v2 VM), its
+        // system bus would answer "running" for the sandbox.
+        let exe = format!("/proc/{}/exe", self.pid);
+        while !fs::read_link(&exe).is_ok_and(|p| p == Path::new(SYSTEMD)) {
+            if !alive(self.pid) || started.elapsed() > BOOT_TIMEOUT {
+                return Err(format!(
+                    "PID 1 of the sandbox (PID {}) never became {SYSTEMD}; console:\n{}",
+                    self.pid,
+                    self.console_log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         loop {
             if !alive(self.pid) {
                 return Err(format!(
@@ -267,6 +288,26 @@ impl Sandbox {
     /// one is a child of the test process's memory cgroup). All are gone after drop.
     pub fn host_cgroup_dirs(&self) -> &[PathBuf] {
         &self.cgroup_dirs
+    }
+
+    /// Whether the sandbox runs on the unified hierarchy (cgroup v2: one directory, below
+    /// DS01_SANDBOX_CGROUP) rather than v1's one directory per hierarchy.
+    pub fn unified(&self) -> bool {
+        self.cgroup_dirs.len() == 1
+    }
+
+    /// The machine-side directory that is the sandbox systemd's cgroup root in the hierarchy of
+    /// `controller` (v1), or in the single one (v2: the "payload" leaf that boot.sh enters).
+    pub fn systemd_cgroup_root(&self, controller: &str) -> PathBuf {
+        if self.unified() {
+            return self.cgroup_dirs[0].join("payload");
+        }
+        let hierarchy = Path::new("/sys/fs/cgroup").join(controller);
+        self.cgroup_dirs
+            .iter()
+            .find(|d| d.starts_with(&hierarchy))
+            .cloned()
+            .unwrap_or_else(|| panic!("sandbox {} has no {controller} cgroup", self.name))
     }
 
     /// D-Bus address of the sandbox's system bus, usable from outside the sandbox.
@@ -420,7 +461,7 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn on_path(tool: &str) -> bool {
+pub(super) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
@@ -428,7 +469,7 @@ fn on_path(tool: &str) -> bool {
 /// Both ends close on exec, so no other child of this process (other tests spawn children
 /// concurrently) inherits the write end and keeps the supervisor from seeing EOF; the read end
 /// reaches the supervisor only through dup2 onto its stdin.
-fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fresh descriptors into the array, which we own from here on.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -18,16 +18,28 @@ trap '' HUP INT TERM PIPE
 IFS='
 '
 
-# Every cgroup hierarchy gets a ds01-sandbox-* child, except memory: the machine tracks this job
+# On the unified hierarchy (cgroup v2) the sandbox is one directory below DS01_SANDBOX_CGROUP, a
+# cgroup delegated to this test run (the VM's runner makes it, tests/it/support/vm.rs), with two
+# leaves: "launcher" (unshare, outside the sandbox's namespaces) and "payload" (its PID 1 moves
+# there itself and roots its cgroup namespace at it). Two leaves because v2 lets no cgroup both
+# hold processes and pass controllers down.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    v2=yes
+    dirs="${DS01_SANDBOX_CGROUP:?no DS01_SANDBOX_CGROUP on a cgroup v2 machine}/$NAME$IFS"
+    mounts="/sys/fs/cgroup cgroup2 -$IFS"
+else
+    v2=no
+fi
+
+# v1: every cgroup hierarchy gets a ds01-sandbox-* child, except memory: the machine tracks this job
 # by its memory cgroup, so the sandbox's memory tree is a child of the current one instead. A child
 # per sandbox (not the current cgroup itself) keeps parallel sandboxes' systemd trees apart.
 # mountinfo: field 5 is the mount point; after the "-" separator come fstype, source, options.
-hierarchies=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") {
+[ "$v2" = yes ] || hierarchies=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") {
     if (($(i+1) == "cgroup" || $(i+1) == "cgroup2") && $5 ~ "^/sys/fs/cgroup/") print $5 " " $(i+1) " " $(i+3)
     break } }' /proc/self/mountinfo)
-dirs=""
-mounts=""
-for h in $hierarchies; do
+[ "$v2" = yes ] || { dirs=""; mounts=""; }
+[ "$v2" = yes ] || for h in $hierarchies; do
     mp=${h%% *}; rest=${h#* }; type=${rest%% *}; opts=${rest#* }
     # What to mount inside: the same controllers, minus mount flags.
     ctl=$(printf '%s\n' "$opts" | tr ',' '\n' | grep -v -x -e rw -e ro -e xattr -e nsdelegate | paste -sd, -)
@@ -38,9 +50,11 @@ for h in $hierarchies; do
     dirs="$dirs$mp/$NAME$IFS"
     mounts="$mounts$mp $type $ctl$IFS"
 done
-memcg=$(sed -n 's/^[0-9]*:memory:\(.*\)$/\1/p' /proc/self/cgroup)
-mounts="$mounts/sys/fs/cgroup/memory cgroup memory$IFS"
-dirs="$dirs/sys/fs/cgroup/memory${memcg%/}/$NAME$IFS"
+if [ "$v2" = no ]; then
+    memcg=$(sed -n 's/^[0-9]*:memory:\(.*\)$/\1/p' /proc/self/cgroup)
+    mounts="$mounts/sys/fs/cgroup/memory cgroup memory$IFS"
+    dirs="$dirs/sys/fs/cgroup/memory${memcg%/}/$NAME$IFS"
+fi
 
 status=0
 launcher=""
@@ -100,6 +114,20 @@ for d in $dirs; do
     fi
     echo "cgroup $d"
 done
+if [ "$v2" = yes ]; then
+    # Every controller the delegated parent passes down, then the two leaves.
+    d=${dirs%"$IFS"}
+    for c in $(tr ' ' '\n' <"$d/cgroup.controllers"); do
+        echo "+$c" >"$d/cgroup.subtree_control" || echo "warning: cannot enable $c in $d"
+    done
+    if ! mkdir "$d/launcher" "$d/payload"; then
+        echo "error cannot create the leaves of $d"
+        teardown
+        exit 1
+    fi
+    launcher_cgroup=$d/launcher
+    export DS01_SANDBOX_PAYLOAD=$d/payload
+fi
 # Moving a task into a cpuset without cpus/mems fails with ENOSPC.
 for d in $dirs; do
     case "$d" in
@@ -121,12 +149,19 @@ if ! mkfifo "$WORKDIR/placed"; then
 fi
 (
     placed=yes
-    for d in $dirs; do
-        echo 0 >"$d/cgroup.procs" || { placed=no; break; }
-    done
+    if [ "$v2" = yes ]; then
+        echo 0 >"$launcher_cgroup/cgroup.procs" || placed=no
+        cgroupns=""
+    else
+        for d in $dirs; do
+            echo 0 >"$d/cgroup.procs" || { placed=no; break; }
+        done
+        cgroupns=--cgroup
+    fi
     echo "$placed" >"$WORKDIR/placed"
     [ "$placed" = yes ] || exit 97
-    exec unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup \
+    # On v2 boot.sh enters the cgroup namespace itself, once it is in the payload leaf.
+    exec unshare --pid --fork --kill-child --mount --uts --ipc --net $cgroupns \
         --propagation private --mount-proc sh -c "$DS01_SANDBOX_BOOT" ds01-sandbox-boot "$mounts"
 ) </dev/null >>"$WORKDIR/console.log" 2>&1 &
 launcher=$!
