@@ -398,9 +398,8 @@ fn the_wrapper_starts_nothing_when_the_hook_fails() {
         cmd.args(["-d", "--network", "none", IMAGE, "sleep", "600"])
             .env("DS01_SLICES", crate::support::BIN)
             .env("DS01_USER", user)
-            .env("DS01_CONFIG", site.config())
-            .env("DS01_STATE_DIR", site.dir.join("state"))
             .stdin(Stdio::null());
+        // Nothing of the caller's reaches the hook; then the site's configuration and state.
         crate::support::clear_tool_env(&mut cmd);
         cmd.env("DS01_CONFIG", site.config())
             .env("DS01_STATE_DIR", site.dir.join("state"));

@@ -153,8 +153,11 @@ fn the_binary_drives_the_guests_systemd_through_the_bridge() {
         "what the guest's systemd holds"
     );
     // A second client, on the next port: in sync, nothing to write.
-    let again = run(&["apply", "--user", "alice"]);
+    let again = run(&["apply", "--user", "alice", "--json"]);
     assert_eq!(again.code, Some(0), "{again}");
+    let report: serde_json::Value = serde_json::from_str(&again.stdout)
+        .unwrap_or_else(|e| panic!("apply --json printed no JSON ({e}):\n{again}"));
+    assert_eq!(report["writes"], 0, "the second apply wrote: {again}");
     assert!(vm
         .sh_ok("ls /etc/systemd/system.control/ds01-student-alice.slice.d/")
         .contains("50-TasksMax.conf"));

@@ -94,7 +94,7 @@ impl Sandbox {
                 return Some(format!("no {tool} on PATH"));
             }
         }
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        if machine_is_unified() {
             // The unified hierarchy: sandboxes go below a cgroup delegated to this run (the
             // VM's runner makes one, support/vm.rs).
             return match std::env::var_os(SANDBOX_CGROUP) {
@@ -293,7 +293,7 @@ impl Sandbox {
     /// Whether the sandbox runs on the unified hierarchy (cgroup v2: one directory, below
     /// DS01_SANDBOX_CGROUP) rather than v1's one directory per hierarchy.
     pub fn unified(&self) -> bool {
-        self.cgroup_dirs.len() == 1
+        machine_is_unified()
     }
 
     /// The machine-side directory that is the sandbox systemd's cgroup root in the hierarchy of
@@ -450,6 +450,12 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Whether this machine runs the unified hierarchy (cgroup v2) at /sys/fs/cgroup, which decides
+/// the sandbox recipe here and in supervisor.sh (there by the file system type).
+fn machine_is_unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
 /// Running, as opposed to gone or a zombie (the launcher stays one until the supervisor reaps it).
