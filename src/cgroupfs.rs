@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::names::{SliceIdentity, SliceName};
 use crate::model::property::{BusValue, Property};
+use crate::model::usage::CgroupReadings;
 
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -141,6 +142,97 @@ fn v1_dir(root: &Path, controllers: &[&str], rel: &str) -> PathBuf {
     base.join(rel)
 }
 
+/// What the kernel reports of the cgroup `control_group` that systemd has no property for:
+/// child cgroups, OOM kills, and (where the kernel tracks it) pressure. A file that cannot be
+/// read leaves its reading unknown.
+pub fn readings(root: &Path, control_group: &str) -> CgroupReadings {
+    let rel = control_group.trim_start_matches('/');
+    let text = |file: PathBuf| std::fs::read_to_string(file).ok();
+    match layout(root) {
+        Layout::V2 => {
+            let dir = root.join(rel);
+            CgroupReadings {
+                children: count_children(&dir),
+                oom_kills: text(dir.join("memory.events")).and_then(|t| keyed(&t, "oom_kill")),
+                memory_failcnt: None,
+                memory_pressure_avg10: text(dir.join("memory.pressure"))
+                    .and_then(|t| some_avg10(&t)),
+                cpu_pressure_avg10: text(dir.join("cpu.pressure")).and_then(|t| some_avg10(&t)),
+            }
+        }
+        Layout::V1 => {
+            let memory = v1_dir(root, &["memory"], rel);
+            // On a hybrid host the unified hierarchy tracks every unit and its pressure.
+            let unified = root.join("unified").join(rel);
+            let tree = [root.join("systemd").join(rel), unified.clone()]
+                .into_iter()
+                .find(|d| d.is_dir());
+            CgroupReadings {
+                children: tree.as_deref().and_then(count_children),
+                oom_kills: text(memory.join("memory.oom_control"))
+                    .and_then(|t| keyed(&t, "oom_kill")),
+                memory_failcnt: text(memory.join("memory.failcnt"))
+                    .and_then(|t| t.trim().parse().ok()),
+                memory_pressure_avg10: text(unified.join("memory.pressure"))
+                    .and_then(|t| some_avg10(&t)),
+                cpu_pressure_avg10: text(unified.join("cpu.pressure")).and_then(|t| some_avg10(&t)),
+            }
+        }
+    }
+}
+
+/// CPU time used by the cgroup `control_group` so far, in ns, from the kernel: for slices
+/// whose CPUUsageNSec systemd does not report (it reports it only with CPUAccounting=yes on
+/// the slice itself, which the plan sets on the parents only). `cpu.stat` exists in every
+/// cgroup of a unified hierarchy, controller or not (on a hybrid host, the `unified` one);
+/// on a pure v1 host only `cpuacct.usage` has it, where the slice has a cpuacct cgroup.
+pub fn cpu_usage_nsec(root: &Path, control_group: &str) -> Option<u64> {
+    let rel = control_group.trim_start_matches('/');
+    let usage_usec = |dir: PathBuf| {
+        let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        keyed(&text, "usage_usec")?.checked_mul(1000)
+    };
+    match layout(root) {
+        Layout::V2 => usage_usec(root.join(rel)),
+        Layout::V1 => usage_usec(root.join("unified").join(rel)).or_else(|| {
+            let dir = v1_dir(root, &["cpuacct", "cpu,cpuacct"], rel);
+            std::fs::read_to_string(dir.join("cpuacct.usage"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        }),
+    }
+}
+
+fn count_children(dir: &Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut n = 0;
+    for entry in entries {
+        if entry.ok()?.file_type().ok()?.is_dir() {
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
+/// The value of `key` in a flat keyed file (`memory.events`: "oom_kill 3").
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// `avg10` of the `some` line of a pressure file, in percent.
+pub fn some_avg10(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 /// Whether the kernel may have a cgroup for `slice`, that is, whether systemd has realized it
 /// and it may hold tasks. Only a plain "not there" in every hierarchy means no: anything
 /// unclear counts as yes, so that the caller takes its careful path.
@@ -204,6 +296,21 @@ mod tests {
             64 << 20
         ));
         assert!(!matches(Property::TasksMax, BusValue::U64(20), 21));
+    }
+
+    #[test]
+    fn parses_events_and_pressure() {
+        let events = "low 0\nhigh 12\nmax 3\noom 1\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(keyed(events, "oom_kill"), Some(2));
+        assert_eq!(keyed(events, "oom"), Some(1));
+        assert_eq!(
+            keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n", "oom_kill"),
+            Some(7)
+        );
+        assert_eq!(keyed(events, "absent"), None);
+        let psi = "some avg10=12.50 avg60=3.00 avg300=0.10 total=123\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=9\n";
+        assert_eq!(some_avg10(psi), Some(12.5));
+        assert_eq!(some_avg10("full avg10=1.00"), None);
     }
 
     #[test]

@@ -211,6 +211,7 @@ mod tests {
             control_group: None,
             memory_current: None,
             tasks_current: None,
+            cpu_usage_nsec: None,
             values: values.iter().copied().collect(),
             drop_in_paths: vec![],
         }

@@ -11,6 +11,9 @@ use crate::ops;
 use crate::state::ownership::Ownership;
 use crate::state::DEFAULT_STATE_DIR;
 
+/// Where `serve` listens unless told: loopback only, so that nothing is exposed by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9851";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ds01-slices",
@@ -125,6 +128,33 @@ pub enum Command {
     /// Hooks for the container runtime.
     #[command(subcommand)]
     Hook(HookCommand),
+    /// What each slice uses against its limits: memory, tasks, CPU, pressure, OOM kills.
+    Status {
+        /// Only this user's slice and its parents.
+        user: Option<String>,
+        /// Show again every SECONDS until interrupted (CPU rates over the last interval).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// Seconds between the two CPU readings a single run takes its rates from (0: none).
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+    },
+    /// Print Prometheus metrics (text exposition format) of every managed slice.
+    Metrics {
+        /// Write them to FILE (through a temporary file renamed over it, as node_exporter's
+        /// textfile collector needs) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Serve the metrics over HTTP at /metrics.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: String,
+        /// Seconds a scrape's answer is reused for the next scrapes (0: never).
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        cache: u64,
+    },
     /// Read every managed slice back (systemd and kernel) and report drift; exit 3 on drift.
     Verify {
         /// Only this user's slice and its parents.
@@ -156,12 +186,30 @@ pub enum Format {
 pub enum HookCommand {
     /// Ensure USER's slice holds its limits, then print exactly the slice name, for
     /// `docker run --cgroup-parent=$(ds01-slices hook pre-create "$USER")`.
+    ///
+    /// Before that, the container is admitted: when the memory it asks for (--memory) and the
+    /// memory the user's containers use now would exceed the user's MemoryMax, it is refused
+    /// (exit 1, nothing on stdout, the figures on stderr); tasks at 90% of TasksMax warn.
     PreCreate {
         user: String,
         /// Write runtime properties instead of persistent ones.
         #[arg(long)]
         runtime: bool,
+        /// The container's memory limit, as given to `docker run --memory` (4g, 512m, bytes).
+        #[arg(long, value_name = "BYTES", value_parser = parse_memory_request)]
+        memory: Option<u64>,
+        /// The container's process limit, as given to `docker run --pids-limit`.
+        #[arg(long, value_name = "N")]
+        pids: Option<u64>,
+        /// Refuse the container when the user's usage cannot be read (default: admit it with
+        /// a warning, as DS01's wrapper did).
+        #[arg(long)]
+        strict: bool,
     },
+}
+
+fn parse_memory_request(text: &str) -> Result<u64, String> {
+    crate::model::admission::parse_request_bytes(text).map_err(|e| e.to_string())
 }
 
 /// Only `hook pre-create` (with the global options): a hook runs before every container

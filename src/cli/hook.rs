@@ -7,8 +7,11 @@ use super::exit::{CliError, CliResult};
 use super::{out, parse_user, remember_validated};
 use crate::config::{self, HookTarget};
 use crate::error::Exit;
-use crate::model::names::UserName;
+use crate::model::admission::{Finding, Policy, Request};
+use crate::model::names::{SliceName, UserName};
+use crate::model::usage::human_bytes;
 use crate::ops;
+use crate::ops::hook::HookError;
 use crate::systemd::{BusSystemd, WriteMode};
 use crate::trace;
 
@@ -19,11 +22,30 @@ pub fn parse() -> Option<HookCli> {
 }
 
 pub fn run(cli: HookCli) -> CliResult {
-    let HookOnly::Hook(HookCommand::PreCreate { user, runtime }) = cli.command;
-    run_hook(&cli.globals, &user, runtime)
+    let HookOnly::Hook(command) = cli.command;
+    run_hook(&cli.globals, &command)
 }
 
-pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
+pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
+    let HookCommand::PreCreate {
+        user,
+        runtime,
+        memory,
+        pids,
+        strict,
+    } = command;
+    let runtime = *runtime;
+    let admission = (
+        Request {
+            memory_bytes: *memory,
+            pids: *pids,
+        },
+        if *strict {
+            Policy::Strict
+        } else {
+            Policy::Allow
+        },
+    );
     let t = Instant::now();
     let user = parse_user(user)?;
     let (target, record) = hook_config(globals, &user)?;
@@ -42,9 +64,10 @@ pub fn run_hook(globals: &Globals, user: &str, runtime: bool) -> CliResult {
     // A new record of the configuration is written (and flushed) while the hook's calls are
     // on the wire: `join` polls the hook first, which sends them.
     let (exit, ()) = rt.block_on(async {
-        tokio::join!(hook_command(globals, &sd, &target, mode), async {
-            remember_validated(&globals.ownership(), record)
-        })
+        tokio::join!(
+            hook_command(globals, &sd, &target, mode, admission),
+            async { remember_validated(&globals.ownership(), record) }
+        )
     });
     // The process ends right after this and the kernel closes the socket: shutting the
     // runtime and connection down cost a hook ~0.2 ms for nothing.
@@ -69,17 +92,82 @@ async fn hook_command(
     sd: &BusSystemd,
     target: &HookTarget,
     mode: WriteMode,
+    admission: (Request, Policy),
 ) -> CliResult {
     let t = Instant::now();
     let ownership = globals.ownership();
     let opts = ops::hook::HookOptions {
         mode,
         cgroup_root: &globals.cgroup_root,
+        admission: Some(admission),
     };
-    let (slice, report) = ops::hook::hook(sd, target, &ownership, opts).await?;
+    let (slice, report) = match ops::hook::hook(sd, target, &ownership, opts).await {
+        Ok(done) => done,
+        Err(HookError::Refused {
+            user,
+            slice,
+            finding,
+        }) => {
+            out::stderr(&refusal_box(&user, &slice, &finding));
+            return Ok(Exit::Failure);
+        }
+        Err(e) => return Err(e.into()),
+    };
     trace::phase("hook: done", t);
     trace::report_bus("hook", sd.stats().waiting_ms);
     out::notes(&report.notes);
     out::stdout(&format!("{slice}\n"))?;
     Ok(Exit::Ok)
+}
+
+/// The refusal as DS01's wrapper showed it: what is in use, what was asked, the limit, and
+/// what to do.
+fn refusal_box(user: &str, slice: &SliceName, finding: &Finding) -> String {
+    let mut lines = vec![format!(
+        "Container refused: {user} would exceed their memory limit"
+    )];
+    match finding {
+        Finding::MemoryOver {
+            in_use,
+            requested,
+            limit,
+        } => {
+            lines.push(String::new());
+            lines.push(format!(
+                "  in use now   {:>8}  (all of {user}'s containers)",
+                human_bytes(*in_use)
+            ));
+            lines.push(format!(
+                "  requested    {:>8}  (--memory)",
+                human_bytes(*requested)
+            ));
+            lines.push(format!(
+                "  limit        {:>8}  (MemoryMax of {slice})",
+                human_bytes(*limit)
+            ));
+            lines.push(format!(
+                "  available    {:>8}",
+                human_bytes(limit.saturating_sub(*in_use))
+            ));
+            lines.push(String::new());
+            lines.push("Stop a container you no longer need (docker ps; docker stop NAME),".into());
+            lines.push("or start this one with less memory (--memory).".into());
+        }
+        other => {
+            lines.push(String::new());
+            lines.push(format!("  {}", ops::hook::finding_text(other)));
+            lines.push(String::new());
+            lines.push("The usage could not be read and --strict refuses then; retry, or".into());
+            lines.push(
+                "ask an admin to check 'ds01-slices status' and 'ds01-slices doctor'.".into(),
+            );
+        }
+    }
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let mut out = format!("+{}+\n", "-".repeat(width + 2));
+    for l in &lines {
+        out.push_str(&format!("| {l:<width$} |\n"));
+    }
+    out.push_str(&format!("+{}+", "-".repeat(width + 2)));
+    out
 }

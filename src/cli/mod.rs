@@ -6,9 +6,12 @@ pub mod args;
 pub mod exit;
 mod hook;
 mod inspect;
+mod metrics;
 mod out;
 pub mod pyjson;
 mod render;
+mod serve;
+mod status;
 mod verify;
 
 use std::process::ExitCode;
@@ -22,7 +25,7 @@ use crate::ops::apply::ApplyOptions;
 use crate::ops::render::RenderOptions;
 use crate::state::ownership::Ownership;
 use crate::systemd::WriteMode;
-use args::{Cli, Command, Format, HookCommand};
+use args::{Cli, Command, Format};
 use exit::{CliError, CliResult};
 
 /// The program: the hook's own fast parser first, the full one otherwise.
@@ -101,8 +104,25 @@ pub fn run(cli: Cli) -> CliResult {
             ))?;
             render::print(g, &config, &report)
         }
-        Command::Hook(HookCommand::PreCreate { user, runtime }) => {
-            hook::run_hook(g, user, *runtime)
+        Command::Hook(command) => hook::run_hook(g, command),
+        Command::Status {
+            user,
+            watch,
+            interval,
+        } => {
+            let config = load(&cli)?;
+            let user = user.as_deref().map(parse_user).transpose()?;
+            status::status(g, &config, user.as_ref(), *watch, *interval)
+        }
+        Command::Metrics { output } => {
+            let config = load(&cli)?;
+            metrics::metrics(g, &config, output.as_deref())
+        }
+        Command::Serve { listen, cache } => {
+            // Checked once here, so that a bad configuration stops the server at its start;
+            // every fresh answer reads it again.
+            load(&cli)?;
+            serve::serve(g, listen, std::time::Duration::from_secs(*cache))
         }
         Command::Verify {
             user,

@@ -16,6 +16,8 @@ pub struct LiveSlice {
     pub memory_current: Option<u64>,
     /// Tasks in the slice's cgroup, when systemd knows (active slices with tasks accounting).
     pub tasks_current: Option<u64>,
+    /// CPU time used by the slice's cgroup since it was made, in ns, when systemd knows.
+    pub cpu_usage_nsec: Option<u64>,
     pub values: BTreeMap<Property, BusValue>,
     pub drop_in_paths: Vec<String>,
 }

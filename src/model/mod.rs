@@ -2,8 +2,10 @@
 //! properties and what systemd reports of a slice. No I/O here (checked by
 //! `tests/it/architecture.rs`).
 
+pub mod admission;
 pub mod diagnostics;
 pub mod live;
 pub mod names;
 pub mod property;
+pub mod usage;
 pub mod values;

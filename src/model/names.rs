@@ -168,9 +168,22 @@ impl fmt::Display for GroupName {
 /// A slice unit this tool manages: `ds01.slice`, `ds01-GROUP.slice` or
 /// `ds01-GROUP-USER.slice`. Only constructible from validated parts or by parsing a name
 /// of exactly that shape, so nothing outside `ds01-*` can ever be addressed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct SliceName(String);
+
+impl TryFrom<String> for SliceName {
+    type Error = NameError;
+    fn try_from(unit: String) -> Result<Self, NameError> {
+        SliceName::parse(&unit)
+    }
+}
+
+impl From<SliceName> for String {
+    fn from(s: SliceName) -> String {
+        s.0
+    }
+}
 
 /// What a managed slice is, recovered from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +194,7 @@ pub enum SliceIdentity {
 }
 
 /// The level of a slice in the tree, without its names (for reports and ordering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SliceKind {
     Root,

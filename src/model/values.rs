@@ -142,7 +142,7 @@ pub enum MemoryLimit {
     Infinity,
 }
 
-const SIZE_SUFFIXES: [(char, u32); 6] = [
+pub const SIZE_SUFFIXES: [(char, u32); 6] = [
     ('K', 10),
     ('M', 20),
     ('G', 30),
@@ -357,6 +357,7 @@ fn fraction_of(digits: &str, shift: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use proptest::prelude::*;
 
     #[test]

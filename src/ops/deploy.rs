@@ -83,6 +83,27 @@ pub async fn deploy(
     opts: ApplyOptions,
     backend: Backend,
 ) -> Result<DeployReport, DeployError> {
+    let report = deploy_with(ctx, config, user, opts, backend).await?;
+    let complete = match &report {
+        DeployReport::Dbus(d) => d.apply.complete(),
+        DeployReport::Rendered { report, .. } => report.refused() == 0,
+    };
+    if complete && user.is_none() && !opts.dry_run {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ownership::new(ctx.state_dir).record_applied(now);
+    }
+    Ok(report)
+}
+
+async fn deploy_with(
+    ctx: &Context<'_>,
+    config: &Config,
+    user: Option<&UserName>,
+    opts: ApplyOptions,
+    backend: Backend,
+) -> Result<DeployReport, DeployError> {
     if backend == Backend::Files && opts.mode == WriteMode::Runtime {
         return Err(UsageError(
             "--runtime applies to the D-Bus backend only; rendered files are persistent (drop --runtime or use --backend dbus)".into(),

@@ -12,9 +12,11 @@ use crate::cgroupfs;
 use crate::config::HookTarget;
 use crate::diff::{self, Change};
 use crate::error::{Exit, ExitStatus};
+use crate::model::admission::{self, Allowed, Finding, InUse, Policy, Request};
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceKind, SliceName};
-use crate::model::property::Property;
+use crate::model::property::{BusValue, Property};
+use crate::model::usage::human_bytes;
 use crate::model::values::MemoryLimit;
 use crate::plan::{self, SliceSpec};
 use crate::state::ownership::Ownership;
@@ -32,11 +34,82 @@ pub async fn hook<S: Systemd>(
 ) -> Result<(SliceName, ApplyReport), HookError> {
     let plan = plan::plan_hook(target);
     let notes = Notes::default();
-    let (slice, mut report) =
+    let (slice, mut report, in_use) =
         ensure(sd, plan, target.slice.clone(), ownership, opts, &notes).await?;
+    if let Some((request, policy)) = opts.admission {
+        let allowed = allowed(target);
+        let decision = admission::decide(request, in_use, allowed, policy);
+        for w in &decision.warnings {
+            notes.push(warning_text(target, w));
+        }
+        if let Some(finding) = decision.refusal {
+            return Err(HookError::Refused {
+                user: target.user.to_string(),
+                slice,
+                finding,
+            });
+        }
+    }
     report.notes = ownership.take_notes();
     report.notes.extend(notes.into_vec());
     Ok((slice, report))
+}
+
+/// The user's limits from the configuration (the values the hook has just made hold).
+fn allowed(target: &HookTarget) -> Allowed {
+    let finite = |p: Property| match target.properties.get(p) {
+        Some(BusValue::U64(n)) if n != u64::MAX => Some(n),
+        _ => None,
+    };
+    Allowed {
+        memory_max: finite(Property::MemoryMax),
+        tasks_max: finite(Property::TasksMax),
+    }
+}
+
+fn warning_text(target: &HookTarget, finding: &Finding) -> String {
+    match finding {
+        Finding::TasksNear {
+            in_use,
+            requested,
+            limit,
+        } => format!(
+            "warning: {}'s containers run {in_use} tasks{} of the {limit} TasksMax allows (90% or more); new processes will fail to start at the limit: stop a container you no longer need",
+            target.user,
+            if *requested > 0 {
+                format!(" (plus {requested} this container may start)")
+            } else {
+                String::new()
+            }
+        ),
+        Finding::Unread { what } => format!(
+            "warning: could not read {what} ({}); the container is admitted without that check (pass --strict to refuse instead)",
+            target.slice
+        ),
+        Finding::MemoryOver { .. } => format!("warning: {}", finding_text(finding)),
+    }
+}
+
+/// One line for a finding, for logs and `--json`.
+pub fn finding_text(finding: &Finding) -> String {
+    match finding {
+        Finding::MemoryOver {
+            in_use,
+            requested,
+            limit,
+        } => format!(
+            "memory in use {} + requested {} exceeds MemoryMax {}",
+            human_bytes(*in_use),
+            human_bytes(*requested),
+            human_bytes(*limit)
+        ),
+        Finding::TasksNear {
+            in_use,
+            requested,
+            limit,
+        } => format!("tasks in use {in_use} + requested {requested} near TasksMax {limit}"),
+        Finding::Unread { what } => format!("could not read {what}"),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +118,9 @@ pub struct HookOptions<'a> {
     /// Where the kernel's cgroups are: a slice with no record of ours is written without
     /// being read only when it has no cgroup (so no task that a lower limit could kill).
     pub cgroup_root: &'a Path,
+    /// The container's request and the policy for readings that fail: `None` admits
+    /// without looking at usage.
+    pub admission: Option<(Request, Policy)>,
 }
 
 async fn ensure<S: Systemd>(
@@ -54,7 +130,7 @@ async fn ensure<S: Systemd>(
     ownership: &Ownership,
     hook_opts: HookOptions<'_>,
     notes: &Notes,
-) -> Result<(SliceName, ApplyReport), HookError> {
+) -> Result<(SliceName, ApplyReport, InUse), HookError> {
     let desired: BTreeMap<SliceName, Option<SliceSpec>> = plan
         .slices
         .into_iter()
@@ -88,7 +164,8 @@ async fn ensure<S: Systemd>(
             let report =
                 write_unread_leaf(sd, &desired, leaf, &owned, ownership, opts, notes).await?;
             trace::phase("hook: read and write", t);
-            return Ok((slice, report));
+            // No cgroup: nothing of the user's runs.
+            return Ok((slice, report, InUse::NOTHING));
         }
     }
     let t = std::time::Instant::now();
@@ -97,6 +174,12 @@ async fn ensure<S: Systemd>(
         return Err(HookError::Bus(e.clone()));
     }
     start_stopped_parents(sd, &desired, &names, &live, notes).await?;
+    let in_use = names
+        .iter()
+        .zip(&live)
+        .find(|(n, _)| **n == slice)
+        .and_then(|(_, l)| l.as_ref().ok())
+        .map_or(InUse::NOTHING, in_use);
     let t = trace::phase("hook: read", t);
     let (checked, todo) = compare(&desired, &names, &live, &owned_now, opts.force);
     refuse_lowering(&checked)?;
@@ -108,6 +191,7 @@ async fn ensure<S: Systemd>(
                 slices_checked: names.len(),
                 ..Default::default()
             },
+            in_use,
         ));
     }
     // Under the writer lock, against the records as they are now. The live values are not
@@ -118,7 +202,20 @@ async fn ensure<S: Systemd>(
     let (report, todo) = compare(&desired, &names, &live, &owned, opts.force);
     let report =
         complete(write_changes(sd, report, todo, &owned, ownership, opts, None, notes).await?)?;
-    Ok((slice, report))
+    Ok((slice, report, in_use))
+}
+
+/// What the user's slice uses, as systemd reported it. A slice without a cgroup runs
+/// nothing; an active one whose figures systemd does not know stays unknown.
+fn in_use(live: &LiveSlice) -> InUse {
+    if live.is_active() {
+        InUse {
+            memory_bytes: live.memory_current,
+            tasks: live.tasks_current,
+        }
+    } else {
+        InUse::NOTHING
+    }
 }
 
 /// The hook's write of a user slice it has no record of (`leaf`, not read), made while the
@@ -207,6 +304,12 @@ pub enum HookError {
     State(#[from] StateError),
     #[error("could not set the limits of {0}: {1}; the container was not started so that it cannot run unlimited")]
     Incomplete(SliceName, String),
+    #[error("refused the container of {user}: {} (in {slice}); stop one of the user's containers or ask for less memory", finding_text(finding))]
+    Refused {
+        user: String,
+        slice: SliceName,
+        finding: Finding,
+    },
     #[error("refused {slice}: the configured MemoryMax {max} is below the {usage} its jobs use now; writing it would OOM-kill them, so the container was not started. Lower it deliberately with 'ds01-slices apply --force --user USER', or wait until the jobs use less")]
     MemoryBelowUsage {
         slice: SliceName,
@@ -221,7 +324,9 @@ impl ExitStatus for HookError {
             HookError::Bus(e) => e.exit_code(),
             HookError::Apply(e) => e.exit_code(),
             HookError::State(e) => e.exit_code(),
-            HookError::Incomplete(..) | HookError::MemoryBelowUsage { .. } => Exit::Failure,
+            HookError::Incomplete(..)
+            | HookError::MemoryBelowUsage { .. }
+            | HookError::Refused { .. } => Exit::Failure,
         }
     }
 }

@@ -5,7 +5,9 @@
 pub mod apply;
 pub mod deploy;
 pub mod hook;
+pub mod metrics;
 pub mod render;
+pub mod status;
 pub mod take_over;
 pub mod verify;
 

@@ -131,6 +131,7 @@ mod tests {
                 control_group: None,
                 memory_current: None,
                 tasks_current: None,
+                cpu_usage_nsec: None,
                 values: [
                     (Property::MemoryMax, BusValue::U64(96 << 30)),
                     (Property::TasksMax, BusValue::U64(100)),

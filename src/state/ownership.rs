@@ -21,6 +21,8 @@ use crate::model::property::Property;
 
 /// Holds the hook's cache of the configuration last accepted by a full validation.
 const VALIDATED_CONFIG: &str = "validated-config";
+/// Holds when the last full apply brought every slice to its limits (Unix seconds).
+const LAST_APPLY: &str = "last-apply";
 
 #[derive(Debug, Clone)]
 pub struct Ownership {
@@ -194,6 +196,26 @@ impl Ownership {
     pub fn record_validated_config(&self, record: &str) {
         let _ = fs::create_dir_all(&self.dir)
             .and_then(|()| atomic::replace(&self.dir.join(VALIDATED_CONFIG), record.as_bytes()));
+    }
+
+    /// Notes that a full apply has just brought every slice to its limits, for the metric
+    /// `ds01_slices_last_apply_timestamp_seconds`. Best effort: without it the metric is
+    /// absent, which alerts on its own.
+    pub fn record_applied(&self, unix_secs: u64) {
+        let _ = fs::create_dir_all(&self.dir).and_then(|()| {
+            atomic::replace(
+                &self.dir.join(LAST_APPLY),
+                format!("{unix_secs}\n").as_bytes(),
+            )
+        });
+    }
+
+    /// When the last full apply completed, if it is recorded.
+    pub fn last_applied(&self) -> Option<u64> {
+        match read_capped(&self.dir.join(LAST_APPLY), 64) {
+            Ok(Capped::Text(text)) => text.trim().parse().ok(),
+            _ => None,
+        }
     }
 
     /// Records the full set of properties owned on `slice` (empty: forget the slice).

@@ -159,6 +159,16 @@ impl BusSystemd {
         slice: &SliceName,
         prop: &'static str,
     ) -> Result<OwnedValue, BusError> {
+        self.get_property(slice, proxies::UNIT_INTERFACE, prop)
+            .await
+    }
+
+    async fn get_property(
+        &self,
+        slice: &SliceName,
+        interface: &'static str,
+        prop: &'static str,
+    ) -> Result<OwnedValue, BusError> {
         let path = proxies::unit_object_path(slice.as_str());
         let what = format!("reading {prop} of {slice}");
         let _slot = self.slot().await?;
@@ -169,7 +179,7 @@ impl BusSystemd {
                 path.as_str(),
                 Some("org.freedesktop.DBus.Properties"),
                 "Get",
-                &(proxies::UNIT_INTERFACE, prop),
+                &(interface, prop),
             )
             .await
             .map_err(|e| self.err(what.clone(), e))?;
@@ -285,6 +295,7 @@ impl Systemd for BusSystemd {
         }
         let memory_current = as_u64(props.get("MemoryCurrent")).filter(|n| *n != u64::MAX);
         let tasks_current = as_u64(props.get("TasksCurrent")).filter(|n| *n != u64::MAX);
+        let cpu_usage_nsec = as_u64(props.get("CPUUsageNSec")).filter(|n| *n != u64::MAX);
         let control_group = as_string(props.get("ControlGroup")).filter(|s| !s.is_empty());
         // A slice has a cgroup exactly while it is started; read_unit_state tells precisely.
         let active_state = if control_group.is_some() {
@@ -299,6 +310,7 @@ impl Systemd for BusSystemd {
             control_group,
             memory_current,
             tasks_current,
+            cpu_usage_nsec,
             values,
             drop_in_paths: Vec::new(),
         })
@@ -313,6 +325,13 @@ impl Systemd for BusSystemd {
             active_state: as_string(Some(&active?)).unwrap_or_default(),
             drop_in_paths: as_strings(Some(&dropins?)),
         })
+    }
+
+    async fn read_cpu_usage(&self, slice: &SliceName) -> Result<Option<u64>, BusError> {
+        let v = self
+            .get_property(slice, proxies::SLICE_INTERFACE, "CPUUsageNSec")
+            .await?;
+        Ok(as_u64(Some(&v)).filter(|n| *n != u64::MAX))
     }
 
     async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {

@@ -24,6 +24,13 @@ pub trait Systemd {
     async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError>;
     /// The slice's exact state and drop-in files (two calls).
     async fn read_unit_state(&self, slice: &SliceName) -> Result<UnitState, BusError>;
+    /// The slice's CPU time so far (ns), one small call: `status`'s second sample.
+    async fn read_cpu_usage(&self, slice: &SliceName) -> Result<Option<u64>, BusError> {
+        Err(BusError::Other {
+            what: format!("reading CPUUsageNSec of {slice}"),
+            detail: "not supported by this client".into(),
+        })
+    }
     async fn set_properties(
         &self,
         slice: &SliceName,

@@ -1,0 +1,168 @@
+//! `metrics` and `serve` against a real systemd: the exposition passes `promtool check
+//! metrics`, carries the plan's limits, and a real Prometheus server scrapes `serve` and
+//! answers with them. The Prometheus binaries come from `.ci/prometheus` (on the host; the
+//! cgroup v2 VM has none, so there these tests return: the readings behind the exposition are
+//! `status`'s, which the VM runs).
+
+use std::time::Duration;
+
+use crate::support::prometheus::{self, dying_with_test, free_port, get, Prometheus, Reaped};
+use crate::support::vm::in_vm_guest;
+use crate::support::{clear_tool_env, skip, wait_until, World, BIN, EXAMPLE};
+
+const ALICE: &str = "ds01-student-alice.slice";
+const ALICE_LABELS: &str = r#"slice="ds01-student-alice.slice",group="student",user="alice""#;
+
+fn prometheus_or_skip() -> bool {
+    if in_vm_guest() {
+        return false;
+    }
+    match prometheus::unavailable() {
+        Some(reason) => skip("Prometheus (.ci/prometheus)", &reason),
+        None => true,
+    }
+}
+
+/// The sample of `family` for alice in an exposition.
+fn alice_sample(text: &str, family: &str) -> Option<String> {
+    let prefix = format!("{family}{{{ALICE_LABELS}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_exposition_passes_promtool_and_carries_the_plan() {
+    if !prometheus_or_skip() {
+        return;
+    }
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    w.expect(&["apply"], 0);
+    w.sb.start_memory_hog("hog.service", ALICE, 20).unwrap();
+    wait_until(Duration::from_secs(60), "the hog holds 20M", || {
+        w.show(ALICE, "MemoryCurrent")
+            .parse::<u64>()
+            .ok()
+            .filter(|m| *m >= 20 << 20)
+    })
+    .unwrap();
+    let text = w.expect(&["metrics"], 0).stdout;
+    prometheus::promtool_check(&text).unwrap();
+    // The example's student limits, in base units.
+    assert_eq!(
+        alice_sample(&text, "ds01_slice_memory_max_bytes").as_deref(),
+        Some("103079215104"),
+        "{text}"
+    );
+    assert_eq!(
+        alice_sample(&text, "ds01_slice_memory_high_bytes").as_deref(),
+        Some("92341796864")
+    );
+    assert_eq!(
+        alice_sample(&text, "ds01_slice_tasks_max").as_deref(),
+        Some("12288")
+    );
+    assert_eq!(
+        alice_sample(&text, "ds01_slice_cpu_quota_cores").as_deref(),
+        Some("96")
+    );
+    assert_eq!(
+        alice_sample(&text, "ds01_slice_active").as_deref(),
+        Some("1")
+    );
+    assert!(alice_sample(&text, "ds01_slice_memory_bytes")
+        .is_some_and(|v| v.parse::<u64>().unwrap() >= 20 << 20));
+    assert!(alice_sample(&text, "ds01_slice_cpu_usage_seconds_total").is_some());
+    assert!(
+        text.contains(&format!(
+            "ds01_slices_drift{{{ALICE_LABELS},property=\"MemoryMax\"}} 0\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nds01_slices_last_apply_timestamp_seconds "),
+        "{text}"
+    );
+    // No limit, no sample: the root slice has none.
+    assert!(!text.contains("ds01_slice_memory_max_bytes{slice=\"ds01.slice\""));
+
+    // Drift shows as 1; the file for node_exporter is replaced whole.
+    w.set_property(ALICE, &["TasksMax=99"]);
+    let file = w.state().join("ds01.prom");
+    w.expect(&["metrics", "--output", file.to_str().unwrap()], 0);
+    let written = std::fs::read_to_string(&file).unwrap();
+    prometheus::promtool_check(&written).unwrap();
+    assert!(
+        written.contains(&format!(
+            "ds01_slices_drift{{{ALICE_LABELS},property=\"TasksMax\"}} 1\n"
+        )),
+        "{written}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(w.state())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_real_prometheus_scrapes_serve() {
+    if !prometheus_or_skip() {
+        return;
+    }
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    w.expect(&["apply"], 0);
+    w.sb.start_busy_loop("busy.service", ALICE).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args: Vec<String> = w
+        .cmd(&[])
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.extend(["serve", "--listen", &addr, "--cache", "5"].map(str::to_owned));
+    let mut cmd = dying_with_test(BIN, &args);
+    clear_tool_env(&mut cmd);
+    let _serve = Reaped(
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let first = wait_until(Duration::from_secs(30), "serve answers", || {
+        get(&addr, "/metrics").ok().filter(|(s, _)| *s == 200)
+    })
+    .unwrap()
+    .1;
+    prometheus::promtool_check(&first).unwrap();
+    // Within the cache's 5 s a second scrape gets the same answer, though alice's CPU
+    // counter moves all the time: one reading of systemd for both.
+    let (_, second) = get(&addr, "/metrics").unwrap();
+    assert_eq!(first, second);
+    assert_eq!(get(&addr, "/nothing").unwrap().0, 404);
+
+    let prom = Prometheus::start(&addr).unwrap();
+    let up = wait_until(
+        Duration::from_secs(60),
+        "Prometheus reports the target up",
+        || prom.value(r#"up{job="ds01"}"#).filter(|v| v == "1"),
+    );
+    up.unwrap_or_else(|e| panic!("{e}\n{}", prom.log()));
+    let max = wait_until(
+        Duration::from_secs(30),
+        "alice's MemoryMax in Prometheus",
+        || prom.value(r#"ds01_slice_memory_max_bytes{user="alice",group="student"}"#),
+    )
+    .unwrap();
+    // The plan's value: the example's student MemoryMax.
+    assert_eq!(max, "103079215104");
+    let quota = prom
+        .value(r#"ds01_slice_cpu_quota_cores{user="alice"}"#)
+        .unwrap();
+    assert_eq!(quota, "96");
+}
