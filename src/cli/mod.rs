@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod args;
+mod doctor;
 pub mod exit;
 mod hook;
 mod inspect;
@@ -119,6 +120,7 @@ pub fn run(cli: Cli) -> CliResult {
             }
             block_on(verify::verify(g, &config, user.as_ref(), json))
         }
+        Command::Doctor => block_on(doctor::doctor(g)),
     }
 }
 
