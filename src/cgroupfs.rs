@@ -1,6 +1,9 @@
 //! What the kernel enforces: a slice's limits read from its cgroup files, on cgroup v2
 //! (`cpu.max`, `memory.max`, `memory.high`, `pids.max`) or v1 (`cpu.cfs_quota_us` /
-//! `cpu.cfs_period_us`, `memory.limit_in_bytes`, `pids.max`; v1 has no MemoryHigh).
+//! `cpu.cfs_period_us`, `memory.limit_in_bytes`, `pids.max`; v1 has no MemoryHigh), and
+//! which controllers the kernel gives ds01.slice ([`controllers`]).
+
+pub mod controllers;
 
 use std::path::{Path, PathBuf};
 
@@ -28,13 +31,16 @@ pub enum KernelValue {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
+/// cgroup v2 (the unified hierarchy) or v1 (one hierarchy per controller, legacy or hybrid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
     V2,
     V1,
 }
 
-fn layout(root: &Path) -> Layout {
+/// v2 exactly when the root is the unified hierarchy's, which alone has `cgroup.controllers`.
+pub fn layout(root: &Path) -> Layout {
     if root.join("cgroup.controllers").exists() {
         Layout::V2
     } else {

@@ -6,7 +6,8 @@
 //!   [`diff`]. None of them imports zbus, tokio or `std::fs` (`tests/it/architecture.rs`);
 //! - the I/O behind small types: [`systemd`] (the client trait and its D-Bus connection),
 //!   [`dropin`] (rendered files), [`state`] (ownership records, lock, the hook's cache),
-//!   [`cgroupfs`] (the kernel's limit files), [`atomic`] (the one way files are replaced);
+//!   [`cgroupfs`] (the kernel's limit files and controllers), [`docker`] (Docker's cgroup
+//!   driver), [`atomic`] (the one way files are replaced);
 //! - the use cases in [`ops`], which return reports and print nothing;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod cgroupfs;
 pub mod cli;
 pub mod config;
 pub mod diff;
+pub mod docker;
 pub mod dropin;
 pub mod error;
 pub mod model;

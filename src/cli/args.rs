@@ -167,6 +167,10 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Check whether this host can enforce what the configuration asks (cgroups, systemd,
+    /// Docker's cgroup driver, files, drift); each finding with its fix. Exit 1 when a finding
+    /// means limits are not in force.
+    Doctor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod args;
+mod doctor;
 pub mod exit;
 mod hook;
 mod inspect;
@@ -139,6 +140,7 @@ pub fn run(cli: Cli) -> CliResult {
             }
             block_on(verify::verify(g, &config, user.as_ref(), json))
         }
+        Command::Doctor => block_on(doctor::doctor(g)),
     }
 }
 

@@ -139,7 +139,7 @@ pub(super) struct Snapshot {
 
 /// Whether this process runs as root: the owner of `/proc/self` is its effective uid.
 /// Without `/proc` the answer is yes, so that the checks are made rather than skipped.
-fn running_as_root() -> bool {
+pub(super) fn running_as_root() -> bool {
     match std::fs::metadata("/proc/self") {
         Ok(m) => m.uid() == 0,
         Err(_) => true,

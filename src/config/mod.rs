@@ -369,6 +369,12 @@ impl Config {
     }
 }
 
+/// Whether [`load`] holds the files to the trust rule (`trust.rs`): only when run as root,
+/// which alone acts on them.
+pub fn checks_trust() -> bool {
+    files::running_as_root()
+}
+
 /// Reads the configuration rooted at `path` (the YAML; members and overrides beside it).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Sources::read(path)?.validate()

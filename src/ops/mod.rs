@@ -1,9 +1,11 @@
-//! The use cases: apply, the container hook, verify, render, and the take-over of rendered
-//! files. Each returns a report (with the notes worth telling the admin) and prints nothing;
-//! the command line (`cli/`) decides what is shown and which exit code it means.
+//! The use cases: apply, the container hook, verify, render, the take-over of rendered
+//! files, and doctor. Each returns a report (with the notes worth telling the admin) and
+//! prints nothing; the command line (`cli/`) decides what is shown and which exit code it
+//! means.
 
 pub mod apply;
 pub mod deploy;
+pub mod doctor;
 pub mod hook;
 pub mod metrics;
 pub mod render;

@@ -46,3 +46,31 @@ impl ExitStatus for StateError {
         Exit::Failure
     }
 }
+
+/// What a directory such as `--state-dir` is on disk, looked at without following a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirFacts {
+    Missing,
+    Symlink { target: PathBuf },
+    NotADirectory,
+    Directory { uid: u32, gid: u32, mode: u32 },
+    Unreadable(String),
+}
+
+/// Looks at `path` itself (`lstat`): a link there is reported, not followed.
+pub fn inspect_dir(path: &std::path::Path) -> DirFacts {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirFacts::Missing,
+        Err(e) => DirFacts::Unreadable(e.to_string()),
+        Ok(m) if m.file_type().is_symlink() => DirFacts::Symlink {
+            target: std::fs::read_link(path).unwrap_or_default(),
+        },
+        Ok(m) if !m.is_dir() => DirFacts::NotADirectory,
+        Ok(m) => DirFacts::Directory {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        },
+    }
+}

@@ -21,6 +21,15 @@ pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
 /// systemd collects it.
 const HOLDER_LIFETIME_SECS: &str = "900";
 
+/// The accounting systemd turns on for units that do not say (`Default*Accounting=` in
+/// system.conf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AccountingDefaults {
+    pub cpu: bool,
+    pub memory: bool,
+    pub tasks: bool,
+}
+
 /// systemd over one shared zbus connection.
 #[derive(Clone)]
 pub struct BusSystemd {
@@ -145,6 +154,29 @@ impl BusSystemd {
             .version()
             .await
             .map_err(|e| self.err("reading systemd's Version", e))
+    }
+
+    /// systemd's `DefaultCPUAccounting`, `DefaultMemoryAccounting` and
+    /// `DefaultTasksAccounting` (system.conf), read now: the proxy caches nothing.
+    pub async fn accounting_defaults(&self) -> Result<AccountingDefaults, BusError> {
+        let read = |what: &'static str, e| self.err(format!("reading systemd's {what}"), e);
+        Ok(AccountingDefaults {
+            cpu: self
+                .manager
+                .default_cpu_accounting()
+                .await
+                .map_err(|e| read("DefaultCPUAccounting", e))?,
+            memory: self
+                .manager
+                .default_memory_accounting()
+                .await
+                .map_err(|e| read("DefaultMemoryAccounting", e))?,
+            tasks: self
+                .manager
+                .default_tasks_accounting()
+                .await
+                .map_err(|e| read("DefaultTasksAccounting", e))?,
+        })
     }
 
     pub async fn system_state(&self) -> Result<String, BusError> {

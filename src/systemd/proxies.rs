@@ -72,6 +72,18 @@ pub trait Manager {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> zbus::Result<String>;
+
+    #[zbus(
+        property(emits_changed_signal = "const"),
+        name = "DefaultCPUAccounting"
+    )]
+    fn default_cpu_accounting(&self) -> zbus::Result<bool>;
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn default_memory_accounting(&self) -> zbus::Result<bool>;
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn default_tasks_accounting(&self) -> zbus::Result<bool>;
 }
 
 /// systemd's object path for a unit name (`bus_label_escape`): every byte outside

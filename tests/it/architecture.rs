@@ -60,6 +60,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atomic", &[]),
     ("trace", &[]),
     ("cgroupfs", &["model"]),
+    ("docker", &[]),
     ("systemd", &["error", "model", "systemd"]),
     ("state", &["atomic", "error", "model", "state"]),
     (
@@ -71,8 +72,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "ops",
         &[
-            "cgroupfs", "config", "diff", "dropin", "error", "model", "ops", "plan", "state",
-            "systemd", "trace",
+            "cgroupfs", "config", "diff", "docker", "dropin", "error", "model", "ops", "plan",
+            "state", "systemd", "trace",
         ],
     ),
 ];

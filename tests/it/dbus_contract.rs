@@ -9,7 +9,7 @@ use std::time::Duration;
 use ds01_slices::model::names::SliceName;
 use ds01_slices::model::property::{BusValue, Property};
 use ds01_slices::systemd::proxies::{self, ManagerProxy, UnitRow};
-use ds01_slices::systemd::{BusSystemd, Systemd, WriteMode};
+use ds01_slices::systemd::{AccountingDefaults, BusSystemd, Systemd, WriteMode};
 use zbus::zvariant::{OwnedObjectPath, Type, Value};
 
 use crate::support::{sandbox_or_skip, Sandbox};
@@ -83,6 +83,9 @@ fn used() -> Vec<(&'static str, &'static str, Member)> {
         (MANAGER, "Reload", method(&[], &[])),
         (MANAGER, "Version", read("s")),
         (MANAGER, "SystemState", read("s")),
+        (MANAGER, "DefaultCPUAccounting", read("b")),
+        (MANAGER, "DefaultMemoryAccounting", read("b")),
+        (MANAGER, "DefaultTasksAccounting", read("b")),
         (UNIT, "LoadState", read("s")),
         (UNIT, "ActiveState", read("s")),
         (UNIT, "DropInPaths", read("as")),
@@ -325,6 +328,20 @@ fn our_proxies_and_client_round_trip_against_systemd() {
 
         let sd = BusSystemd::connect(Some(&address), timeout).await.unwrap();
         assert_eq!(sd.system_state().await.unwrap(), "running");
+        // The accounting defaults as systemctl reads them from the manager.
+        let shown = |p: &str| {
+            let out = sb.systemctl(&["show", "--value", &format!("--property={p}")]);
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim() == "yes"
+        };
+        assert_eq!(
+            sd.accounting_defaults().await.unwrap(),
+            AccountingDefaults {
+                cpu: shown("DefaultCPUAccounting"),
+                memory: shown("DefaultMemoryAccounting"),
+                tasks: shown("DefaultTasksAccounting"),
+            }
+        );
         let slice = SliceName::parse(PROBE).unwrap();
         let want: Vec<(Property, BusValue)> = Property::ACCOUNTING
             .iter()

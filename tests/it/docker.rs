@@ -31,8 +31,8 @@ pub const TESTS: [&str; 5] = [
 const IMAGE: &str = "local/busybox";
 
 /// One Docker test at a time on the VM's systemd, with dockerd started and the image imported
-/// once; None on the host.
-fn docker() -> Option<MutexGuard<'static, ()>> {
+/// once; None on the host. (doctor.rs takes it too, to ask the VM's running dockerd.)
+pub(crate) fn docker() -> Option<MutexGuard<'static, ()>> {
     if !in_vm_guest() {
         return None;
     }

@@ -3,6 +3,7 @@ mod architecture;
 mod cli;
 mod dbus_contract;
 mod docker;
+mod doctor;
 mod failsafe;
 mod hook;
 mod metrics;
