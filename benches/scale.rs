@@ -313,6 +313,8 @@ struct SizeResult {
     warm: Vec<f64>,
     changed: Vec<f64>,
     verify: Vec<f64>,
+    status: Vec<f64>,
+    metrics: Vec<f64>,
     hook_ok: Vec<f64>,
     hook_write: Vec<f64>,
     hook_write_waiting: Vec<f64>,
@@ -440,6 +442,22 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
         r.verify.push(verify.wall.as_secs_f64());
         r.rss_verify.push(verify.max_rss_kib as f64);
         assert_systemd_on_bus(&sb, "verify");
+
+        // One reading of every slice; a single run waits --interval (1 s) more when a slice
+        // is active, for its second CPU reading (none is here).
+        let status = measure(
+            &["status", "--json", "--interval", "0"],
+            &fx.config(),
+            Some(&sb),
+            &state,
+        );
+        expect_code("status", &status, 0);
+        r.status.push(status.wall.as_secs_f64());
+        assert_systemd_on_bus(&sb, "status");
+        let metrics = measure(&["metrics"], &fx.config(), Some(&sb), &state);
+        expect_code("metrics", &metrics, 0);
+        r.metrics.push(metrics.wall.as_secs_f64());
+        assert_systemd_on_bus(&sb, "metrics");
 
         let hook = |what: &str, user: &str| {
             let m = measure(
@@ -838,6 +856,27 @@ fn report(
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\n## What users and Prometheus see (whole process, s)\n"
+    );
+    let _ = writeln!(md, "*verify*: every slice read (properties, state, drop-ins) and compared; *status*: every slice's properties and usage read once (`--interval 0`: no second CPU reading, which a single run takes after 1 s when a slice is active); *metrics*: the same reading rendered for Prometheus.\n");
+    let _ = writeln!(
+        md,
+        "| N | verify | status | status / verify | metrics | metrics / verify |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (n, r) in rows {
+        let v = median(r.verify.clone());
+        let st = median(r.status.clone());
+        let m = median(r.metrics.clone());
+        let _ = writeln!(
+            md,
+            "| {n} | {v:.3} | {st:.3} | {:.2}× | {m:.3} | {:.2}× |",
+            st / v,
+            m / v
+        );
+    }
     let _ = writeln!(md, "\n## Peak RSS (MiB, median)\n");
     let _ = writeln!(
         md,
@@ -968,6 +1007,16 @@ fn report(
             format!(
                 "{hw:+.1} ms against a bare SetUnitProperties from a connected client; the hook's own part (beyond its time waiting for systemd) is {own:.1} ms"
             ),
+        );
+    }
+    if let Some((n, r)) = rows.iter().max_by_key(|(n, _)| *n) {
+        let v = median(r.verify.clone());
+        let st = median(r.status.clone());
+        let _ = writeln!(
+            md,
+            "- [{}] `status` of all at {n} users ≤ 2× verify's time: {:.2}× ({st:.3} s vs {v:.3} s)",
+            if st <= 2.0 * v { "x" } else { " " },
+            st / v
         );
     }
     let _ = writeln!(
