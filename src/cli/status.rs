@@ -11,7 +11,7 @@ use super::exit::{CliError, CliResult};
 use super::out;
 use crate::config::Config;
 use crate::error::{Exit, UsageError};
-use crate::model::names::UserName;
+use crate::model::names::{SliceKind, UserName};
 use crate::model::usage::human_bytes;
 use crate::model::usage::{Level, Meter};
 use crate::ops::status::{self, CpuSamples, SliceStatus, StatusOptions, StatusReport};
@@ -187,7 +187,13 @@ fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
             state.push(format!("{t} tasks"));
         }
         if let Some(c) = s.cgroup.children {
-            state.push(format!("{c} containers"));
+            // Below a user slice, its containers; below the others, the slices under them.
+            let what = if s.kind == SliceKind::User {
+                "containers"
+            } else {
+                "child cgroups"
+            };
+            state.push(format!("{c} {what}"));
         }
     }
     match (s.cgroup.oom_kills, s.cgroup.memory_failcnt) {
@@ -209,6 +215,18 @@ fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
             "drift: {} (run 'ds01-slices verify')",
             drifted.join(", ")
         ));
+    }
+    if !s.active {
+        // Nothing runs, so nothing to measure: one line with the limits (thousands of idle
+        // users stay readable).
+        let _ = writeln!(
+            out,
+            "{}{who}: {}; limits: {}",
+            s.slice,
+            state.join(", "),
+            limits_text(s)
+        );
+        return;
     }
     let _ = writeln!(out, "{}{who}: {}", s.slice, state.join(", "));
     let r = &s.resources;
@@ -248,6 +266,28 @@ fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
         &pressure(s.cgroup.cpu_pressure_avg10),
         style,
     );
+}
+
+fn limits_text(s: &SliceStatus) -> String {
+    let l = &s.limits;
+    let mut parts = Vec::new();
+    if let Some(m) = l.memory_max_bytes {
+        parts.push(format!("memory {}", human_bytes(m)));
+    }
+    if let Some(m) = l.memory_high_bytes {
+        parts.push(format!("MemoryHigh {}", human_bytes(m)));
+    }
+    if let Some(t) = l.tasks_max {
+        parts.push(format!("tasks {t}"));
+    }
+    if let Some(c) = l.cpu_quota_cores {
+        parts.push(format!("cpu {c:.2} cores"));
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn reading(m: Meter, fmt: impl Fn(f64) -> String, unlimited: &str) -> String {

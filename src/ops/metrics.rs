@@ -28,7 +28,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ds01_slice_containers",
         kind: "gauge",
-        help: "Child cgroups of the slice: its containers (and any other units in it).",
+        help: "Child cgroups: of a user slice its containers (and any other units in it), of the others the slices below.",
         value: |s| s.cgroup.children.map(|n| n as f64),
     },
     Family {

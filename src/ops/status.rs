@@ -323,3 +323,79 @@ fn unread(slice: &SliceName, spec: Option<&SliceSpec>, e: &BusError) -> SliceSta
         error: Some(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_texts;
+    use crate::model::names::UserName;
+
+    fn alice_spec() -> SliceSpec {
+        let main = "default_group: student\ngroups:\n  student:\n    aggregate:\n      cpu_quota: \"200%\"\n      memory_max: 4G\n      tasks_max: 100\n";
+        let config = parse_texts(
+            Path::new("/c/r.yaml"),
+            main,
+            &[("student", "alice\n")],
+            None,
+        )
+        .unwrap();
+        let plan = crate::plan::plan_user(&config, &UserName::new("alice").unwrap()).unwrap();
+        plan.slices
+            .into_iter()
+            .find(|s| s.kind == SliceKind::User)
+            .unwrap()
+    }
+
+    fn live(spec: &SliceSpec, values: &[(Property, BusValue)]) -> LiveSlice {
+        LiveSlice {
+            slice: spec.slice.clone(),
+            load_state: "loaded".into(),
+            active_state: "inactive".into(),
+            control_group: None,
+            memory_current: None,
+            tasks_current: None,
+            cpu_usage_nsec: None,
+            values: values.iter().copied().collect(),
+            drop_in_paths: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_idle_slice_uses_nothing_and_shows_its_limits_and_drift() {
+        let spec = alice_spec();
+        let in_force = [
+            (Property::CpuQuotaPerSecUSec, BusValue::U64(2_000_000)),
+            (Property::MemoryMax, BusValue::U64(4 << 30)),
+            (Property::TasksMax, BusValue::U64(50)),
+        ];
+        let s = slice_status(
+            Some(&spec),
+            &live(&spec, &in_force),
+            &BTreeSet::new(),
+            None,
+            Path::new("/nonexistent"),
+        );
+        assert!(!s.active);
+        assert_eq!((s.memory_bytes, s.tasks), (Some(0), Some(0)));
+        assert_eq!(s.limits.cpu_quota_cores, Some(2.0));
+        assert_eq!(s.limits.tasks_max, Some(50));
+        assert_eq!(s.planned.unwrap().tasks_max, Some(100));
+        assert_eq!(s.closeness, Some(0.0));
+        assert_eq!(s.drift.get("TasksMax"), Some(&true));
+        assert_eq!(s.drift.get("MemoryMax"), Some(&false));
+        assert_eq!(
+            (s.group.as_deref(), s.user.as_deref()),
+            (Some("student"), Some("alice"))
+        );
+    }
+
+    #[test]
+    fn a_slice_no_longer_configured_is_labelled_from_its_name() {
+        let slice = SliceName::parse("ds01-student-bob.slice").unwrap();
+        let (group, user) = labels(&slice, None);
+        assert_eq!(
+            (group.as_deref(), user.as_deref()),
+            (Some("student"), Some("bob"))
+        );
+    }
+}
