@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod args;
+pub mod docs;
 mod doctor;
 pub mod exit;
 mod hook;

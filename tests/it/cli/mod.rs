@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod command_line;
+mod docs;
 mod production;
 mod safety;
 mod warnings;
