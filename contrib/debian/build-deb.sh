@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 cargo build --release --bins
 rm -rf target/assets
 target/release/ds01-slices-assets target/assets >/dev/null
-deb=$(cargo deb --no-build 2>&1 | tail -n 1)
+deb=$(cargo deb --no-build --strip 2>&1 | tail -n 1)
 [ -f "$deb" ] || { echo "cargo deb did not print a package path: $deb" >&2; exit 1; }
 echo "$deb"
 if command -v lintian >/dev/null 2>&1; then
