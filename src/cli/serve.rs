@@ -41,9 +41,8 @@ pub fn serve(globals: &Globals, listen: &str, cache: Duration) -> CliResult {
     for request in server.incoming_requests() {
         let (status, content_type, body) = match (request.method(), path(request.url())) {
             (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-                let fresh = cached
-                    .as_ref()
-                    .is_some_and(|c| c.at.elapsed() < cache && !cache.is_zero());
+                // With --cache 0 no answer is ever fresh: nothing elapses in less than zero.
+                let fresh = cached.as_ref().is_some_and(|c| c.at.elapsed() < cache);
                 if !fresh {
                     let answer = rt.block_on(scrape(globals, &mut bus));
                     cached = Some(Cached {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::live::LiveSlice;
-use super::property::{BusValue, Property};
+use super::property::{BusValue, Properties, Property};
 use super::values::SIZE_SUFFIXES;
 
 /// A resource at or above this share of its limit is shown yellow (DS01's check-limits).
@@ -69,23 +69,29 @@ pub struct Limits {
     pub cpu_quota_cores: Option<f64>,
 }
 
-fn finite(v: BusValue) -> Option<u64> {
-    match v {
-        BusValue::U64(n) if n != u64::MAX => Some(n),
-        _ => None,
-    }
-}
-
 impl Limits {
+    /// The limits in `value`'s terms: a property absent or at systemd's "infinity" is none.
+    fn from_values(value: impl Fn(Property) -> Option<BusValue>) -> Limits {
+        let finite = |p: Property| match value(p) {
+            Some(BusValue::U64(n)) if n != u64::MAX => Some(n),
+            _ => None,
+        };
+        Limits {
+            memory_max_bytes: finite(Property::MemoryMax),
+            memory_high_bytes: finite(Property::MemoryHigh),
+            tasks_max: finite(Property::TasksMax),
+            cpu_quota_cores: finite(Property::CpuQuotaPerSecUSec).map(|us| us as f64 / 1e6),
+        }
+    }
+
     /// The limits systemd holds for `live`.
     pub fn in_force(live: &LiveSlice) -> Limits {
-        Limits {
-            memory_max_bytes: finite(live.value(Property::MemoryMax)),
-            memory_high_bytes: finite(live.value(Property::MemoryHigh)),
-            tasks_max: finite(live.value(Property::TasksMax)),
-            cpu_quota_cores: finite(live.value(Property::CpuQuotaPerSecUSec))
-                .map(|us| us as f64 / 1e6),
-        }
+        Limits::from_values(|p| Some(live.value(p)))
+    }
+
+    /// The limits `properties` (a plan's) ask for.
+    pub fn planned(properties: &Properties) -> Limits {
+        Limits::from_values(|p| properties.get(p))
     }
 }
 

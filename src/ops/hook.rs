@@ -15,8 +15,8 @@ use crate::error::{Exit, ExitStatus};
 use crate::model::admission::{self, Allowed, Finding, InUse, Policy, Request};
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceKind, SliceName};
-use crate::model::property::{BusValue, Property};
-use crate::model::usage::human_bytes;
+use crate::model::property::Property;
+use crate::model::usage::{human_bytes, Limits};
 use crate::model::values::MemoryLimit;
 use crate::plan::{self, SliceSpec};
 use crate::state::ownership::Ownership;
@@ -57,13 +57,10 @@ pub async fn hook<S: Systemd>(
 
 /// The user's limits from the configuration (the values the hook has just made hold).
 fn allowed(target: &HookTarget) -> Allowed {
-    let finite = |p: Property| match target.properties.get(p) {
-        Some(BusValue::U64(n)) if n != u64::MAX => Some(n),
-        _ => None,
-    };
+    let limits = Limits::planned(&target.properties);
     Allowed {
-        memory_max: finite(Property::MemoryMax),
-        tasks_max: finite(Property::TasksMax),
+        memory_max: limits.memory_max_bytes,
+        tasks_max: limits.tasks_max,
     }
 }
 

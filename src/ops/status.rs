@@ -16,7 +16,7 @@ use crate::cgroupfs;
 use crate::config::Config;
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceIdentity, SliceKind, SliceName};
-use crate::model::property::{BusValue, Properties, Property};
+use crate::model::property::Property;
 use crate::model::usage::{self, CgroupReadings, Limits, Resources};
 use crate::plan::SliceSpec;
 use crate::state::ownership::Ownership;
@@ -225,17 +225,7 @@ async fn read_usage<S: Systemd>(
 }
 
 fn planned(spec: &SliceSpec) -> Limits {
-    let p: &Properties = &spec.properties;
-    let finite = |prop: Property| match p.get(prop) {
-        Some(BusValue::U64(n)) if n != u64::MAX => Some(n),
-        _ => None,
-    };
-    Limits {
-        memory_max_bytes: finite(Property::MemoryMax),
-        memory_high_bytes: finite(Property::MemoryHigh),
-        tasks_max: finite(Property::TasksMax),
-        cpu_quota_cores: finite(Property::CpuQuotaPerSecUSec).map(|us| us as f64 / 1e6),
-    }
+    Limits::planned(&spec.properties)
 }
 
 fn labels(slice: &SliceName, spec: Option<&SliceSpec>) -> (Option<String>, Option<String>) {
@@ -329,6 +319,7 @@ mod tests {
     use super::*;
     use crate::config::parse_texts;
     use crate::model::names::UserName;
+    use crate::model::property::BusValue;
 
     fn alice_spec() -> SliceSpec {
         let main = "default_group: student\ngroups:\n  student:\n    aggregate:\n      cpu_quota: \"200%\"\n      memory_max: 4G\n      tasks_max: 100\n";
