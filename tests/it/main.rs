@@ -7,6 +7,7 @@ mod doctor;
 mod failsafe;
 mod hook;
 mod metrics;
+mod package;
 mod render;
 mod sandbox;
 mod scale;

@@ -20,7 +20,9 @@ work=$(mktemp -d "${out%/}.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
 
-packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs
+# openssh-server: the fleet tests' real ssh; man-db and init-system-helpers: the package test
+# (`man ds01-slices`, deb-systemd-helper in the maintainer scripts).
+packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs,openssh-server,man-db,init-system-helpers
 # trixie's docker.io only recommends the client.
 [ "$suite" = bookworm ] || packages=$packages,docker-cli
 
@@ -47,16 +49,17 @@ chroot "$1" /sbin/depmod "$kver"'
 
 guest_hook='set -e
 g='"$here"'/guest
-install -m 755 "$g/ds01-agent" "$g/ds01-bus-bridge" "$1/usr/local/sbin/"
-install -m 644 "$g/ds01-agent.service" "$g/ds01-bus@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
+install -m 755 "$g/ds01-agent" "$g/ds01-bus-bridge" "$g/ds01-ssh-bridge" "$1/usr/local/sbin/"
+install -m 644 "$g/ds01-agent.service" "$g/ds01-bus@.service" "$g/ds01-ssh@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
+printf "%s\n" "PermitRootLogin prohibit-password" "PasswordAuthentication no" "UseDNS no" >"$1/etc/ssh/sshd_config.d/ds01.conf"
 mkdir -p "$1/mnt/ds01" "$1/etc/docker"
 printf "%s\n" 9pnet_virtio 9p virtio_console overlay >"$1/etc/modules-load.d/ds01.conf"
 # Docker as DS01 runs it, offline; started by the tests that need it (it costs ~9 s of boot).
 printf "%s\n" "{\"exec-opts\": [\"native.cgroupdriver=systemd\"], \"bridge\": \"none\", \"iptables\": false, \"ip6tables\": false}" >"$1/etc/docker/daemon.json"
 echo ds01-vm >"$1/etc/hostname"
 : >"$1/etc/fstab"
-chroot "$1" systemctl enable ds01-agent.service mnt-ds01.mount ds01-bus@bus0.service ds01-bus@bus1.service ds01-bus@bus2.service ds01-bus@bus3.service
-chroot "$1" systemctl disable docker.service docker.socket containerd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
+chroot "$1" systemctl enable ds01-agent.service mnt-ds01.mount ds01-bus@bus0.service ds01-bus@bus1.service ds01-bus@bus2.service ds01-bus@bus3.service ds01-ssh@ssh0.service ds01-ssh@ssh1.service ds01-ssh@ssh2.service ds01-ssh@ssh3.service
+chroot "$1" systemctl disable ssh.service ssh.socket docker.service docker.socket containerd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
 # An image for docker import: busybox with relative applet links (absolute ones break inside a
 # container).
 img=$1/var/tmp/busybox-root
@@ -65,7 +68,10 @@ cp "$1/bin/busybox" "$img/bin/busybox"
 for a in $(chroot "$1" /bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$img/bin/$a"; done
 mkdir -p "$1/usr/local/share/ds01"
 tar -C "$img" -cf "$1/usr/local/share/ds01/busybox-root.tar" .
-rm -rf "$img"'
+rm -rf "$img"
+# The image leaves out man pages and docs to stay small, but a package installed later (the
+# package test'"'"'s dpkg -i) installs as on any Debian machine.
+rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"'
 
 mmdebstrap --variant=minbase --mode=root --include="$packages" \
     --aptopt='APT::Install-Recommends "false"' \

@@ -19,6 +19,7 @@ pub mod prometheus;
 pub mod report;
 pub mod sandbox;
 pub mod scratch;
+pub mod ssh;
 pub mod vm;
 pub mod world;
 

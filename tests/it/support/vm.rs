@@ -39,6 +39,8 @@ const SUPERVISOR: &str = include_str!("vm-supervisor.sh");
 /// Under TCG the guest reaches its agent in ~10 s; generous for a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const BUS_PORTS: usize = 4;
+/// Ports with sshd behind them (tests/vm/guest/ds01-ssh-bridge): one ssh connection each.
+const SSH_PORTS: usize = 4;
 
 /// Why no VM can run here, if that is so.
 pub fn unavailable() -> Option<String> {
@@ -195,6 +197,8 @@ pub struct Vm {
     ctl: Mutex<UnixStream>,
     next_job: AtomicUsize,
     next_bus: AtomicUsize,
+    next_ssh: AtomicUsize,
+    bin_dir: PathBuf,
     teardown: Option<OwnedFd>,
     supervisor: Child,
     supervisor_out: BufReader<ChildStdout>,
@@ -204,6 +208,17 @@ impl Vm {
     /// Boots the image of `suite` and waits for its agent; the work tree and the build directory
     /// are mounted read-only at their own paths.
     pub fn boot(suite: &str) -> Result<Vm, String> {
+        Self::boot_with(suite, false)
+    }
+
+    /// [`Vm::boot`] for a test that reboots the guest ([`Vm::reboot`]): QEMU resets instead of
+    /// exiting when the guest reboots (a panicking kernel then reboots too, until the test's
+    /// own timeouts end it).
+    pub fn boot_rebootable(suite: &str) -> Result<Vm, String> {
+        Self::boot_with(suite, true)
+    }
+
+    fn boot_with(suite: &str, rebootable: bool) -> Result<Vm, String> {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let image = Image::get(suite)?;
         let started = Instant::now();
@@ -232,10 +247,12 @@ impl Vm {
             "none",
             "-nic",
             "none",
-            "-no-reboot",
         ]
         .map(String::from)
         .to_vec();
+        if !rebootable {
+            qemu.push("-no-reboot".into());
+        }
         qemu.extend([
             "-kernel".into(),
             img("vmlinuz"),
@@ -272,6 +289,7 @@ impl Vm {
         ]);
         for (id, port) in std::iter::once(("ctl".to_string(), "org.ds01.ctl".to_string()))
             .chain((0..BUS_PORTS).map(|i| (format!("bus{i}"), format!("org.ds01.bus{i}"))))
+            .chain((0..SSH_PORTS).map(|i| (format!("ssh{i}"), format!("org.ds01.ssh{i}"))))
         {
             qemu.extend([
                 "-chardev".into(),
@@ -332,23 +350,75 @@ impl Vm {
             ctl: Mutex::new(ctl),
             next_job: AtomicUsize::new(0),
             next_bus: AtomicUsize::new(0),
+            next_ssh: AtomicUsize::new(0),
+            bin_dir: bin_dir.to_path_buf(),
             teardown,
             supervisor,
             supervisor_out,
         };
+        vm.mount_shares()?;
+        let mut vm = vm;
+        vm.boot_time = started.elapsed();
+        Ok(vm)
+    }
+
+    /// The work tree and the build directory, read-only at their host paths.
+    fn mount_shares(&self) -> Result<(), String> {
         let mount = |tag: &str, path: &str| {
             format!(
                 "mkdir -p '{path}' && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 {tag} '{path}'\n"
             )
         };
-        let script = mount("repo", MANIFEST_DIR) + &mount("bin", &bin_dir.display().to_string());
-        let mounted = vm.sh(&script, Duration::from_secs(60))?;
+        let script =
+            mount("repo", MANIFEST_DIR) + &mount("bin", &self.bin_dir.display().to_string());
+        let mounted = self.sh(&script, Duration::from_secs(60))?;
         if mounted.code != Some(0) {
             return Err(format!("mounting the shares in the guest:\n{mounted}"));
         }
-        let mut vm = vm;
-        vm.boot_time = started.elapsed();
-        Ok(vm)
+        Ok(())
+    }
+
+    /// Reboots the guest (a VM from [`Vm::boot_rebootable`]) and waits until it runs again with
+    /// a new boot id and the shares mounted; returns how long that took.
+    pub fn reboot(&self) -> Result<Duration, String> {
+        let boot_id = "cat /proc/sys/kernel/random/boot_id";
+        let before = self.sh(boot_id, Duration::from_secs(60))?.stdout;
+        let started = Instant::now();
+        // In the background, so that the job reports before the guest goes down.
+        self.sh(
+            "(sleep 1; systemctl reboot) </dev/null >/dev/null 2>&1 &",
+            Duration::from_secs(60),
+        )?;
+        loop {
+            if started.elapsed() > BOOT_TIMEOUT * 2 {
+                return Err(format!(
+                    "the guest did not come back within {:?} of its reboot; console (end):\n{}",
+                    BOOT_TIMEOUT * 2,
+                    tail(&self.console_log(), 40)
+                ));
+            }
+            // Jobs sent while the guest is down wait in QEMU's socket and run after the boot.
+            match self.sh(boot_id, Duration::from_secs(10)) {
+                Ok(run)
+                    if run.code == Some(0) && !run.stdout.is_empty() && run.stdout != before =>
+                {
+                    break
+                }
+                _ => std::thread::sleep(Duration::from_secs(2)),
+            }
+        }
+        self.mount_shares()?;
+        Ok(started.elapsed())
+    }
+
+    /// The host end of the next free ssh port (see tests/vm/guest/ds01-ssh-bridge: the client
+    /// sends "W" first); a port serves one connection per boot.
+    pub fn ssh_socket(&self) -> Result<PathBuf, String> {
+        let i = self.next_ssh.fetch_add(1, Ordering::Relaxed);
+        if i >= SSH_PORTS {
+            return Err(format!("all {SSH_PORTS} ssh ports of the VM are taken"));
+        }
+        Ok(self.workdir.join(format!("ssh{i}.sock")))
     }
 
     /// From QEMU's start until the agent answered and the shares were mounted.

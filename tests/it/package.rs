@@ -1,0 +1,243 @@
+//! The Debian package as an admin meets it, on the cgroup v2 test host: `dpkg -i` of the .deb that
+//! `.ci/package` built (cargo-deb, lintian), then what issue 16 promises of it: nothing starts
+//! before the configuration exists; after a reboot the boot apply has run before Docker's slot;
+//! an edit of a members file re-applies within 10 s; `man` renders; the exporter answers; `dpkg -r`
+//! leaves the limits and records, `--purge` removes the records.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::skip;
+use crate::support::vm::{self, in_vm_guest, Vm};
+
+/// alice's MemoryMax in the bundled example (student: 96G).
+const ALICE_MEMORY_MAX: &str = "MemoryMax=103079215104";
+
+/// The newest `ds01-slices_*.deb` that `.ci/package` left in the target directory.
+pub fn built_package() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // <target>/debug/deps/it-HASH
+    let target = exe.parent()?.parent()?.parent()?;
+    let mut debs: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(target.join("debian"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ds01-slices_") && n.ends_with(".deb"))
+        })
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    debs.sort();
+    debs.pop().map(|(_, p)| p)
+}
+
+/// Boots a rebootable VM and installs the package in it (before any configuration exists);
+/// returns the VM and what dpkg printed.
+pub fn vm_with_package(deb: &Path) -> (Vm, String) {
+    let vm = Vm::boot_rebootable("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
+    let (host_dir, guest_dir) = vm.shared_dir("package");
+    let name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    fs::copy(deb, host_dir.join(&name)).expect("copy the package into the VM's share");
+    let installed = vm.sh_ok(&format!("dpkg -i {guest_dir}/{name} 2>&1"));
+    (vm, installed)
+}
+
+/// What the units and their journal say, for a failure's message.
+fn diagnosis(vm: &Vm) -> String {
+    vm.sh(
+        "systemctl status --no-pager 'ds01-slices-*' 2>&1 | head -n 60; journalctl -b --no-pager -u 'ds01-slices-*' | tail -n 40; ls -la /opt/ds01-infra/config",
+        Duration::from_secs(60),
+    )
+    .map(|r| r.stdout)
+    .unwrap_or_else(|e| e)
+}
+
+/// Polls `script` in the guest until its output contains `want`; how long that took.
+fn until(vm: &Vm, script: &str, want: &str, limit: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        let out = vm.sh(script, Duration::from_secs(60))?.stdout;
+        if out.contains(want) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "after {limit:?}: {script}\nprinted {out:?}, not {want:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly() {
+    if in_vm_guest() {
+        return; // the package is installed into a VM from the host
+    }
+    if let Some(reason) = vm::unavailable() {
+        skip("the cgroup v2 VM", &reason);
+        return;
+    }
+    let Some(deb) = built_package() else {
+        skip(
+            "the Debian package",
+            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
+        );
+        return;
+    };
+    let (vm, installed) = vm_with_package(&deb);
+    println!("dpkg -i {}:\n{installed}", deb.display());
+    let units = "ds01-slices-apply.service ds01-slices-apply.path ds01-slices-exporter.service";
+
+    // Installed before its configuration: enabled, nothing started, the reason said.
+    assert!(installed.contains("nothing started"), "{installed}");
+    let enabled = vm.sh_ok(&format!("systemctl is-enabled {units}"));
+    assert_eq!(
+        enabled.lines().collect::<Vec<_>>(),
+        ["enabled"; 3],
+        "{enabled}"
+    );
+    let active = vm.sh(
+        &format!("systemctl is-active {units}"),
+        Duration::from_secs(60),
+    );
+    let active = active.unwrap().stdout;
+    assert!(
+        !active.contains("\nactive") && !active.starts_with("active"),
+        "{active}"
+    );
+    assert!(vm
+        .sh_ok("systemctl show -p Before ds01-slices-apply.service")
+        .contains("docker.service"));
+
+    // The configuration appears (root's, as the reader requires), then the machine reboots.
+    vm.sh_ok(&format!(
+        "mkdir -p /opt/ds01-infra && cp -r {}/config /opt/ds01-infra/config && chown -R root:root /opt/ds01-infra && chmod -R go-w /opt/ds01-infra",
+        crate::support::MANIFEST_DIR
+    ));
+    let rebooted = vm.reboot().unwrap_or_else(|e| panic!("{e}"));
+    println!("rebooted in {:.1} s", rebooted.as_secs_f64());
+    // The agent answers before the boot has finished: wait for it (a unit that has not run yet
+    // shows Result=success too), then the apply must have run, and succeeded, in this boot.
+    vm.sh_ok("systemctl is-system-running --wait >/dev/null; true");
+    let boot_apply = vm.sh_ok(
+        "systemctl show -p Result -p ExecMainStatus -p ExecMainExitTimestampMonotonic ds01-slices-apply.service",
+    );
+    assert!(
+        boot_apply.contains("Result=success")
+            && boot_apply.contains("ExecMainStatus=0")
+            && !boot_apply.contains("ExecMainExitTimestampMonotonic=0\n"),
+        "the boot apply: {boot_apply}\n{}",
+        diagnosis(&vm)
+    );
+    let alice = vm.sh_ok("systemctl show -p MemoryMax ds01-student-alice.slice");
+    assert!(
+        alice.contains(ALICE_MEMORY_MAX),
+        "after the boot: {alice}\n{}",
+        diagnosis(&vm)
+    );
+    until(
+        &vm,
+        &format!("systemctl is-active {units}; true"),
+        "active\nactive\nactive",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "after the reboot: {}",
+        vm.sh_ok("journalctl -b -u ds01-slices-apply.service -o cat --no-pager | tail -n 3")
+            .trim()
+    );
+
+    // An edit of a members file: the path unit re-applies within 10 s.
+    let newbie = "systemctl show -p MemoryMax ds01-student-newbie.slice";
+    assert!(!vm.sh_ok(newbie).contains(ALICE_MEMORY_MAX));
+    vm.sh_ok("echo newbie >>/opt/ds01-infra/config/groups/student.members");
+    let took = until(&vm, newbie, ALICE_MEMORY_MAX, Duration::from_secs(10)).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            vm.sh_ok("journalctl -b -u 'ds01-slices-*' --no-pager | tail -n 30")
+        )
+    });
+    println!(
+        "members edit -> newbie's MemoryMax in force after {:.1} s",
+        took.as_secs_f64()
+    );
+
+    // Documentation and completions where the shells look.
+    let man = vm.sh_ok("MANPAGER=cat MANWIDTH=100 man ds01-slices 2>&1");
+    assert!(
+        man.contains("ds01-slices") && man.contains("apply"),
+        "{man}"
+    );
+    assert!(vm
+        .sh_ok("MANPAGER=cat man 8 ds01-slices-verify 2>&1")
+        .contains("verify"));
+    vm.sh_ok("test -s /usr/share/bash-completion/completions/ds01-slices && test -s /usr/share/zsh/vendor-completions/_ds01-slices && test -s /usr/share/fish/vendor_completions.d/ds01-slices.fish && test -x /usr/share/ds01-slices/ds01-docker-run");
+
+    // The exporter, as installed and hardened.
+    until(
+        &vm,
+        "busybox wget -q -O - http://127.0.0.1:9851/metrics 2>&1; true",
+        "ds01_slice_memory_max_bytes{",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            vm.sh_ok("journalctl -b -u ds01-slices-exporter.service --no-pager | tail -n 20")
+        )
+    });
+    let metrics = vm.sh_ok("busybox wget -q -O - http://127.0.0.1:9851/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ds01_slice_memory_max_bytes{")
+                && l.contains("ds01-student-alice.slice")
+                && l.ends_with(" 103079215104")),
+        "{metrics}"
+    );
+    let security = vm.sh_ok("systemd-analyze security --no-pager ds01-slices-exporter.service");
+    let score = security
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("(no overall line)");
+    println!(
+        "systemd-analyze security ds01-slices-exporter.service: {}",
+        score.trim()
+    );
+
+    // dpkg -r: the package's files go, the limits and the records stay.
+    vm.sh_ok("dpkg -L ds01-slices >/run/ds01-package-files");
+    let removed = vm.sh_ok("dpkg -r ds01-slices 2>&1");
+    println!("dpkg -r:\n{removed}");
+    // Directories may be shared with other packages; every file must be gone.
+    let left = vm.sh_ok(
+        "while read -r f; do if [ ! -d \"$f\" ] && { [ -e \"$f\" ] || [ -L \"$f\" ]; }; then echo \"$f\"; fi; done </run/ds01-package-files",
+    );
+    assert!(left.trim().is_empty(), "dpkg -r left:\n{left}");
+    assert!(vm
+        .sh_ok("systemctl show -p MemoryMax ds01-student-alice.slice")
+        .contains(ALICE_MEMORY_MAX));
+    assert!(vm
+        .sh_ok("ls /var/lib/ds01-slices/owned")
+        .contains("ds01-student-alice.slice"));
+    assert!(vm
+        .sh_ok("systemctl show -p LoadState ds01-slices-apply.service ds01-slices-exporter.service")
+        .lines()
+        .all(|l| l != "LoadState=loaded"));
+
+    // --purge: the records go too; the limits still stay.
+    vm.sh_ok("dpkg --purge ds01-slices >/dev/null 2>&1");
+    assert_eq!(
+        vm.sh_ok("test -e /var/lib/ds01-slices && echo present || echo gone")
+            .trim(),
+        "gone"
+    );
+    assert!(vm
+        .sh_ok("systemctl show -p MemoryMax ds01-student-alice.slice")
+        .contains(ALICE_MEMORY_MAX));
+}

@@ -1,0 +1,86 @@
+//! Real ssh into the test VM: a key made for the test, root's authorized key in the guest, and
+//! an ssh configuration whose host aliases `vm0`, `vm1`, ... each reach sshd through a port of
+//! their own ([`Vm::ssh_socket`]) with a ProxyCommand. The product's `DS01_SSH` override points
+//! at [`SshAccess::program`], a wrapper that is plain `ssh -F <that configuration>`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::scratch::Scratch;
+use super::vm::Vm;
+
+pub struct SshAccess {
+    /// Holds the key, the configuration, known_hosts and the wrapper; removed on drop.
+    dir: Scratch,
+    /// The host aliases, one per ssh port taken.
+    pub hosts: Vec<String>,
+}
+
+impl SshAccess {
+    /// Takes `connections` ssh ports of `vm` (each serves one connection).
+    pub fn new(vm: &Vm, connections: usize) -> Result<SshAccess, String> {
+        let dir = Scratch::new("ssh");
+        let key = dir.join("id_ed25519");
+        let made = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "ds01-slices-test",
+                "-f",
+            ])
+            .arg(&key)
+            .status()
+            .map_err(|e| format!("ssh-keygen: {e}"))?;
+        if !made.success() {
+            return Err(format!("ssh-keygen failed: {made}"));
+        }
+        let public = fs::read_to_string(dir.join("id_ed25519.pub")).map_err(|e| e.to_string())?;
+        let installed = vm.sh(
+            &format!(
+                "install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
+                public.trim()
+            ),
+            std::time::Duration::from_secs(60),
+        )?;
+        if installed.code != Some(0) {
+            return Err(format!("installing the key in the guest: {installed}"));
+        }
+        let mut config = String::new();
+        let mut hosts = Vec::new();
+        for i in 0..connections {
+            let socket = vm.ssh_socket()?;
+            let alias = format!("vm{i}");
+            config.push_str(&format!(
+                "Host {alias}\n  ProxyCommand sh -c '{{ printf W; exec cat; }} | exec socat -lf/dev/null - UNIX-CONNECT:{}'\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n",
+                socket.display(),
+                key.display(),
+                dir.join("known_hosts").display(),
+            ));
+            hosts.push(alias);
+        }
+        fs::write(dir.join("ssh_config"), config).map_err(|e| e.to_string())?;
+        let wrapper = dir.join("ssh");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ssh -F {} \"$@\"\n",
+                dir.join("ssh_config").display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(SshAccess { dir, hosts })
+    }
+
+    /// `ssh` with this access's configuration: for `DS01_SSH`.
+    pub fn program(&self) -> PathBuf {
+        self.dir.join("ssh")
+    }
+}
