@@ -8,7 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
 use crate::support::skip;
+use crate::support::ssh::SshAccess;
 use crate::support::vm::{self, in_vm_guest, Vm};
 
 /// alice's MemoryMax in the bundled example (student: 96G).
@@ -167,6 +170,8 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         took.as_secs_f64()
     );
 
+    over_ssh(&vm);
+
     // Documentation and completions where the shells look.
     let man = vm.sh_ok("MANPAGER=cat MANWIDTH=100 man ds01-slices 2>&1");
     assert!(
@@ -240,4 +245,27 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
     assert!(vm
         .sh_ok("systemctl show -p MemoryMax ds01-student-alice.slice")
         .contains(ALICE_MEMORY_MAX));
+}
+
+/// The installed tool from the host over real ssh (sshd in the guest, a ProxyCommand to its port).
+fn over_ssh(vm: &Vm) {
+    let ssh = SshAccess::new(vm, 4).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(ssh.program())
+        .args([
+            "-oBatchMode=yes",
+            "--",
+            &ssh.hosts[0],
+            "/usr/sbin/ds01-slices",
+            "--version",
+        ])
+        .output()
+        .expect("run ssh");
+    assert!(
+        out.status.success(),
+        "ssh {}: {:?}\n{}",
+        ssh.hosts[0],
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("over ssh: {}", String::from_utf8_lossy(&out.stdout).trim());
 }
