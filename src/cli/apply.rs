@@ -26,6 +26,9 @@ pub async fn apply(
         let sd = globals.connect().await?;
         let mut report =
             apply::apply(&sd, config, Scope::from(user), &globals.ownership(), opts).await?;
+        // A change that only records a slice as ours is about this machine's records,
+        // which are not that host's.
+        report.changes.retain(|c| !c.sets.is_empty());
         report.notes.push(note);
         return print_report(globals, &report, opts, Some(sd.stats()));
     }

@@ -447,26 +447,34 @@ pub fn summarize(command: FleetCommand, report: &Value) -> Value {
     Value::Object(out)
 }
 
-/// The summary as the table's counts column: `writes 3, changes 2, ...`.
+/// The summary as the table's counts column: the total (`writes` of an apply, `slices`
+/// otherwise), then only the counts that are not zero: `slices 14, drift 1, missing 1`.
 pub fn counts_text(summary: &Value) -> String {
-    const SHOWN: [&str; 10] = [
-        "writes",
+    const TOTALS: [&str; 2] = ["writes", "slices"];
+    const SHOWN: [&str; 9] = [
         "changes",
         "refused",
         "failures",
-        "slices",
         "drift",
         "missing",
         "stale",
-        "errors",
         "kernel_mismatch",
+        "kernel_unreadable",
+        "errors",
     ];
     let Some(map) = summary.as_object() else {
         return String::new();
     };
-    SHOWN
+    let count = |k: &str| map.get(k).and_then(Value::as_u64);
+    TOTALS
         .iter()
-        .filter_map(|k| Some(format!("{k} {}", map.get(*k)?.as_u64()?)))
+        .filter_map(|k| Some((*k, count(k)?)))
+        .chain(
+            SHOWN
+                .iter()
+                .filter_map(|k| Some((*k, count(k)?)).filter(|(_, n)| *n > 0)),
+        )
+        .map(|(k, n)| format!("{k} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }

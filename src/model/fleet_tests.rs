@@ -141,10 +141,7 @@ fn an_apply_row_counts_writes_and_changed_slices() {
         r.summary,
         json!({"writes": 3, "changes": 2, "refused": 0, "failures": 0})
     );
-    assert_eq!(
-        counts_text(&r.summary),
-        "writes 3, changes 2, refused 0, failures 0"
-    );
+    assert_eq!(counts_text(&r.summary), "writes 3, changes 2");
     assert_eq!(r.report["slices_checked"], 5);
     assert_eq!(r.error, None);
     let r = judge(
@@ -181,10 +178,7 @@ fn a_verify_row_shows_drift_and_its_counts() {
     assert_eq!((r.exit, r.result.as_str()), (3, "drift 2"));
     assert_eq!(r.exit_code(), Exit::Drift);
     assert_eq!(r.summary["not_holding"], 2);
-    assert_eq!(
-        counts_text(&r.summary),
-        "slices 4, drift 1, missing 1, stale 0, errors 0, kernel_mismatch 0"
-    );
+    assert_eq!(counts_text(&r.summary), "slices 4, drift 1, missing 1");
 }
 
 #[test]
