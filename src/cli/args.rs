@@ -183,7 +183,9 @@ pub enum Command {
     /// configuration and ds01-slices, and print one table (or, with --json, one document).
     ///
     /// Each host runs `$DS01_SSH -xT -oBatchMode=yes -oConnectTimeout=S -- HOST REMOTE-BIN
-    /// COMMAND --json` (DS01_SSH: the ssh program, `ssh` unless set). The exit code is the
+    /// COMMAND --json` (DS01_SSH: the ssh program, `ssh` unless set): each host uses its
+    /// own configuration and state; of the global options only --json applies here (to
+    /// this table). Stdin is closed, so ssh must log in without a prompt. The exit code is the
     /// worst of the hosts': ok 0 < drift 3 < failure 1 < bad usage or configuration 2; a
     /// host that is unreachable (ssh's 255) or timed out counts as a failure.
     #[command(subcommand)]

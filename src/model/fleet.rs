@@ -369,7 +369,7 @@ fn summary_u64(summary: &Value, key: &str) -> u64 {
 }
 
 /// The counts of a remote report that a fleet table shows: from `apply --json` its writes,
-/// changed slices, refusals and failures; from `verify --json` its `counts` (and
+/// changed slices, refusals and failures (or, rendered instead, its files); from `verify --json` its `counts` (and
 /// `not_holding`, their sum of what does not hold); from `status --json` its slices, those
 /// with drift and those with errors. An absent or foreign report gives `{}`.
 pub fn summarize(command: FleetCommand, report: &Value) -> Value {
@@ -382,6 +382,14 @@ pub fn summarize(command: FleetCommand, report: &Value) -> Value {
     let mut out = serde_json::Map::new();
     match command {
         FleetCommand::Apply => {
+            // `apply` that fell back to rendering drop-ins reports as `render` does: the
+            // files it wrote (or would write) count as its writes.
+            if let Some(files) = report.get("files").and_then(Value::as_array) {
+                out.insert("writes".into(), files.len().into());
+                out.insert("changes".into(), files.len().into());
+                out.insert("rendered".into(), true.into());
+                return Value::Object(out);
+            }
             let Some(writes) = report.get("writes").and_then(Value::as_u64) else {
                 return Value::Object(out);
             };

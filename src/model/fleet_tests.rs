@@ -161,6 +161,18 @@ fn an_apply_row_counts_writes_and_changed_slices() {
         0.1,
     );
     assert_eq!(r.result, "ok");
+    // An apply that fell back to rendering drop-ins reports as render does.
+    let rendered = r#"{"root": "/", "dry_run": false, "files": [{"slice": "a"}, {"slice": "b"}],
+        "unchanged": 3, "dbus_drop_ins_removed": [], "shadowed": [], "reload": "ok"}"#;
+    let r = judge(
+        host("a"),
+        FleetCommand::Apply,
+        false,
+        &facts(Some(0), rendered, ""),
+        0.1,
+    );
+    assert_eq!(r.result, "changed 2");
+    assert_eq!(r.summary["rendered"], true);
 }
 
 #[test]

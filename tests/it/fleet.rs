@@ -384,6 +384,42 @@ fn an_unreachable_host_is_one_error_at_once() {
     );
     assert!(out.stdout.is_empty(), "{out}");
 
+    // What writes, or reads this machine's files, refuses --host before ssh runs.
+    let config = config.to_str().unwrap();
+    for command in [
+        &["apply"][..],
+        &["apply", "--dry-run", "--backend", "files"],
+        &["render", "--dry-run"],
+        &["hook", "pre-create", "alice"],
+        &["metrics"],
+        &["doctor"],
+        &["verify", "--offline"],
+        &["check-config"],
+        &["fleet", "verify", "--hosts", "/dev/null"],
+    ] {
+        let args = [&["--config", config, "--host", "down"][..], command].concat();
+        let out = Run::of(ds01(&args).env("DS01_SSH", &ssh)).assert_code(2, format!("{args:?}"));
+        assert!(
+            out.stderr.starts_with("ds01-slices: error: --host down: "),
+            "{out}"
+        );
+        assert!(!out.stderr.contains(DOWN), "ssh was run: {out}");
+    }
+    let out = Run::of(
+        ds01(&[
+            "--config",
+            config,
+            "verify",
+            "--host",
+            "down",
+            "--bus",
+            "unix:path=/x",
+        ])
+        .env("DS01_SSH", &ssh),
+    )
+    .assert_code(2, "--host with --bus");
+    assert!(out.stderr.contains("give one of them"), "{out}");
+
     // A host that would be read as an option is refused before ssh runs.
     let out = Run::of(ds01(&["verify", "--host=-oProxyCommand=x"]).env("DS01_SSH", &ssh))
         .assert_code(2, "verify --host=-o...");
