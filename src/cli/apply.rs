@@ -8,8 +8,9 @@ use crate::diff::{Change, ChangeKind};
 use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::model::values::MemoryLimit;
-use crate::ops::apply::{ApplyOptions, ApplyReport};
+use crate::ops::apply::{self, ApplyOptions, ApplyReport};
 use crate::ops::deploy::{self, DeployReport};
+use crate::ops::Scope;
 use crate::systemd::BusStatsSnapshot;
 
 pub async fn apply(
@@ -19,6 +20,18 @@ pub async fn apply(
     opts: ApplyOptions,
     backend: deploy::Backend,
 ) -> CliResult {
+    if let Some(note) = globals.remote_note() {
+        // `--host` is a dry run (cli::remote): the diff against that systemd, without this
+        // machine's records or rendered files, which are not that host's.
+        let sd = globals.connect().await?;
+        let mut report =
+            apply::apply(&sd, config, Scope::from(user), &globals.ownership(), opts).await?;
+        // A change that only records a slice as ours is about this machine's records,
+        // which are not that host's.
+        report.changes.retain(|c| !c.sets.is_empty());
+        report.notes.push(note);
+        return print_report(globals, &report, opts, Some(sd.stats()));
+    }
     let report = deploy::deploy(&globals.context(), config, user, opts, backend).await;
     match report? {
         DeployReport::Rendered { fallback, report } => {

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::cgroupfs::DEFAULT_CGROUP_ROOT;
 use crate::config::DEFAULT_CONFIG_PATH;
+use crate::model::fleet::{Host, DEFAULT_REMOTE_BIN};
 use crate::ops;
-use crate::state::ownership::Ownership;
 use crate::state::DEFAULT_STATE_DIR;
 
 /// Where `serve` listens unless told: loopback only, so that nothing is exposed by default.
@@ -50,6 +50,18 @@ pub struct Globals {
         value_name = "ADDRESS"
     )]
     pub bus: Option<String>,
+
+    /// Read HOST's systemd over ssh instead of this machine's, as `systemctl -H` does: ssh
+    /// runs systemd-stdio-bridge there (no ds01-slices is needed on HOST). Only `verify`,
+    /// `status` and `apply --dry-run` take it: they compare the configuration given here
+    /// (--config) with HOST's systemd; HOST's cgroup files and ownership records are not
+    /// read (kernel checks are left out). Every other command refuses it (exit 2). ssh never
+    /// prompts (BatchMode) and waits at most --timeout to connect. DS01_SSH names another
+    /// ssh program (a name or an absolute path, e.g. a wrapper), run as `$DS01_SSH -xT
+    /// -oBatchMode=yes -oConnectTimeout=SECONDS -- HOST systemd-stdio-bridge`. Not with
+    /// --bus (DBUS_SYSTEM_BUS_ADDRESS in the environment is ignored).
+    #[arg(long, global = true, value_name = "[USER@]HOST")]
+    pub host: Option<Host>,
 
     /// Seconds to wait for any one answer from systemd.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
@@ -167,10 +179,62 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Run `apply`, `verify` or `status` on many hosts over ssh, each with its own
+    /// configuration and ds01-slices, and print one table (or, with --json, one document).
+    ///
+    /// Each host runs `$DS01_SSH -xT -oBatchMode=yes -oConnectTimeout=S -- HOST REMOTE-BIN
+    /// COMMAND --json` (DS01_SSH: the ssh program, `ssh` unless set): each host uses its
+    /// own configuration and state; of the global options only --json applies here (to
+    /// this table). Stdin is closed, so ssh must log in without a prompt. The exit code is the
+    /// worst of the hosts': ok 0 < drift 3 < failure 1 < bad usage or configuration 2; a
+    /// host that is unreachable (ssh's 255) or timed out counts as a failure.
+    #[command(subcommand)]
+    Fleet(FleetAction),
     /// Check whether this host can enforce what the configuration asks (cgroups, systemd,
     /// Docker's cgroup driver, files, drift); each finding with its fix. Exit 1 when a finding
     /// means limits are not in force.
     Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetAction {
+    /// `ds01-slices apply --json` on every host: `changed N` where it wrote.
+    Apply {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Run `apply --dry-run` on every host: what would change, nothing written.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// `ds01-slices verify --json` on every host: `drift N` where limits do not hold.
+    Verify {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// `ds01-slices status --json` on every host: slices, those with drift or errors.
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+/// How `fleet` reaches its hosts.
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// The hosts: one [USER@]HOST a line; blank lines and `#` comments are ignored, a host
+    /// listed twice is refused.
+    #[arg(long, value_name = "FILE")]
+    pub hosts: PathBuf,
+    /// How many hosts run at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Seconds a host may take; then its ssh is killed and the host reported as timed out
+    /// (ssh's ConnectTimeout is this, at most 30).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub host_timeout: u64,
+    /// The ds01-slices binary on each host (where the Debian package installs it).
+    #[arg(long, default_value = DEFAULT_REMOTE_BIN, value_name = "PATH")]
+    pub remote_bin: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -246,11 +310,6 @@ impl Globals {
     /// `--timeout`, at least one second.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout.max(1))
-    }
-
-    /// The state under `--state-dir`, whose writers wait at most `--timeout` for the lock.
-    pub fn ownership(&self) -> Ownership {
-        Ownership::new(&self.state_dir).with_lock_wait(self.timeout())
     }
 
     /// The options the file backend and take-over need.

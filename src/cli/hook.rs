@@ -27,6 +27,13 @@ pub fn run(cli: HookCli) -> CliResult {
 }
 
 pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
+    if let Some(host) = &globals.host {
+        return Err(super::remote::refusal(
+            host,
+            "a hook writes and admits containers on this machine",
+        )
+        .into());
+    }
     let HookCommand::PreCreate {
         user,
         runtime,

@@ -52,7 +52,7 @@ pub async fn collect(
         config,
         Scope::All,
         &ownership,
-        &globals.cgroup_root,
+        Some(&globals.cgroup_root),
         opts,
     )
     .await?;

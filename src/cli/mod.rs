@@ -6,11 +6,13 @@ pub mod args;
 pub mod docs;
 mod doctor;
 pub mod exit;
+mod fleet;
 mod hook;
 mod inspect;
 mod metrics;
 mod out;
 pub mod pyjson;
+mod remote;
 mod render;
 mod serve;
 mod status;
@@ -51,6 +53,9 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> CliResult {
     let g = &cli.globals;
+    if let Some(host) = &g.host {
+        remote::check_allowed(g, host, &cli.command)?;
+    }
     match &cli.command {
         Command::CheckConfig => inspect::check_config(g),
         Command::Show { user, aggregate } => inspect::show(g, &load(&cli)?, user, *aggregate),
@@ -142,6 +147,7 @@ pub fn run(cli: Cli) -> CliResult {
             block_on(verify::verify(g, &config, user.as_ref(), json))
         }
         Command::Doctor => block_on(doctor::doctor(g)),
+        Command::Fleet(action) => fleet::fleet(g, action),
     }
 }
 

@@ -48,10 +48,7 @@ pub fn status(
     };
     let rt = super::async_runtime()?;
     let Some(every) = watch else {
-        let sd = rt.block_on(BusSystemd::connect(
-            globals.bus.as_deref(),
-            globals.timeout(),
-        ))?;
+        let sd = rt.block_on(globals.connect())?;
         let opts = StatusOptions {
             cpu_interval: interval,
             previous: None,
@@ -68,7 +65,7 @@ pub fn status(
         let round = rt.block_on(async {
             let bus = match sd.take() {
                 Some(b) => b,
-                None => BusSystemd::connect(globals.bus.as_deref(), globals.timeout()).await?,
+                None => globals.connect().await?,
             };
             let opts = StatusOptions {
                 cpu_interval: if previous.is_some() {
@@ -105,16 +102,17 @@ async fn run(
     opts: StatusOptions<'_>,
 ) -> Result<(StatusReport, CpuSamples), CliError> {
     let ownership = globals.ownership();
-    let done = status::status(
+    let (mut report, samples) = status::status(
         sd,
         config,
         Scope::from(user),
         &ownership,
-        &globals.cgroup_root,
+        globals.kernel_root(),
         opts,
     )
     .await?;
-    Ok(done)
+    report.notes.extend(globals.remote_note());
+    Ok((report, samples))
 }
 
 fn exit_of(report: &StatusReport) -> Exit {

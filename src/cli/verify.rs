@@ -11,7 +11,6 @@ use crate::model::names::UserName;
 use crate::model::property::Property;
 use crate::ops::verify::{self, KernelCheck, Status, VerifyReport};
 use crate::ops::Scope;
-use crate::systemd::BusSystemd;
 
 pub async fn verify(
     globals: &Globals,
@@ -19,17 +18,21 @@ pub async fn verify(
     user: Option<&UserName>,
     json: bool,
 ) -> CliResult {
-    let sd = BusSystemd::connect(globals.bus.as_deref(), globals.timeout()).await?;
+    let sd = globals.connect().await?;
     let ownership = globals.ownership();
     let mut report = verify::verify(
         &sd,
         config,
         Scope::from(user),
         &ownership,
-        &globals.cgroup_root,
+        globals.kernel_root(),
     )
     .await?;
-    verify::explain(&mut report, &globals.root);
+    match globals.remote_note() {
+        // The drop-ins systemd names are files of the other machine.
+        Some(note) => report.notes.push(note),
+        None => verify::explain(&mut report, &globals.root),
+    }
     out::notes(&report.notes);
     if json {
         out::json(&report)?;

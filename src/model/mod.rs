@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod diagnostics;
+pub mod fleet;
 pub mod live;
 pub mod names;
 pub mod property;

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod deploy;
 pub mod doctor;
+pub mod fleet;
 pub mod hook;
 pub mod metrics;
 pub mod render;

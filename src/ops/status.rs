@@ -78,7 +78,7 @@ pub async fn status<S: Systemd>(
     config: &Config,
     scope: Scope<'_>,
     ownership: &Ownership,
-    cgroup_root: &Path,
+    cgroup_root: Option<&Path>,
     opts: StatusOptions<'_>,
 ) -> Result<(StatusReport, CpuSamples), ApplyError> {
     let owned = ownership.read_all()?;
@@ -144,7 +144,7 @@ enum CpuSource {
 async fn read_usage<S: Systemd>(
     sd: &S,
     names: &[SliceName],
-    cgroup_root: &Path,
+    cgroup_root: Option<&Path>,
     opts: StatusOptions<'_>,
 ) -> Result<Read, BusError> {
     let mut first = pipeline::bounded(names, |s| async move {
@@ -168,7 +168,7 @@ async fn read_usage<S: Systemd>(
         let source = match l.cpu_usage_nsec {
             Some(_) => CpuSource::Bus,
             None => {
-                l.cpu_usage_nsec = cgroupfs::cpu_usage_nsec(cgroup_root, &cg);
+                l.cpu_usage_nsec = cgroup_root.and_then(|r| cgroupfs::cpu_usage_nsec(r, &cg));
                 CpuSource::Kernel(cg)
             }
         };
@@ -200,7 +200,9 @@ async fn read_usage<S: Systemd>(
             let second = pipeline::bounded(&active, |(s, source)| async move {
                 let n = match source {
                     CpuSource::Bus => sd.read_cpu_usage(s).await,
-                    CpuSource::Kernel(cg) => Ok(cgroupfs::cpu_usage_nsec(cgroup_root, cg)),
+                    CpuSource::Kernel(cg) => {
+                        Ok(cgroup_root.and_then(|r| cgroupfs::cpu_usage_nsec(r, cg)))
+                    }
                 };
                 (n, Instant::now())
             })
@@ -248,13 +250,16 @@ fn slice_status(
     live: &LiveSlice,
     owned: &BTreeSet<Property>,
     cpu_cores: Option<f64>,
-    cgroup_root: &Path,
+    cgroup_root: Option<&Path>,
 ) -> SliceStatus {
     let limits = Limits::in_force(live);
     let active = live.is_active();
-    let cgroup = match live.control_group.as_deref().filter(|_| active) {
-        Some(cg) => cgroupfs::readings(cgroup_root, cg),
-        None => CgroupReadings::default(),
+    let cgroup = match (
+        cgroup_root,
+        live.control_group.as_deref().filter(|_| active),
+    ) {
+        (Some(root), Some(cg)) => cgroupfs::readings(root, cg),
+        _ => CgroupReadings::default(),
     };
     // An inactive slice uses nothing: systemd reports no figures for it.
     let zero_if_inactive = |v: Option<u64>| if active { v } else { v.or(Some(0)) };
@@ -364,7 +369,7 @@ mod tests {
             &live(&spec, &in_force),
             &BTreeSet::new(),
             None,
-            Path::new("/nonexistent"),
+            Some(Path::new("/nonexistent")),
         );
         assert!(!s.active);
         assert_eq!((s.memory_bytes, s.tasks), (Some(0), Some(0)));

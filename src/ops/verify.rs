@@ -103,7 +103,7 @@ pub async fn verify<S: Systemd>(
     config: &Config,
     scope: Scope<'_>,
     ownership: &Ownership,
-    cgroup_root: &Path,
+    cgroup_root: Option<&Path>,
 ) -> Result<VerifyReport, ApplyError> {
     let owned = ownership.read_all()?;
     let desired = desired_in_scope(sd, config, scope, &owned).await?;
@@ -198,15 +198,17 @@ pub async fn verify<S: Systemd>(
     })
 }
 
-/// Compares one slice; pure but for reading the kernel's cgroup files.
+/// Compares one slice; pure but for reading the kernel's cgroup files under `cgroup_root`
+/// (`None`: another machine's, not read; its kernel checks are then absent).
 pub fn check_slice(
     desired: Option<&SliceSpec>,
     live: &LiveSlice,
     owned: &BTreeSet<Property>,
-    cgroup_root: &Path,
+    cgroup_root: Option<&Path>,
 ) -> SliceCheck {
     let mut properties = Vec::new();
     let kernel_for = |p: Property, value: BusValue| -> Option<KernelCheck> {
+        let cgroup_root = cgroup_root?;
         let cg = live.control_group.as_deref().filter(|_| live.is_active())?;
         Some(match cgroupfs::kernel_value(cgroup_root, cg, p)? {
             KernelValue::Value { value: k, file } => KernelCheck {

@@ -27,6 +27,8 @@ const LAST_APPLY: &str = "last-apply";
 #[derive(Debug, Clone)]
 pub struct Ownership {
     dir: PathBuf,
+    /// False for another machine's systemd (`--host`): this machine's records are not its.
+    records: bool,
     lock_wait: Duration,
     notes: Arc<Mutex<Vec<String>>>,
 }
@@ -81,8 +83,18 @@ impl Ownership {
     pub fn new(state_dir: &Path) -> Self {
         Ownership {
             dir: state_dir.to_owned(),
+            records: true,
             lock_wait: DEFAULT_LOCK_WAIT,
             notes: Arc::default(),
+        }
+    }
+
+    /// No records at all, for a systemd whose records are on another machine (`--host`):
+    /// every read finds none, and taking the writer lock fails (only readers run there).
+    pub fn none() -> Self {
+        Ownership {
+            records: false,
+            ..Ownership::new(Path::new(""))
         }
     }
 
@@ -90,6 +102,19 @@ impl Ownership {
     pub fn with_lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
+    }
+
+    /// Fails for [`Ownership::none`]: nothing may be written for another machine here.
+    fn writable(&self) -> Result<(), StateError> {
+        if self.records {
+            return Ok(());
+        }
+        Err(StateError::Dir {
+            path: PathBuf::new(),
+            source: std::io::Error::other(
+                "no state directory for another machine's systemd: only reading commands run with --host",
+            ),
+        })
     }
 
     fn owned_dir(&self) -> PathBuf {
@@ -106,12 +131,16 @@ impl Ownership {
 
     /// Blocks until no other ds01-slices writer runs. Readers (verify, plan) never lock.
     pub fn lock(&self) -> Result<WriterLock, StateError> {
+        self.writable()?;
         self.ensure_dirs()?;
         lock::lock(&self.dir.join("lock"), self.lock_wait)
     }
 
     /// Every slice with a record, and the properties recorded for it.
     pub fn read_all(&self) -> Result<BTreeMap<SliceName, BTreeSet<Property>>, StateError> {
+        if !self.records {
+            return Ok(BTreeMap::new());
+        }
         let dir = self.owned_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -134,6 +163,9 @@ impl Ownership {
     /// file of property names is corrupt: it is read as owning every limit (so none we may
     /// have set is forgotten), noted, and rewritten by the next write to that slice.
     pub fn read(&self, slice: &SliceName) -> Result<BTreeSet<Property>, StateError> {
+        if !self.records {
+            return Ok(BTreeSet::new());
+        }
         let path = self.owned_dir().join(slice.as_str());
         let corrupt = |why: String| {
             self.note(format!(
@@ -184,6 +216,9 @@ impl Ownership {
     /// Read like the ownership records (no symlink, no FIFO, capped): anything else is no
     /// record, and the hook validates in full.
     pub fn validated_config(&self) -> Option<String> {
+        if !self.records {
+            return None;
+        }
         match read_capped(&self.dir.join(VALIDATED_CONFIG), MAX_CACHE_BYTES) {
             Ok(Capped::Text(text)) => Some(text),
             _ => None,
@@ -194,6 +229,9 @@ impl Ownership {
     /// take only its user's lines from it. Best effort: without the record a hook only
     /// validates everything again.
     pub fn record_validated_config(&self, record: &str) {
+        if !self.records {
+            return;
+        }
         let _ = fs::create_dir_all(&self.dir)
             .and_then(|()| atomic::replace(&self.dir.join(VALIDATED_CONFIG), record.as_bytes()));
     }
@@ -202,6 +240,9 @@ impl Ownership {
     /// `ds01_slices_last_apply_timestamp_seconds`. Best effort: without it the metric is
     /// absent, which alerts on its own.
     pub fn record_applied(&self, unix_secs: u64) {
+        if !self.records {
+            return;
+        }
         let _ = fs::create_dir_all(&self.dir).and_then(|()| {
             atomic::replace(
                 &self.dir.join(LAST_APPLY),
@@ -212,6 +253,9 @@ impl Ownership {
 
     /// When the last full apply completed, if it is recorded.
     pub fn last_applied(&self) -> Option<u64> {
+        if !self.records {
+            return None;
+        }
         match read_capped(&self.dir.join(LAST_APPLY), 64) {
             Ok(Capped::Text(text)) => text.trim().parse().ok(),
             _ => None,
@@ -235,6 +279,7 @@ impl Ownership {
         slice: &SliceName,
         props: &BTreeSet<Property>,
     ) -> Result<(), StateError> {
+        self.writable()?;
         self.ensure_dirs()?;
         let path = self.owned_dir().join(slice.as_str());
         if props.is_empty() {
@@ -256,6 +301,7 @@ impl Ownership {
     /// Flushes the records of `slices` written by [`Ownership::record_now`] to disk (a
     /// record since removed is skipped).
     pub fn sync(&self, slices: &[SliceName]) -> Result<(), StateError> {
+        self.writable()?;
         let dir = self.owned_dir();
         let files: Vec<PathBuf> = slices
             .iter()
@@ -343,5 +389,19 @@ mod tests {
             .iter()
             .any(|n| n.contains("ds01-student-bob.slice") && n.contains("not UTF-8")));
         assert!(notes.iter().any(|n| n.contains("over 4096 bytes")));
+    }
+
+    #[test]
+    fn no_records_reads_nothing_and_writes_nothing() {
+        let own = Ownership::none();
+        let slice = SliceName::parse("ds01-student-alice.slice").unwrap();
+        assert!(own.read_all().unwrap().is_empty());
+        assert!(own.read(&slice).unwrap().is_empty());
+        assert_eq!(own.validated_config(), None);
+        assert!(own.lock().is_err());
+        let e = own
+            .record(&slice, &[Property::TasksMax].into())
+            .unwrap_err();
+        assert!(e.to_string().contains("--host"), "{e}");
     }
 }

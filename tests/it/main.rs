@@ -5,6 +5,7 @@ mod dbus_contract;
 mod docker;
 mod doctor;
 mod failsafe;
+mod fleet;
 mod hook;
 mod metrics;
 mod package;

@@ -149,7 +149,7 @@ async fn drift(
     opts: Options<'_>,
 ) -> Result<DriftSummary, String> {
     let ownership = Ownership::new(opts.state_dir).with_lock_wait(opts.timeout);
-    let mut report = verify::verify(sd, config, Scope::All, &ownership, opts.cgroup_root)
+    let mut report = verify::verify(sd, config, Scope::All, &ownership, Some(opts.cgroup_root))
         .await
         .map_err(|e| format!("verify failed: {e}"))?;
     verify::explain(&mut report, opts.root);

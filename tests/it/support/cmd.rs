@@ -7,9 +7,9 @@ use std::process::{Command, Output, Stdio};
 pub const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
 
 /// Every environment variable `ds01-slices` reads (`grep -rn env src/`): the global options'
-/// stand-ins, the bus address (also read by the client), phase tracing and the write-chunk
-/// override. A test that wants one sets it on the command after [`ds01`].
-pub const TOOL_ENV: [&str; 7] = [
+/// stand-ins, the bus address (also read by the client), phase tracing, the write-chunk
+/// override and the ssh program. A test that wants one sets it on the command after [`ds01`].
+pub const TOOL_ENV: [&str; 8] = [
     "DS01_CONFIG",
     "DS01_STATE_DIR",
     "DS01_CGROUP_ROOT",
@@ -17,6 +17,7 @@ pub const TOOL_ENV: [&str; 7] = [
     "DBUS_SYSTEM_BUS_ADDRESS",
     "DS01_TRACE",
     "DS01_WRITE_CHUNK",
+    "DS01_SSH",
 ];
 
 /// Removes [`TOOL_ENV`] from `cmd`'s environment, so that nothing of the caller's (a developer's

@@ -1,0 +1,142 @@
+//! `--host`: another machine's systemd over ssh, as `systemctl -H` reaches it. Only for the
+//! commands that read systemd and nothing of this machine's that belongs to that host.
+
+use std::path::Path;
+
+use super::args::{Backend, Command, Globals};
+use super::exit::CliError;
+use crate::error::{Exit, ExitStatus, UsageError};
+use crate::model::fleet::{self, Host, DEFAULT_SSH};
+use crate::state::ownership::Ownership;
+use crate::systemd::{BusError, BusSystemd};
+
+/// The environment variable that names the ssh program (`--host` and `fleet`).
+pub const SSH_ENV: &str = "DS01_SSH";
+
+/// The ssh program: `DS01_SSH`, or `ssh`.
+pub fn ssh_program() -> String {
+    std::env::var(SSH_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_SSH.to_owned())
+}
+
+/// Why `command` does not run with `--host`, if it does not.
+pub fn check_allowed(globals: &Globals, host: &Host, command: &Command) -> Result<(), UsageError> {
+    // clap cannot tell `--bus` from the environment's address, which --host overrides.
+    let from_env = std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok();
+    if globals.bus.is_some() && globals.bus != from_env {
+        return Err(UsageError(format!(
+            "--host {host} and --bus name two systemds; give one of them"
+        )));
+    }
+    let why = match command {
+        Command::Verify { offline: true, .. } => {
+            "`verify --offline` reads rendered files of this machine"
+        }
+        Command::Verify { .. } | Command::Status { .. } => return Ok(()),
+        Command::Apply {
+            dry_run: true,
+            backend: Backend::Auto | Backend::Dbus,
+            ..
+        } => return Ok(()),
+        Command::Apply { dry_run: true, .. } => {
+            "`apply --backend files` renders this machine's files"
+        }
+        Command::Apply { .. } => "`apply` writes (only `apply --dry-run` reads)",
+        Command::Render { .. } => "`render` writes files of this machine",
+        Command::Hook(_) => "a hook writes and admits containers on this machine",
+        Command::Metrics { .. } | Command::Serve { .. } => {
+            "metrics are read from this machine's cgroup files"
+        }
+        Command::Doctor => "`doctor` checks this machine",
+        Command::Fleet(_) => "`fleet` takes its hosts from --hosts",
+        Command::Show { .. } | Command::Plan { .. } | Command::CheckConfig => {
+            "this command reads only the configuration here"
+        }
+    };
+    Err(refusal(host, why))
+}
+
+pub fn refusal(host: &Host, why: &str) -> UsageError {
+    UsageError(format!(
+        "--host {host}: {why}; --host works with verify, status and apply --dry-run, which only read {host}'s systemd (run the command on {host}, or `ds01-slices fleet` over many hosts)"
+    ))
+}
+
+/// The note every `--host` run adds to its report.
+pub fn note(host: &Host) -> String {
+    format!(
+        "note: {host}: read from its systemd over ssh; its cgroup files and its records are not read here (run `ds01-slices fleet verify` for the host's full check)"
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the systemd of {host} over ssh: `{ssh} -xT -oBatchMode=yes -oConnectTimeout={secs} -- {host} {bridge}` gave no D-Bus connection ({reason}); check that `{ssh} {host} true` logs in without a prompt (BatchMode: a key or an agent, a known host key) and that {host} runs systemd; ssh's own message, if any, is above")]
+pub struct Unreachable {
+    host: Host,
+    ssh: String,
+    secs: u64,
+    bridge: &'static str,
+    reason: String,
+}
+
+impl ExitStatus for Unreachable {
+    fn exit_code(&self) -> Exit {
+        Exit::Failure
+    }
+}
+
+impl Globals {
+    /// The systemd this run reads: `--host`'s over ssh, or `--bus` (the system bus).
+    pub async fn connect(&self) -> Result<BusSystemd, CliError> {
+        let Some(host) = &self.host else {
+            return Ok(BusSystemd::connect(self.bus.as_deref(), self.timeout()).await?);
+        };
+        let ssh = ssh_program();
+        let secs = self.timeout().as_secs();
+        let address = fleet::remote_bus_address(&ssh, host, secs)?;
+        BusSystemd::connect(Some(&address), self.timeout())
+            .await
+            .map_err(|e| {
+                // Once ssh or its bridge ends, zbus sees the end of its stream: whatever it
+                // calls that, it is this one error.
+                let reason = match e {
+                    BusError::Unreachable { reason, .. } => reason,
+                    BusError::Disconnected { detail, .. } => detail,
+                    BusError::Timeout { secs, .. } => format!("no answer within {secs} s"),
+                    other => return CliError::from(other),
+                };
+                CliError::from(Unreachable {
+                    host: host.clone(),
+                    ssh,
+                    secs,
+                    bridge: fleet::STDIO_BRIDGE,
+                    reason,
+                })
+            })
+    }
+
+    /// The cgroup file system to read the kernel's values from: none for `--host`, whose
+    /// cgroup files are on the other machine.
+    pub fn kernel_root(&self) -> Option<&Path> {
+        match self.host {
+            Some(_) => None,
+            None => Some(&self.cgroup_root),
+        }
+    }
+
+    /// The ownership records: `--state-dir`'s, or none for `--host` (this machine's
+    /// records are not that host's).
+    pub fn ownership(&self) -> Ownership {
+        match self.host {
+            Some(_) => Ownership::none(),
+            None => Ownership::new(&self.state_dir).with_lock_wait(self.timeout()),
+        }
+    }
+
+    /// The note of a `--host` run, if this is one.
+    pub fn remote_note(&self) -> Option<String> {
+        self.host.as_ref().map(note)
+    }
+}
