@@ -19,7 +19,7 @@ const DOWN: &str = "ssh: connect to host down port 22: Connection refused";
 /// world's host it runs ds01-slices (CMD replaced by the binary under test) with that
 /// world's environment, or bridges stdio to its bus for `systemd-stdio-bridge`; `down`
 /// fails as ssh does, `hung` sleeps `hang` seconds as the process ssh was.
-fn fake_ssh(dir: &Scratch, worlds: &[(&str, &World)], hang: &str) -> PathBuf {
+pub(crate) fn fake_ssh(dir: &Scratch, worlds: &[(&str, &World)], hang: &str) -> PathBuf {
     let mut cases = String::new();
     for (name, w) in worlds {
         let address = w.sb.bus_address();
@@ -54,7 +54,7 @@ fn fake_ssh(dir: &Scratch, worlds: &[(&str, &World)], hang: &str) -> PathBuf {
     path
 }
 
-fn hosts_file(dir: &Scratch, name: &str, hosts: &[&str]) -> PathBuf {
+pub(crate) fn hosts_file(dir: &Scratch, name: &str, hosts: &[&str]) -> PathBuf {
     let path = dir.join(name);
     let text: String = hosts.iter().map(|h| format!("{h}\n")).collect();
     fs::write(&path, format!("# the test's fleet\n\n{text}")).unwrap();
@@ -80,7 +80,7 @@ fn row<'a>(out: &'a Run, host: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row for {host}:\n{out}"))
 }
 
-fn results(report: &Value) -> Vec<(String, String, u64)> {
+pub(crate) fn results(report: &Value) -> Vec<(String, String, u64)> {
     report["hosts"]
         .as_array()
         .unwrap()
@@ -244,7 +244,7 @@ fn bad_hosts_files_are_refused_naming_file_and_line() {
 /// `verify --json` with what differs by design between a run on the host and one over ssh
 /// taken out: the kernel's values (not read over ssh), the drop-in each value comes from
 /// (files of the host) and whether ds01-slices set it (its records).
-fn without_local_reads(mut report: Value) -> Value {
+pub(crate) fn without_local_reads(mut report: Value) -> Value {
     for s in report["slices"].as_array_mut().unwrap() {
         for p in s["properties"].as_array_mut().unwrap() {
             for key in ["kernel", "source", "owned"] {

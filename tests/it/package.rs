@@ -8,11 +8,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
 
-use crate::support::skip;
+use serde_json::Value;
+
+use crate::fleet;
 use crate::support::ssh::SshAccess;
 use crate::support::vm::{self, in_vm_guest, Vm};
+use crate::support::{ds01, skip, Run, Scratch, World, EXAMPLE};
 
 /// alice's MemoryMax in the bundled example (student: 96G).
 const ALICE_MEMORY_MAX: &str = "MemoryMax=103079215104";
@@ -170,7 +173,7 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         took.as_secs_f64()
     );
 
-    over_ssh(&vm);
+    many_servers(&vm);
 
     // Documentation and completions where the shells look.
     let man = vm.sh_ok("MANPAGER=cat MANWIDTH=100 man ds01-slices 2>&1");
@@ -247,25 +250,106 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .contains(ALICE_MEMORY_MAX));
 }
 
-/// The installed tool from the host over real ssh (sshd in the guest, a ProxyCommand to its port).
-fn over_ssh(vm: &Vm) {
+/// Many servers, with the VM as one reached over real ssh (sshd in the guest, a ProxyCommand to
+/// its port): `fleet apply` and `fleet verify` over the VM, a sandboxed systemd on this machine
+/// (through the tests' ssh stand-in) and a host that is down; then `verify --host` of the VM
+/// against `verify` run inside it.
+fn many_servers(vm: &Vm) {
     let ssh = SshAccess::new(vm, 4).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(ssh.program())
-        .args([
-            "-oBatchMode=yes",
-            "--",
-            &ssh.hosts[0],
-            "/usr/sbin/ds01-slices",
-            "--version",
-        ])
-        .output()
-        .expect("run ssh");
-    assert!(
-        out.status.success(),
-        "ssh {}: {:?}\n{}",
-        ssh.hosts[0],
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let Some(sandbox) = World::new(EXAMPLE) else {
+        return;
+    };
+    let dir = Scratch::new("fleet-vm");
+    let stand_in = fleet::fake_ssh(&dir, &[("sandbox-a", &sandbox)], "600");
+    // The VM's aliases go to the real ssh, every other host to the stand-in.
+    let dispatch = dir.join("dispatch-ssh");
+    fs::write(
+        &dispatch,
+        format!(
+            "#!/bin/sh\nprev=\nfor a in \"$@\"; do if [ \"$prev\" = -- ]; then host=$a; break; fi; prev=$a; done\n\
+             case \"$host\" in vm*) exec '{}' \"$@\" ;; *) exec '{}' \"$@\" ;; esac\n",
+            ssh.program().display(),
+            stand_in.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&dispatch, fs::Permissions::from_mode(0o755)).unwrap();
+    let fleet_run = |hosts: &[&str], args: &[&str], code: i32| -> Value {
+        let file = fleet::hosts_file(&dir, &hosts.join("-"), hosts);
+        let mut cmd = ds01(&["fleet"]);
+        cmd.args(args)
+            .arg("--hosts")
+            .arg(&file)
+            .arg("--json")
+            .env("DS01_SSH", &dispatch);
+        let out = Run::of(&mut cmd).assert_code(code, format!("fleet {args:?} {hosts:?}"));
+        println!("fleet {} (exit {code}): {}", args[0], out.stderr.trim());
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{out}"))
+    };
+    let applied = fleet_run(&[&ssh.hosts[0], "sandbox-a", "down"], &["apply"], 1);
+    let got = fleet::results(&applied);
+    assert_eq!(
+        got[0],
+        (ssh.hosts[0].clone(), "ok".into(), 0),
+        "{applied:#}"
     );
-    println!("over ssh: {}", String::from_utf8_lossy(&out.stdout).trim());
+    assert!(got[1].1.starts_with("changed "), "{applied:#}");
+    assert_eq!(
+        got[2],
+        ("down".into(), "unreachable".into(), 1),
+        "{applied:#}"
+    );
+    let verified = fleet_run(&[&ssh.hosts[1], "sandbox-a", "down"], &["verify"], 1);
+    assert_eq!(
+        fleet::results(&verified),
+        [
+            (ssh.hosts[1].clone(), "ok".into(), 0),
+            ("sandbox-a".into(), "ok".into(), 0),
+            ("down".into(), "unreachable".into(), 1),
+        ],
+        "{verified:#}"
+    );
+    println!(
+        "fleet verify: the VM over ssh in {} s, the sandbox in {} s, the down host in {} s",
+        verified["hosts"][0]["seconds"],
+        verified["hosts"][1]["seconds"],
+        verified["hosts"][2]["seconds"]
+    );
+
+    // The table an admin reads.
+    let file = fleet::hosts_file(&dir, "table", &[&ssh.hosts[3], "sandbox-a", "down"]);
+    let mut cmd = ds01(&["fleet", "verify", "--hosts"]);
+    cmd.arg(&file).env("DS01_SSH", &dispatch);
+    let table = Run::of(&mut cmd).assert_code(1, "fleet verify, the table");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("down ") && l.contains("unreachable")),
+        "{table}"
+    );
+    println!("fleet verify:\n{}", table.stdout.trim_end());
+
+    // --host: this machine's copy of the guest's configuration against the guest's systemd.
+    let (share, guest_share) = vm.shared_dir("fleet-config");
+    vm.sh_ok(&format!("cp -r /opt/ds01-infra/config {guest_share}/"));
+    crate::support::copy_dir(&share.join("config"), &dir.join("config"));
+    let mut cmd = ds01(&["verify", "--json", "--host", &ssh.hosts[2], "--config"]);
+    cmd.arg(dir.join("config/resource-limits.yaml"))
+        .env("DS01_SSH", ssh.program());
+    let remote = Run::of(&mut cmd).assert_code(0, "verify --host");
+    let inside = vm.sh_ok("/usr/sbin/ds01-slices verify --json");
+    let parse = |text: &str| -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("no JSON ({e}):\n{text}"))
+    };
+    let (remote, inside) = (parse(&remote.stdout), parse(&inside));
+    assert_eq!(
+        fleet::without_local_reads(remote.clone()),
+        fleet::without_local_reads(inside),
+        "verify --host and verify inside the VM differ"
+    );
+    println!(
+        "verify --host {} over ssh: the same {} slices as verify inside the VM",
+        ssh.hosts[2], remote["counts"]["slices"]
+    );
 }

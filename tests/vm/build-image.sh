@@ -21,8 +21,9 @@ trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
 
 # openssh-server: the fleet tests' real ssh; man-db and init-system-helpers: the package test
-# (`man ds01-slices`, deb-systemd-helper in the maintainer scripts).
-packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs,openssh-server,man-db,init-system-helpers
+# (`man ds01-slices`, deb-systemd-helper in the maintainer scripts); socat: the fleet tests' stand-in
+# for ssh bridges a sandbox's bus with it, inside the VM too.
+packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs,openssh-server,man-db,init-system-helpers,socat
 # trixie's docker.io only recommends the client.
 [ "$suite" = bookworm ] || packages=$packages,docker-cli
 
