@@ -41,20 +41,12 @@ impl SshAccess {
             return Err(format!("ssh-keygen failed: {made}"));
         }
         let public = fs::read_to_string(dir.join("id_ed25519.pub")).map_err(|e| e.to_string())?;
-        let installed = vm.sh(
-            &format!(
-                "install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
-                public.trim()
-            ),
-            std::time::Duration::from_secs(60),
-        )?;
-        if installed.code != Some(0) {
-            return Err(format!("installing the key in the guest: {installed}"));
-        }
         let mut config = String::new();
         let mut hosts = Vec::new();
+        let mut units = String::new();
         for i in 0..connections {
-            let socket = vm.ssh_socket()?;
+            let (port, socket) = vm.ssh_port()?;
+            units.push_str(&format!(" ds01-ssh@{port}.service"));
             let alias = format!("vm{i}");
             config.push_str(&format!(
                 "Host {alias}\n  ProxyCommand sh -c '{{ printf W; exec cat; }} | exec socat -lf/dev/null - UNIX-CONNECT:{}'\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n",
@@ -63,6 +55,18 @@ impl SshAccess {
                 dir.join("known_hosts").display(),
             ));
             hosts.push(alias);
+        }
+        let installed = vm.sh(
+            &format!(
+                "install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start{units}",
+                public.trim()
+            ),
+            std::time::Duration::from_secs(60),
+        )?;
+        if installed.code != Some(0) {
+            return Err(format!(
+                "installing the key and starting sshd in the guest: {installed}"
+            ));
         }
         fs::write(dir.join("ssh_config"), config).map_err(|e| e.to_string())?;
         let wrapper = dir.join("ssh");

@@ -411,14 +411,15 @@ impl Vm {
         Ok(started.elapsed())
     }
 
-    /// The host end of the next free ssh port (see tests/vm/guest/ds01-ssh-bridge: the client
-    /// sends "W" first); a port serves one connection per boot.
-    pub fn ssh_socket(&self) -> Result<PathBuf, String> {
+    /// The next free ssh port: its name (`sshN`, the instance of ds01-ssh@.service to start)
+    /// and its host end (see tests/vm/guest/ds01-ssh-bridge: the client sends "W" first); a
+    /// port serves one connection per boot.
+    pub fn ssh_port(&self) -> Result<(String, PathBuf), String> {
         let i = self.next_ssh.fetch_add(1, Ordering::Relaxed);
         if i >= SSH_PORTS {
             return Err(format!("all {SSH_PORTS} ssh ports of the VM are taken"));
         }
-        Ok(self.workdir.join(format!("ssh{i}.sock")))
+        Ok((format!("ssh{i}"), self.workdir.join(format!("ssh{i}.sock"))))
     }
 
     /// From QEMU's start until the agent answered and the shares were mounted.
