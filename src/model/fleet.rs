@@ -369,8 +369,8 @@ fn summary_u64(summary: &Value, key: &str) -> u64 {
 }
 
 /// The counts of a remote report that a fleet table shows: from `apply --json` its writes,
-/// changed slices, refusals and failures (or, rendered instead, its files); from `verify --json` its `counts` (and
-/// `not_holding`, their sum of what does not hold); from `status --json` its slices, those
+/// changed slices, refusals and failures (or, rendered instead, its files); from `verify --json` its `counts`
+/// (with `not_holding`, verify's own sum of what does not hold); from `status --json` its slices, those
 /// with drift and those with errors. An absent or foreign report gives `{}`.
 pub fn summarize(command: FleetCommand, report: &Value) -> Value {
     let len = |key: &str| {
@@ -415,21 +415,9 @@ pub fn summarize(command: FleetCommand, report: &Value) -> Value {
             let Some(counts) = report.get("counts").and_then(Value::as_object) else {
                 return Value::Object(out);
             };
-            let count = |k: &str| counts.get(k).and_then(Value::as_u64).unwrap_or(0);
-            let not_holding: u64 = [
-                "drift",
-                "missing",
-                "stale",
-                "kernel_mismatch",
-                "kernel_unreadable",
-                "errors",
-                "contradictions",
-            ]
-            .iter()
-            .map(|k| count(k))
-            .sum();
+            // `not_holding` is verify's own sum (ops::verify::Counts::settle), carried in
+            // its counts.
             out.extend(counts.clone());
-            out.insert("not_holding".into(), not_holding.into());
         }
         FleetCommand::Status => {
             let Some(slices) = report.get("slices").and_then(Value::as_array) else {

@@ -179,7 +179,7 @@ fn an_apply_row_counts_writes_and_changed_slices() {
 fn a_verify_row_shows_drift_and_its_counts() {
     let report = r#"{"holds": false, "counts": {"slices": 4, "ok": 10, "drift": 1,
         "missing": 1, "stale": 0, "kernel_mismatch": 0, "kernel_unreadable": 0, "kept": 0,
-        "errors": 0, "contradictions": 0}, "slices": []}"#;
+        "errors": 0, "contradictions": 0, "not_holding": 2}, "slices": []}"#;
     let r = judge(
         host("b"),
         FleetCommand::Verify,

@@ -53,8 +53,10 @@ impl RemoteRunner for FakeRunner {
     }
 }
 
-const HOLDS: &str = r#"{"holds": true, "counts": {"slices": 3, "ok": 9, "drift": 0}}"#;
-const DRIFT: &str = r#"{"holds": false, "counts": {"slices": 3, "ok": 8, "drift": 1}}"#;
+const HOLDS: &str =
+    r#"{"holds": true, "counts": {"slices": 3, "ok": 9, "drift": 0, "not_holding": 0}}"#;
+const DRIFT: &str =
+    r#"{"holds": false, "counts": {"slices": 3, "ok": 8, "drift": 1, "not_holding": 1}}"#;
 
 fn opts(parallel: usize) -> FleetOptions {
     FleetOptions {

@@ -87,6 +87,24 @@ pub struct Counts {
     pub kept: usize,
     pub errors: usize,
     pub contradictions: usize,
+    /// Everything above that means the limits do not hold as configured ([`Counts::settle`]):
+    /// `holds` is this being zero, and `fleet` shows it as a host's `drift N`.
+    pub not_holding: usize,
+}
+
+impl Counts {
+    /// The one rule of what does not hold; `kept` (a stale limit kept on purpose while the
+    /// slice's jobs run) and `ok` do not count.
+    fn settle(&mut self) -> bool {
+        self.not_holding = self.drift
+            + self.missing
+            + self.stale
+            + self.kernel_mismatch
+            + self.kernel_unreadable
+            + self.errors
+            + self.contradictions;
+        self.not_holding == 0
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,13 +197,7 @@ pub async fn verify<S: Systemd>(
             }
         }
     }
-    let holds = counts.drift
-        + counts.missing
-        + counts.stale
-        + counts.kernel_mismatch
-        + counts.kernel_unreadable
-        + counts.errors
-        == 0;
+    let holds = counts.settle();
     Ok(VerifyReport {
         holds,
         counts,
@@ -329,7 +341,25 @@ pub fn explain(report: &mut VerifyReport, root: &Path) {
         s.shadowed = explain::shadowings(&assignments);
         report.counts.contradictions += s.shadowed.len();
     }
-    if report.counts.contradictions > 0 {
-        report.holds = false;
+    report.holds = report.counts.settle();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn what_does_not_hold_counts_contradictions_and_not_kept_limits() {
+        let mut counts = Counts {
+            ok: 5,
+            kept: 2,
+            ..Counts::default()
+        };
+        assert!(counts.settle());
+        assert_eq!(counts.not_holding, 0);
+        counts.contradictions = 1;
+        counts.kernel_unreadable = 1;
+        assert!(!counts.settle());
+        assert_eq!(counts.not_holding, 2);
     }
 }
