@@ -370,3 +370,7 @@ async fn start_stopped_parents<S: Systemd>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "hook_tests.rs"]
+mod tests;

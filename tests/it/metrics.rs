@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::support::prometheus::{self, dying_with_test, free_port, get, Prometheus, Reaped};
+use crate::support::prometheus::{self, free_port, get, Prometheus};
 use crate::support::vm::in_vm_guest;
-use crate::support::{clear_tool_env, skip, wait_until, World, BIN, EXAMPLE};
+use crate::support::{skip, wait_until, World, EXAMPLE};
 
 const ALICE: &str = "ds01-student-alice.slice";
 const ALICE_LABELS: &str = r#"slice="ds01-student-alice.slice",group="student",user="alice""#;
@@ -119,21 +119,7 @@ fn a_real_prometheus_scrapes_serve() {
     w.expect(&["apply"], 0);
     w.sb.start_busy_loop("busy.service", ALICE).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut args: Vec<String> = w
-        .cmd(&[])
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    args.extend(["serve", "--listen", &addr, "--cache", "5"].map(str::to_owned));
-    let mut cmd = dying_with_test(BIN, &args);
-    clear_tool_env(&mut cmd);
-    let _serve = Reaped(
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = w.spawn(&["serve", "--listen", &addr, "--cache", "5"], false);
     let first = wait_until(Duration::from_secs(30), "serve answers", || {
         get(&addr, "/metrics").ok().filter(|(s, _)| *s == 200)
     })

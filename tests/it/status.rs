@@ -3,6 +3,7 @@
 //! plan; a container whose memory would push the user over MemoryMax refused with the box.
 
 use std::fs;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use ds01_slices::ops::status::StatusReport;
@@ -231,4 +232,62 @@ fn the_hook_refuses_a_container_that_would_exceed_memory_max() {
         .unwrap()
         .trim();
     w.expect(&["hook", "pre-create", name, "--memory", "100000g"], 0);
+}
+
+#[test]
+fn status_watch_shows_again_with_cpu_rates_over_the_last_round() {
+    let Some(w) = alice_busy(3) else {
+        return;
+    };
+    w.sb.start_busy_loop("busy.service", ALICE).unwrap();
+    // No reading of its own in the first round: every rate comes from the round before.
+    let mut child = w.spawn(
+        &[
+            "status",
+            "alice",
+            "--json",
+            "--watch",
+            "1",
+            "--interval",
+            "0",
+        ],
+        true,
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    // One JSON document per round, read as they come; the reader ends when the child is killed.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for doc in serde_json::Deserializer::from_reader(stdout).into_iter::<StatusReport>() {
+            if tx.send(doc.map_err(|e| e.to_string())).is_err() {
+                break;
+            }
+        }
+    });
+    // Seconds here; the VM (TCG) is several times slower.
+    let round = |n: usize| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("round {n} of status --watch: {e}"))
+            .unwrap_or_else(|e| panic!("round {n} of status --watch is not a report: {e}"))
+    };
+    let first = round(1);
+    assert_eq!(first.cpu_interval_secs, None, "{first:?}");
+    for n in 2..=3 {
+        let report = round(n);
+        let secs = report
+            .cpu_interval_secs
+            .expect("a rate from the round before");
+        assert!(
+            secs >= 0.9,
+            "round {n}: CPU over {secs} s, the rounds are 1 s apart"
+        );
+        let alice = report
+            .slices
+            .iter()
+            .find(|s| s.slice.as_str() == ALICE)
+            .unwrap_or_else(|| panic!("round {n}: no {ALICE}"));
+        let cpu = alice.resources.cpu.used.expect("a CPU rate");
+        // The busy loop, held at alice's 50% quota.
+        assert!(cpu > 0.05 && cpu <= 0.6, "round {n}: cpu {cpu}");
+    }
+    drop(child);
 }

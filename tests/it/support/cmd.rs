@@ -1,7 +1,7 @@
 //! The binary under test, started with a clean environment, and what one run of it did.
 
 use std::fmt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `ds01-slices` binary cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ds01-slices");
@@ -93,5 +93,22 @@ pub fn ok_stdout(what: &str, out: Output) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
         ))
+    }
+}
+
+/// `cmd` made to die with the calling thread (`setpriv --pdeathsig KILL`).
+pub fn dying_with_test(program: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--", program]).args(args);
+    cmd
+}
+
+/// A child process killed and reaped on drop.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

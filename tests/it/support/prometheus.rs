@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::cmd::{dying_with_test, Reaped};
 use super::scratch::Scratch;
 
 /// Where `.ci/prometheus` unpacks the package (`DS01_PROMETHEUS_DIR` to use another).
@@ -64,23 +65,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a loopback port")
-}
-
-/// `cmd` made to die with the calling thread (`setpriv --pdeathsig KILL`).
-pub fn dying_with_test(program: &str, args: &[String]) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--", program]).args(args);
-    cmd
-}
-
-/// A child process killed and reaped on drop.
-pub struct Reaped(pub Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// GET `path` from `addr` (host:port): (status, body).

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::cmd::{ds01, Run};
+use super::cmd::{clear_tool_env, ds01, dying_with_test, Reaped, Run, BIN};
 use super::sandbox::{sandbox_or_skip, two_sandboxes_or_skip, Sandbox};
 use super::scratch::{copy_dir, Scratch};
 
@@ -107,6 +107,31 @@ impl World {
             .arg("--root")
             .arg(self.root());
         c
+    }
+
+    /// `ds01-slices <args>` on this world, left running (a server, a watch): killed and reaped
+    /// when the result is dropped, and with the test process if that dies first. Stdin and
+    /// stderr are null; stdout is piped when `read_stdout`.
+    pub fn spawn(&self, args: &[&str], read_stdout: bool) -> Reaped {
+        let argv: Vec<String> = self
+            .cmd(args)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut cmd = dying_with_test(BIN, &argv);
+        clear_tool_env(&mut cmd);
+        let stdout = if read_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        Reaped(
+            cmd.stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn ds01-slices {args:?}: {e}")),
+        )
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
