@@ -175,8 +175,7 @@ pub fn readings(root: &Path, control_group: &str) -> CgroupReadings {
                 .find(|d| d.is_dir());
             CgroupReadings {
                 children: tree.as_deref().and_then(count_children),
-                oom_kills: text(memory.join("memory.oom_control"))
-                    .and_then(|t| keyed(&t, "oom_kill")),
+                oom_kills: v1_oom_kills(&memory),
                 memory_failcnt: text(memory.join("memory.failcnt"))
                     .and_then(|t| t.trim().parse().ok()),
                 memory_pressure_avg10: text(unified.join("memory.pressure"))
@@ -209,6 +208,51 @@ pub fn cpu_usage_nsec(root: &Path, control_group: &str) -> Option<u64> {
                 .ok()
         }),
     }
+}
+
+/// OOM kills below a v1 memory cgroup: v1 counts a kill only in the victim's own cgroup (a
+/// container's scope, a service) and, unlike v2's `memory.events`, not in its parents, so the
+/// slice's own `oom_kill` stays 0 while its containers are killed. The sum over the slice and
+/// every cgroup below it that exists now; a kill in a cgroup since removed is gone with it
+/// (the kernel keeps no count of it). `None` when the slice's own file cannot be read.
+fn v1_oom_kills(slice_dir: &Path) -> Option<u64> {
+    // Docker's scopes and their own children are a few levels deep; the bounds keep a
+    // pathological tree from making status slow.
+    const MAX_DEPTH: usize = 8;
+    const MAX_CGROUPS: usize = 4096;
+    let read = |dir: &Path| {
+        std::fs::read_to_string(dir.join("memory.oom_control"))
+            .ok()
+            .and_then(|t| keyed(&t, "oom_kill"))
+    };
+    let mut total = read(slice_dir)?;
+    let mut seen = 1;
+    let mut level = vec![slice_dir.to_path_buf()];
+    for _ in 0..MAX_DEPTH {
+        let mut next = Vec::new();
+        for dir in &level {
+            // A cgroup removed while it is walked is skipped: it counts no more.
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if seen >= MAX_CGROUPS {
+                    return Some(total);
+                }
+                // cgroupfs has no symlinks; not following any keeps the walk in the tree.
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    seen += 1;
+                    total = total.saturating_add(read(&entry.path()).unwrap_or(0));
+                    next.push(entry.path());
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    Some(total)
 }
 
 fn count_children(dir: &Path) -> Option<u64> {
@@ -283,6 +327,28 @@ pub fn matches(property: Property, bus: BusValue, kernel: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_oom_kills_are_summed_over_the_cgroups_below_the_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let slice = dir.path().join("ds01-g-u.slice");
+        let control = |d: &Path, kills: u64| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(
+                d.join("memory.oom_control"),
+                format!("oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n"),
+            )
+            .unwrap();
+        };
+        control(&slice, 0);
+        control(&slice.join("docker-a.scope"), 2);
+        control(&slice.join("docker-b.scope"), 0);
+        control(&slice.join("docker-b.scope/init"), 1);
+        // A child whose file is gone (being removed) counts nothing.
+        std::fs::create_dir_all(slice.join("docker-c.scope")).unwrap();
+        assert_eq!(v1_oom_kills(&slice), Some(3));
+        assert_eq!(v1_oom_kills(&dir.path().join("none.slice")), None);
+    }
 
     #[test]
     fn parses_v1_and_v2_forms() {

@@ -169,6 +169,10 @@ fn text(report: &StatusReport, style: Style) -> String {
     out
 }
 
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
     let who = match (&s.group, &s.user) {
         (Some(g), Some(u)) => format!(" ({g}, {u})"),
@@ -182,21 +186,22 @@ fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
     let mut state = vec![if s.active { "active" } else { "inactive" }.to_owned()];
     if s.active {
         if let Some(t) = s.tasks {
-            state.push(format!("{t} tasks"));
+            state.push(counted(t, "task", "tasks"));
         }
         if let Some(c) = s.cgroup.children {
             // Below a user slice, its containers; below the others, the slices under them.
-            let what = if s.kind == SliceKind::User {
-                "containers"
+            state.push(if s.kind == SliceKind::User {
+                counted(c, "container", "containers")
             } else {
-                "child cgroups"
-            };
-            state.push(format!("{c} {what}"));
+                counted(c, "child cgroup", "child cgroups")
+            });
         }
     }
     match (s.cgroup.oom_kills, s.cgroup.memory_failcnt) {
-        (Some(k), _) if k > 0 => state.push(format!("{k} OOM kills")),
-        (_, Some(f)) if f > 0 => state.push(format!("memory limit hit {f} times")),
+        (Some(k), _) if k > 0 => state.push(counted(k, "OOM kill", "OOM kills")),
+        (_, Some(f)) if f > 0 => {
+            state.push(format!("memory limit hit {}", counted(f, "time", "times")))
+        }
         _ => {}
     }
     if s.planned.is_none() {

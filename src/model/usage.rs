@@ -100,8 +100,8 @@ impl Limits {
 pub struct CgroupReadings {
     /// Child cgroups: one per container (Docker's `docker-ID.scope`) or other unit.
     pub children: Option<u64>,
-    /// OOM kills in the slice since its cgroup was made (v2 `memory.events`, v1
-    /// `memory.oom_control`).
+    /// OOM kills in the slice since its cgroup was made (v2 `memory.events`, hierarchical);
+    /// on v1 the sum of `memory.oom_control` over the slice and the cgroups below it now.
     pub oom_kills: Option<u64>,
     /// Times the v1 memory limit was hit (`memory.failcnt`); v1 only.
     pub memory_failcnt: Option<u64>,

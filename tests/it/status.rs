@@ -291,3 +291,47 @@ fn status_watch_shows_again_with_cpu_rates_over_the_last_round() {
     }
     drop(child);
 }
+
+#[test]
+fn status_and_metrics_count_the_oom_kills_below_the_slice() {
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    w.write(
+        "user-overrides.yaml",
+        "alice:\n  aggregate:\n    memory_max: 128M\n    memory_high: 128M\n    tasks_max: 64\n",
+    );
+    w.expect(&["apply"], 0);
+    // dd's 200M buffer cannot fit in alice's 128M: the kernel kills dd; the service (its shell
+    // and sleep) lives on, so its cgroup stays.
+    w.sb.start_memory_hog("hog.service", ALICE, 200).unwrap();
+    let status = || -> StatusReport {
+        let out = w.expect(&["status", "alice", "--json", "--interval", "0"], 0);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let alice = |r: &StatusReport| {
+        r.slices
+            .iter()
+            .find(|s| s.slice.as_str() == ALICE)
+            .cloned()
+            .unwrap()
+    };
+    let kills = wait_until(
+        Duration::from_secs(60),
+        "an OOM kill in alice's slice",
+        || alice(&status()).cgroup.oom_kills.filter(|k| *k >= 1),
+    );
+    let report = status();
+    let kills = kills.unwrap_or_else(|e| panic!("{e}: {:#?}", alice(&report)));
+    assert_eq!(kills, 1, "{:#?}", alice(&report));
+    let text = w.expect(&["status", "alice", "--interval", "0"], 0).stdout;
+    assert!(text.contains(", 1 OOM kill"), "{text}");
+    let metrics = w.expect(&["metrics"], 0).stdout;
+    let sample = format!(
+        "ds01_slice_oom_kills_total{{slice=\"{ALICE}\",group=\"student\",user=\"alice\"}} 1"
+    );
+    assert!(
+        metrics.lines().any(|l| l == sample),
+        "{sample} not in\n{metrics}"
+    );
+}
