@@ -276,9 +276,11 @@ fn status_watch_shows_again_with_cpu_rates_over_the_last_round() {
         let secs = report
             .cpu_interval_secs
             .expect("a rate from the round before");
+        // The rounds start 1 s apart; each takes its reading when systemd answers, which
+        // moves by the time a round's reads take (0.87 s apart seen under TCG).
         assert!(
-            secs >= 0.9,
-            "round {n}: CPU over {secs} s, the rounds are 1 s apart"
+            (0.5..30.0).contains(&secs),
+            "round {n}: CPU over {secs} s, the rounds start 1 s apart"
         );
         let alice = report
             .slices
