@@ -3,8 +3,12 @@
 //! scraper and a curious admin) cost one reading of systemd, not two. The configuration is
 //! read again for every fresh answer, so that a new user appears without a restart; one that
 //! does not load makes the scrape fail (HTTP 500 with the reason) rather than report limits
-//! of a configuration that is not there.
+//! of a configuration that is not there. Answers are written on threads of their own: any
+//! local user can connect, and one who asks and never reads would otherwise stop every
+//! scrape after theirs.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,6 +19,10 @@ use super::out;
 use crate::config;
 use crate::ops::metrics::CONTENT_TYPE;
 use crate::systemd::BusSystemd;
+
+/// Answers being written at once. A writer whose client does not read waits until the
+/// client goes away; past this many the server answers 503 rather than start more threads.
+const MAX_WRITERS: usize = 16;
 
 /// The last answer and when it was made.
 struct Cached {
@@ -38,6 +46,7 @@ pub fn serve(globals: &Globals, listen: &str, cache: Duration) -> CliResult {
     let rt = super::async_runtime()?;
     let mut bus: Option<BusSystemd> = None;
     let mut cached: Option<Cached> = None;
+    let writers = Arc::new(AtomicUsize::new(0));
     for request in server.incoming_requests() {
         let (status, content_type, body) = match (request.method(), path(request.url())) {
             (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
@@ -67,15 +76,60 @@ pub fn serve(globals: &Globals, listen: &str, cache: Duration) -> CliResult {
             }
             _ => (405, "text/plain; charset=utf-8", "only GET and HEAD\n".to_owned()),
         };
-        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes());
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(h) = header {
-            response = response.with_header(h);
+        if writers.load(Ordering::Acquire) >= MAX_WRITERS {
+            // Small enough for the socket's buffer: written at once, whoever reads it.
+            let _ = request.respond(response(
+                503,
+                "text/plain; charset=utf-8",
+                "busy: too many answers not yet read; try again\n".to_owned(),
+            ));
+            continue;
         }
-        // A scraper that went away is its own problem, not the server's.
-        let _ = request.respond(response);
+        let writing = Writing::start(&writers);
+        let answer = response(status, content_type, body);
+        let spawned = std::thread::Builder::new()
+            .name("ds01-serve-write".into())
+            .spawn(move || {
+                let _writing = writing;
+                // A scraper that went away is its own problem, not the server's.
+                let _ = request.respond(answer);
+            });
+        if let Err(e) = spawned {
+            // The request went with the closure; tiny_http answers a dropped one with 500.
+            out::stderr(&format!(
+                "serve: cannot start a thread to answer a scrape: {e}"
+            ));
+        }
     }
     Ok(crate::error::Exit::Ok)
+}
+
+fn response(
+    status: u16,
+    content_type: &str,
+    body: String,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
+        response = response.with_header(h);
+    }
+    response
+}
+
+/// One answer being written: counted in `writers` until dropped, however its thread ends.
+struct Writing(Arc<AtomicUsize>);
+
+impl Writing {
+    fn start(writers: &Arc<AtomicUsize>) -> Writing {
+        writers.fetch_add(1, Ordering::AcqRel);
+        Writing(Arc::clone(writers))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn path(url: &str) -> &str {

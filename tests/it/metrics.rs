@@ -152,3 +152,52 @@ fn a_real_prometheus_scrapes_serve() {
         .unwrap();
     assert_eq!(quota, "96");
 }
+
+#[test]
+fn serve_answers_the_next_scraper_while_one_never_reads_its_answer() {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    if in_vm_guest() {
+        // HTTP, not cgroups: the host's run covers it, and 12,000 slices under TCG take minutes.
+        return;
+    }
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    // An answer far larger than what the kernel buffers between two loopback sockets (up to
+    // 4 MiB of send buffer and the receiver's window), so that writing it to a client that
+    // does not read blocks.
+    let mut members = w.read("groups/student.members");
+    for i in 0..12000 {
+        members.push_str(&format!("user{i:05}\n"));
+    }
+    w.write("groups/student.members", &members);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _serve = w.spawn(&["serve", "--listen", &addr, "--cache", "600"], false);
+    let (status, body) = wait_until(Duration::from_secs(120), "serve answers", || {
+        get(&addr, "/metrics").ok().filter(|(s, _)| *s == 200)
+    })
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.len() > 8 << 20,
+        "only {} bytes: not enough to block",
+        body.len()
+    );
+
+    // Asks, reads nothing, and stays.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    write!(stalled, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The next scraper gets its whole answer.
+    let t = std::time::Instant::now();
+    let (status, again) = get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(again, body, "the cached answer");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // The stalled client's answer was being written all along: it gets it when it reads.
+    let mut first = [0u8; 15];
+    stalled.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.0 200 OK");
+}
