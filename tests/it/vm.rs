@@ -49,8 +49,9 @@ fn suite_in_vm(suite: &str, args: &[&str], with_docker: bool) {
         .count();
     assert!(
         run.code == Some(0) && summary.starts_with("test result: ok."),
-        "the suite inside the {suite} VM failed (exit {:?}):\n{}\n--- stderr:\n{}",
+        "the suite inside the {suite} VM failed (exit {:?}):\n{}\n--- the whole output:\n{}\n--- stderr:\n{}",
         run.code,
+        failure_reports(&run.stdout),
         run.stdout,
         run.stderr
     );
@@ -71,6 +72,39 @@ fn suite_in_vm(suite: &str, args: &[&str], with_docker: bool) {
             let _ = writeln!(std::io::stderr(), "VM {suite}: {line}");
         }
     }
+}
+
+/// libtest's report of each failed test (its "---- NAME stdout ----" block and what follows, up
+/// to the list of names), so that it leads the panic message: CI shows a long message's start
+/// and end only, and the whole output of a suite run buries it in the middle.
+fn failure_reports(stdout: &str) -> String {
+    // With --show-output, passed tests' blocks come first, under "successes:".
+    let failed = stdout
+        .find("\nfailures:\n\n---- ")
+        .map_or("", |at| &stdout[at..]);
+    let reports: Vec<&str> = failed
+        .split("\n---- ")
+        .skip(1)
+        .map(|block| block.split("\n\nfailures:\n").next().unwrap_or(block))
+        .collect();
+    if reports.is_empty() {
+        return "(no test reported a failure: the run itself failed; see its output)".into();
+    }
+    reports
+        .iter()
+        .map(|r| format!("---- {}", r.trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[test]
+fn failure_reports_lead_with_each_failed_test() {
+    let stdout = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nsuccesses:\n\n---- a stdout ----\nfine\n\n\nsuccesses:\n    a\n\nfailures:\n\n---- b stdout ----\nthread 'b' panicked at x.rs:1:1:\nboom\n\n---- c stdout ----\nbang\n\n\nfailures:\n    b\n    c\n\ntest result: FAILED. 1 passed; 2 failed\n";
+    assert_eq!(
+        failure_reports(stdout),
+        "---- b stdout ----\nthread 'b' panicked at x.rs:1:1:\nboom\n\n---- c stdout ----\nbang"
+    );
+    assert!(failure_reports("test result: ok.").starts_with("(no test"));
 }
 
 /// Debian 12 (DS01's release): systemd 252, kernel 6.1, cgroup v2.

@@ -2,10 +2,12 @@
 //! clear error, nothing left hanging, and a rerun converges.
 
 use std::fs;
+use std::io::Read;
+use std::process::Child;
 use std::time::Duration;
 
 use super::{finish, spawn, text, world_with_students, Stopped};
-use crate::support::{wait_until, World};
+use crate::support::{deadline, wait_until, World};
 
 /// Enough users that an interruption falls in the middle of apply's writes: 1,000 on the
 /// machine, 250 in the VM (TCG runs everything ~10× slower; apply still takes seconds there).
@@ -17,15 +19,29 @@ fn users() -> usize {
     }
 }
 
-/// Waits until `w`'s apply has begun writing (its intent records come right before the
-/// writes), so that an interruption falls in the middle of them.
-fn wait_for_writes(w: &World) {
+/// Waits until `apply` has begun writing (its intent records come right before the writes),
+/// so that an interruption falls in the middle of them. An apply that ended before it wrote
+/// fails the test with its own output: the interruption would have tested nothing.
+fn wait_for_writes(w: &World, apply: &mut Child) {
     let owned = w.state().join("owned");
-    wait_until(Duration::from_secs(120), "apply starts writing", || {
+    let started = wait_until(Duration::from_secs(120), "apply starts writing", || {
+        if apply.try_wait().ok().flatten().is_some() {
+            return Some(false);
+        }
         let n = fs::read_dir(&owned).map(|d| d.count()).unwrap_or(0);
-        (n > 5).then_some(())
+        (n > 5).then_some(true)
     })
     .unwrap();
+    if !started {
+        let mut out = String::new();
+        if let Some(mut e) = apply.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        panic!(
+            "apply ended before it wrote ({:?}):\n{out}",
+            apply.try_wait()
+        );
+    }
 }
 
 /// The run's stderr says one thing, once: no line per slice.
@@ -67,8 +83,8 @@ fn interrupted_apply(
     args: &[&str],
     interrupt: impl FnOnce(&World),
 ) -> (Option<i32>, String, Duration) {
-    let apply = spawn(w.cmd(&[&["apply"], args].concat()));
-    wait_for_writes(w);
+    let mut apply = spawn(w.cmd(&[&["apply"], args].concat()));
+    wait_for_writes(w, &mut apply);
     interrupt(w);
     let (out, took) = finish(apply, Duration::from_secs(120));
     (out.status.code(), text(&out.stderr), took)
@@ -79,19 +95,24 @@ fn a_stopped_systemd_ends_apply_with_one_timeout_error() {
     let Some(w) = world_with_students(users()) else {
         return;
     };
+    // Short enough to show that a stopped systemd ends the run soon, long enough that the
+    // calls before the stop are answered (in the VM under CI's load the first read of 264
+    // unloaded slices took over 3 s).
+    let timeout = deadline(Duration::from_secs(3));
+    let secs = timeout.as_secs().to_string();
     let mut stopped = None;
-    let (code, stderr, took) = interrupted_apply(&w, &["--timeout", "3"], |w| {
+    let (code, stderr, took) = interrupted_apply(&w, &["--timeout", &secs], |w| {
         stopped = Some(Stopped::new(w.sb.pid()));
     });
     drop(stopped);
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_error(&stderr, "systemd stopped");
     assert!(
-        stderr.contains("no answer from systemd within 3 s"),
+        stderr.contains(&format!("no answer from systemd within {secs} s")),
         "{stderr}"
     );
     assert!(
-        took < Duration::from_secs(30),
+        took < timeout + Duration::from_secs(27),
         "ended soon after the timeout: {took:?}"
     );
     assert_rerun_converges(&w);

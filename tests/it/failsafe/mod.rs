@@ -58,8 +58,9 @@ fn spawn(mut cmd: Command) -> Child {
 }
 
 /// Waits for `child` at most `limit`, reading its output all along (a full pipe would stall
-/// it); kills it after that (and the test then fails on it).
+/// it); kills it after that ([`deadline`](crate::support::deadline) of `limit`) (and the test then fails on it).
 fn finish(child: Child, limit: Duration) -> (Output, Duration) {
+    let limit = crate::support::deadline(limit);
     let started = Instant::now();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();

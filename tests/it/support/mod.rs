@@ -84,12 +84,28 @@ pub fn user_names(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Polls `probe` (every 20 ms) until it returns Some, or fails after `timeout`.
+/// How much longer than on this machine a wait may take inside the test VM: QEMU's TCG runs
+/// code about ten times slower, and CI runs three VMs at once on two CPUs (there a 200 MB hog
+/// took over 10 s to fill and a 250-user apply over 120 s to start writing).
+const VM_SLOWDOWN: u32 = 5;
+
+/// A deadline for something that must happen, not a claim about speed: [`VM_SLOWDOWN`]
+/// times longer inside the test VM.
+pub fn deadline(on_this_machine: Duration) -> Duration {
+    if vm::in_vm_guest() {
+        on_this_machine * VM_SLOWDOWN
+    } else {
+        on_this_machine
+    }
+}
+
+/// Polls `probe` (every 20 ms) until it returns Some, or fails after [`deadline`]`(timeout)`.
 pub fn wait_until<T>(
     timeout: Duration,
     what: &str,
     mut probe: impl FnMut() -> Option<T>,
 ) -> Result<T, String> {
+    let timeout = deadline(timeout);
     let started = Instant::now();
     loop {
         if let Some(v) = probe() {

@@ -22,7 +22,10 @@ const SYSTEMD: &str = "/usr/lib/systemd/systemd";
 /// On cgroup v2: the delegated cgroup directory below which sandboxes are made.
 pub const SANDBOX_CGROUP: &str = "DS01_SANDBOX_CGROUP";
 /// Generous: boot takes well under a second, but CI machines are shared.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a sandbox's systemd may take to boot (about a second when the machine is idle).
+fn boot_timeout() -> Duration {
+    super::deadline(Duration::from_secs(30))
+}
 
 pub struct Sandbox {
     name: String,
@@ -199,9 +202,10 @@ impl Sandbox {
             if let Some(pid) = listed.split_whitespace().next() {
                 return pid.parse().map_err(|e| format!("{children}: {pid:?}: {e}"));
             }
-            if started.elapsed() > BOOT_TIMEOUT {
+            if started.elapsed() > boot_timeout() {
                 return Err(format!(
-                    "unshare (PID {launcher}) started no child within {BOOT_TIMEOUT:?}; console:\n{}",
+                    "unshare (PID {launcher}) started no child within {:?}; console:\n{}",
+                    boot_timeout(),
                     self.console_log()
                 ));
             }
@@ -216,7 +220,7 @@ impl Sandbox {
         // system bus would answer "running" for the sandbox.
         let exe = format!("/proc/{}/exe", self.pid);
         while !fs::read_link(&exe).is_ok_and(|p| p == Path::new(SYSTEMD)) {
-            if !alive(self.pid) || started.elapsed() > BOOT_TIMEOUT {
+            if !alive(self.pid) || started.elapsed() > boot_timeout() {
                 return Err(format!(
                     "PID 1 of the sandbox (PID {}) never became {SYSTEMD}; console:\n{}",
                     self.pid,
@@ -255,7 +259,7 @@ impl Sandbox {
                     _ => {}
                 }
             }
-            if started.elapsed() > BOOT_TIMEOUT {
+            if started.elapsed() > boot_timeout() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
