@@ -57,8 +57,9 @@ fn spawn(mut cmd: Command) -> Child {
         .expect("the binary starts")
 }
 
-/// Waits for `child` at most `limit`, reading its output all along (a full pipe would stall
-/// it); kills it after that ([`deadline`](crate::support::deadline) of `limit`) (and the test then fails on it).
+/// Waits for `child` at most [`deadline`](crate::support::deadline)`(limit)`, reading its
+/// output all along (a full pipe would stall it); kills it after that (and the test then
+/// fails on it).
 fn finish(child: Child, limit: Duration) -> (Output, Duration) {
     let limit = crate::support::deadline(limit);
     let started = Instant::now();

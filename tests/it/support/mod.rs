@@ -86,7 +86,7 @@ pub fn user_names(n: usize) -> Vec<String> {
 
 /// How much longer than on this machine a wait may take inside the test VM: QEMU's TCG runs
 /// code about ten times slower, and CI runs three VMs at once on two CPUs (there a 200 MB hog
-/// took over 10 s to fill and a 250-user apply over 120 s to start writing).
+/// took over 10 s to fill).
 const VM_SLOWDOWN: u32 = 5;
 
 /// A deadline for something that must happen, not a claim about speed: [`VM_SLOWDOWN`]

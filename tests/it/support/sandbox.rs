@@ -21,8 +21,8 @@ const BOOT: &str = include_str!("boot.sh");
 const SYSTEMD: &str = "/usr/lib/systemd/systemd";
 /// On cgroup v2: the delegated cgroup directory below which sandboxes are made.
 pub const SANDBOX_CGROUP: &str = "DS01_SANDBOX_CGROUP";
-/// Generous: boot takes well under a second, but CI machines are shared.
-/// How long a sandbox's systemd may take to boot (about a second when the machine is idle).
+/// How long a sandbox's systemd may take to boot: generous, as boot takes about a second on an
+/// idle machine but CI machines are shared.
 fn boot_timeout() -> Duration {
     super::deadline(Duration::from_secs(30))
 }
