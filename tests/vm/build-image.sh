@@ -23,9 +23,16 @@ rootfs=$work/rootfs
 # openssh-server: the fleet tests' real ssh; man-db and init-system-helpers: the package test
 # (`man ds01-slices`, deb-systemd-helper in the maintainer scripts); socat: the fleet tests' stand-in
 # for ssh bridges a sandbox's bus with it, inside the VM too.
-packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs,openssh-server,man-db,init-system-helpers,socat
-# trixie's docker.io only recommends the client.
-[ "$suite" = bookworm ] || packages=$packages,docker-cli
+# bpftool: the GPU test reads the BPF device programs attached to a container's cgroup.
+packages=systemd,systemd-sysv,dbus,udev,kmod,procps,busybox-static,docker.io,e2fsprogs,openssh-server,man-db,init-system-helpers,socat,bpftool
+if [ "$suite" = bookworm ]; then
+    # Real Docker clients that no one here wrote, for the gate's tests: the Python SDK and
+    # docker-compose 1.29 (which uses it); python3 is also what Ansible needs on its target.
+    packages=$packages,python3-docker,docker-compose
+else
+    # trixie's docker.io only recommends the client.
+    packages=$packages,docker-cli
+fi
 
 # The suite's own kernel, unpacked without its maintainer scripts (they would build the stock
 # initramfs, ~80 s, that the VM does not use).
