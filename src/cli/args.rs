@@ -203,7 +203,7 @@ pub enum Command {
     #[command(subcommand)]
     Fleet(FleetAction),
     /// Check whether this host can enforce what the configuration asks (cgroups, systemd,
-    /// Docker's cgroup driver, files, drift); each finding with its fix. Exit 1 when a finding
+    /// Docker's cgroup driver, NVIDIA's runtime with it, files, drift); each finding with its fix. Exit 1 when a finding
     /// means limits are not in force.
     Doctor,
 }
