@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 /// `DOCKER_HOST` nobody answers on) must not hang `doctor`.
 pub const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The three facts `doctor` needs, tab-separated, rather than the whole answer (`{{json .}}`,
+/// a few KiB): the runtimes' map is JSON, the other two are plain words.
+const INFO_FORMAT: &str = "{{.CgroupDriver}}\t{{.DefaultRuntime}}\t{{json .Runtimes}}";
+
 /// At most this much of daemon.json and of docker's output is read.
 const MAX_BYTES: u64 = 1 << 20;
 
@@ -104,7 +108,7 @@ pub enum DaemonJson {
 /// default socket) through the `docker` client, killing it after `timeout`.
 pub fn info(timeout: Duration) -> Info {
     let spawned = Command::new("docker")
-        .args(["info", "--format", "{{json .}}"])
+        .args(["info", "--format", INFO_FORMAT])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -187,13 +191,25 @@ fn drain(
     });
 }
 
-/// `docker info --format '{{json .}}'`: the driver and runtimes, or None when it names no
+/// `docker info --format INFO_FORMAT`: the driver and runtimes, or None when it names no
 /// driver (the client could not ask the daemon).
 pub fn parse_info(text: &str) -> Option<Info> {
-    let value: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
-    let object = value.as_object()?;
-    let driver = object.get("CgroupDriver")?.as_str()?.trim();
-    (!driver.is_empty()).then(|| Info::Driver(driver.to_owned(), runtimes_of(object)))
+    let mut fields = text.trim().splitn(3, '\t');
+    let driver = fields.next()?.trim();
+    if driver.is_empty() {
+        return None;
+    }
+    let mut object = serde_json::Map::new();
+    if let Some(default) = fields.next().map(str::trim).filter(|d| !d.is_empty()) {
+        object.insert("DefaultRuntime".to_owned(), default.into());
+    }
+    if let Some(runtimes) = fields
+        .next()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r.trim()).ok())
+    {
+        object.insert("Runtimes".to_owned(), runtimes);
+    }
+    Some(Info::Driver(driver.to_owned(), runtimes_of(&object)))
 }
 
 /// The daemon's configuration file under `root`.
@@ -315,14 +331,18 @@ mod tests {
         let (_, r) = parse_daemon_json(r#"{"runtimes": {"crun": {"path": "crun"}}}"#);
         assert!(r.nvidia().is_empty() && !r.default_is_nvidia());
 
-        let info = r#"{"CgroupDriver":"systemd","DefaultRuntime":"nvidia","Runtimes":{"io.containerd.runc.v2":{"path":"runc"},"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}}"#;
+        let info = "systemd\tnvidia\t{\"io.containerd.runc.v2\":{\"path\":\"runc\"},\"nvidia\":{\"path\":\"nvidia-container-runtime\"},\"runc\":{\"path\":\"runc\"}}\n";
         let Some(Info::Driver(driver, r)) = parse_info(info) else {
             panic!("{info}")
         };
         assert_eq!(driver, "systemd");
         assert!(r.default_is_nvidia());
         assert_eq!(r.configured.len(), 3);
-        assert_eq!(parse_info(r#"{"CgroupDriver":""}"#), None);
-        assert_eq!(parse_info("Cannot connect to the Docker daemon"), None);
+        // An older client's answer without the runtimes still names the driver.
+        assert_eq!(
+            parse_info("cgroupfs\n"),
+            Some(Info::Driver("cgroupfs".into(), Runtimes::default()))
+        );
+        assert_eq!(parse_info("\n"), None);
     }
 }

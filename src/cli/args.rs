@@ -71,7 +71,8 @@ pub struct Globals {
     #[arg(long, global = true, env = "DS01_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
 
-    /// The cgroup file system `verify` reads the kernel's limits from.
+    /// The cgroup file system `verify` reads the kernel's limits from, and where `render` and
+    /// `apply` look for processes below ds01.slice before they reload systemd.
     #[arg(long, global = true, env = "DS01_CGROUP_ROOT", default_value = DEFAULT_CGROUP_ROOT, value_name = "DIR")]
     pub cgroup_root: PathBuf,
 
