@@ -1,9 +1,11 @@
 //! What the kernel enforces: a slice's limits read from its cgroup files, on cgroup v2
 //! (`cpu.max`, `memory.max`, `memory.high`, `pids.max`) or v1 (`cpu.cfs_quota_us` /
-//! `cpu.cfs_period_us`, `memory.limit_in_bytes`, `pids.max`; v1 has no MemoryHigh), and
-//! which controllers the kernel gives ds01.slice ([`controllers`]).
+//! `cpu.cfs_period_us`, `memory.limit_in_bytes`, `pids.max`; v1 has no MemoryHigh),
+//! which controllers the kernel gives ds01.slice ([`controllers`]), and which processes run
+//! below it ([`procs`]).
 
 pub mod controllers;
+pub mod procs;
 
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,8 @@ use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::model::values::MemoryLimit;
 use crate::ops::apply::{self, ApplyOptions, ApplyReport};
-use crate::ops::deploy::{self, DeployReport};
+use crate::ops::deploy::{self, DeployOptions, DeployReport, TakeOverReload};
+use crate::ops::reload_guard::ACTIVATE;
 use crate::ops::Scope;
 use crate::systemd::BusStatsSnapshot;
 
@@ -17,9 +18,9 @@ pub async fn apply(
     globals: &Globals,
     config: &Config,
     user: Option<&UserName>,
-    opts: ApplyOptions,
-    backend: deploy::Backend,
+    options: DeployOptions,
 ) -> CliResult {
+    let opts = options.apply;
     if let Some(note) = globals.remote_note() {
         // `--host` is a dry run (cli::remote): the diff against that systemd, without this
         // machine's records or rendered files, which are not that host's.
@@ -32,7 +33,7 @@ pub async fn apply(
         report.notes.push(note);
         return print_report(globals, &report, opts, Some(sd.stats()));
     }
-    let report = deploy::deploy(&globals.context(), config, user, opts, backend).await;
+    let report = deploy::deploy(&globals.context(), config, user, options).await;
     match report? {
         DeployReport::Rendered { fallback, report } => {
             if let Some(why) = &fallback {
@@ -43,7 +44,9 @@ pub async fn apply(
             }
             let exit = render::print(globals, config, &report)?;
             if fallback.is_some() && !opts.dry_run {
-                out::say("rendered drop-in files instead of applying over D-Bus; run 'systemctl daemon-reload' or boot to activate them");
+                out::say(&format!(
+                    "rendered drop-in files instead of applying over D-Bus; {ACTIVATE}"
+                ));
             }
             Ok(exit)
         }
@@ -67,6 +70,13 @@ pub async fn apply(
             }
             for f in &d.taken_over {
                 out::say(&format!("removed {} (now set over D-Bus)", f.display()));
+            }
+            match &d.reload {
+                Some(TakeOverReload::Done(what)) => out::say(what),
+                Some(TakeOverReload::Withheld(hazard)) => out::say(&format!(
+                    "systemd was not reloaded after the take-over: {hazard}. Nothing needs the reload: D-Bus holds every value the removed files held, and systemd lists them until its next reload or boot (rerun with --allow-reload to reload now)"
+                )),
+                None => {}
             }
             Ok(exit)
         }

@@ -71,7 +71,8 @@ pub struct Globals {
     #[arg(long, global = true, env = "DS01_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
 
-    /// The cgroup file system `verify` reads the kernel's limits from.
+    /// The cgroup file system `verify` reads the kernel's limits from, and where `render` and
+    /// `apply` look for processes below ds01.slice before they reload systemd.
     #[arg(long, global = true, env = "DS01_CGROUP_ROOT", default_value = DEFAULT_CGROUP_ROOT, value_name = "DIR")]
     pub cgroup_root: PathBuf,
 
@@ -123,9 +124,16 @@ pub enum Command {
         /// and files otherwise.
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// Reload systemd where rendered files change (--backend files, or the take-over of
+        /// files rendered earlier) even while containers run in ds01 slices: a daemon-reload
+        /// takes away the GPUs that NVIDIA's runtime gave running containers.
+        #[arg(long)]
+        allow_reload: bool,
     },
     /// Write the limits as drop-in files under --root (etc/systemd/system/<slice>.d/10-resource-limits.conf),
     /// for hosts whose systemd cannot be reached; then reload systemd if --root is / (or --bus is given).
+    /// While containers run in ds01 slices it refuses to reload (and writes nothing) without
+    /// --allow-reload: a daemon-reload takes away the GPUs of running GPU containers.
     Render {
         /// Only this user's slice and its parents.
         #[arg(long, value_name = "NAME")]
@@ -134,8 +142,13 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Do not ask systemd to reload afterwards.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "allow_reload")]
         no_reload: bool,
+        /// Reload systemd even while containers run in ds01 slices (or when that cannot be
+        /// told): a daemon-reload makes systemd re-apply its own device rules, which takes away
+        /// the GPUs that NVIDIA's runtime gave running containers.
+        #[arg(long)]
+        allow_reload: bool,
     },
     /// Hooks for the container runtime.
     #[command(subcommand)]
@@ -191,7 +204,7 @@ pub enum Command {
     #[command(subcommand)]
     Fleet(FleetAction),
     /// Check whether this host can enforce what the configuration asks (cgroups, systemd,
-    /// Docker's cgroup driver, files, drift); each finding with its fix. Exit 1 when a finding
+    /// Docker's cgroup driver, NVIDIA's runtime with it, files, drift); each finding with its fix. Exit 1 when a finding
     /// means limits are not in force.
     Doctor,
 }
@@ -319,6 +332,7 @@ impl Globals {
             bus: self.bus.as_deref(),
             timeout: self.timeout(),
             state_dir: &self.state_dir,
+            cgroup_root: &self.cgroup_root,
         }
     }
 }

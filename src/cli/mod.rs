@@ -26,6 +26,7 @@ use clap::Parser;
 use crate::config::{self, Config};
 use crate::model::names::UserName;
 use crate::ops::apply::ApplyOptions;
+use crate::ops::deploy::DeployOptions;
 use crate::ops::render::RenderOptions;
 use crate::state::ownership::Ownership;
 use crate::systemd::WriteMode;
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> CliResult {
             runtime,
             force,
             backend,
+            allow_reload,
         } => {
             // A deploy also tells the hooks after it that this configuration is valid.
             let config = if *dry_run {
@@ -87,14 +89,18 @@ pub fn run(cli: Cli) -> CliResult {
                 g,
                 &config,
                 user.as_ref(),
-                opts,
-                (*backend).into(),
+                DeployOptions {
+                    apply: opts,
+                    backend: (*backend).into(),
+                    allow_reload: *allow_reload,
+                },
             ))
         }
         Command::Render {
             user,
             dry_run,
             no_reload,
+            allow_reload,
         } => {
             let config = load(&cli)?;
             let user = user.as_deref().map(parse_user).transpose()?;
@@ -102,6 +108,7 @@ pub fn run(cli: Cli) -> CliResult {
                 dry_run: *dry_run,
                 no_reload: *no_reload,
                 systemd_unreachable: false,
+                allow_reload: *allow_reload,
             };
             let report = async_runtime()?.block_on(crate::ops::render::render(
                 &g.context(),

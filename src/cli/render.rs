@@ -63,7 +63,7 @@ pub fn print(globals: &Globals, config: &Config, report: &RenderReport) -> CliRe
             None => text.to_owned(),
         };
         out::say(&format!(
-            "warning: {} sets {}={}, which shadows {}={} in {}: it was not set by ds01-slices, so it stays; delete it if that value is not wanted, then run 'systemctl daemon-reload'",
+            "warning: {} sets {}={}, which shadows {}={} in {}: it was not set by ds01-slices, so it stays; delete it if that value is not wanted (it stays in force until systemd's next reload: run 'systemctl daemon-reload' once no containers run in ds01 slices, or boot)",
             s.dbus_file.display(),
             s.property,
             human(&s.dbus_value),

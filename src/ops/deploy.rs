@@ -1,11 +1,14 @@
 //! `apply` as the command runs it on a host: over D-Bus, as rendered files, or D-Bus when
 //! systemd answers and files otherwise; and the take-over of files rendered earlier once
-//! D-Bus holds their values.
+//! D-Bus holds their values. The take-over reloads systemd only when nothing runs in ds01
+//! slices or the admin allowed it ([`reload_guard`](super::reload_guard)): the files can go
+//! without one, since D-Bus already holds every value they held.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::apply::{self, ApplyError, ApplyOptions, ApplyReport};
+use super::reload_guard;
 use super::render::{self, Context, RenderOptions, RenderReport, RenderRunError};
 use super::take_over::RenderedMask;
 use super::Scope;
@@ -22,6 +25,15 @@ pub enum Backend {
     Auto,
     Dbus,
     Files,
+}
+
+/// What `apply` was asked to do, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployOptions {
+    pub apply: ApplyOptions,
+    pub backend: Backend,
+    /// `--allow-reload`: reload systemd even while containers run in ds01 slices.
+    pub allow_reload: bool,
 }
 
 #[derive(Debug)]
@@ -44,6 +56,18 @@ pub struct DbusDeploy {
     pub taken_over: Vec<PathBuf>,
     /// With --dry-run: how many rendered files would be removed.
     pub would_take_over: usize,
+    /// After a take-over: what became of systemd's reload (None when nothing was taken over).
+    pub reload: Option<TakeOverReload>,
+}
+
+/// What became of the reload after a take-over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeOverReload {
+    /// Reloaded; what ran then, in words.
+    Done(String),
+    /// Not reloaded, and why: systemd lists the removed files until its next reload, which
+    /// changes no limit.
+    Withheld(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +82,7 @@ pub enum DeployError {
     Render(#[from] RenderRunError),
     #[error(transparent)]
     Files(#[from] RenderError),
-    #[error(
-        "rendered drop-ins were removed, but systemd did not reload; run 'systemctl daemon-reload'"
-    )]
+    #[error("rendered drop-ins were removed (D-Bus holds their values), but systemd did not reload: it lists the removed files until its next reload or boot, which changes no limit")]
     Reload(#[source] BusError),
 }
 
@@ -80,10 +102,10 @@ pub async fn deploy(
     ctx: &Context<'_>,
     config: &Config,
     user: Option<&UserName>,
-    opts: ApplyOptions,
-    backend: Backend,
+    options: DeployOptions,
 ) -> Result<DeployReport, DeployError> {
-    let report = deploy_with(ctx, config, user, opts, backend).await?;
+    let opts = options.apply;
+    let report = deploy_with(ctx, config, user, options).await?;
     let complete = match &report {
         DeployReport::Dbus(d) => d.apply.complete(),
         DeployReport::Rendered { report, .. } => report.refused() == 0,
@@ -101,9 +123,13 @@ async fn deploy_with(
     ctx: &Context<'_>,
     config: &Config,
     user: Option<&UserName>,
-    opts: ApplyOptions,
-    backend: Backend,
+    options: DeployOptions,
 ) -> Result<DeployReport, DeployError> {
+    let DeployOptions {
+        apply: opts,
+        backend,
+        allow_reload,
+    } = options;
     if backend == Backend::Files && opts.mode == WriteMode::Runtime {
         return Err(UsageError(
             "--runtime applies to the D-Bus backend only; rendered files are persistent (drop --runtime or use --backend dbus)".into(),
@@ -114,6 +140,7 @@ async fn deploy_with(
         dry_run: opts.dry_run,
         no_reload: false,
         systemd_unreachable,
+        allow_reload,
     };
     let sd = match backend {
         Backend::Files => {
@@ -164,6 +191,7 @@ async fn deploy_with(
         foreign: rendered.foreign,
         taken_over: Vec::new(),
         would_take_over: 0,
+        reload: None,
         apply: report,
     };
     if opts.dry_run {
@@ -186,7 +214,15 @@ async fn deploy_with(
         .collect();
     out.taken_over = dropin::take_over_rendered(ctx.root, &slices)?;
     if !out.taken_over.is_empty() {
-        sd.reload().await.map_err(DeployError::Reload)?;
+        out.reload = Some(
+            match reload_guard::check(&sd, ctx.cgroup_root, allow_reload).await {
+                Ok(census) => {
+                    sd.reload().await.map_err(DeployError::Reload)?;
+                    TakeOverReload::Done(census.reloaded())
+                }
+                Err(hazard) => TakeOverReload::Withheld(hazard),
+            },
+        );
     }
     Ok(DeployReport::Dbus(out))
 }

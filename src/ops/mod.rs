@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod fleet;
 pub mod hook;
 pub mod metrics;
+pub mod reload_guard;
 pub mod render;
 pub mod status;
 pub mod take_over;

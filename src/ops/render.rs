@@ -1,9 +1,12 @@
 //! `render` and `verify --offline`: the plan as drop-in files under `--root`, then a reload of
-//! systemd when it manages this host (or a bus was named) and answers.
+//! systemd when it manages this host (or a bus was named) and answers, and nothing runs in
+//! ds01 slices that the reload could cut off its GPUs ([`reload_guard`]) unless the admin
+//! allowed it.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use super::reload_guard::{self, Census, ACTIVATE};
 use crate::config::{Config, ResolveError};
 use crate::dropin::{self, TreePlan};
 use crate::dropin::{Executed, OfflineReport, RenderError};
@@ -21,6 +24,9 @@ pub struct Context<'a> {
     pub bus: Option<&'a str>,
     pub timeout: Duration,
     pub state_dir: &'a Path,
+    /// The cgroup file system of the systemd that is reloaded (`--cgroup-root`): where the
+    /// reload guard looks for running containers.
+    pub cgroup_root: &'a Path,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +35,8 @@ pub struct RenderOptions {
     pub no_reload: bool,
     /// Set when `apply --backend auto` fell back to files: systemd was asked and is not there.
     pub systemd_unreachable: bool,
+    /// `--allow-reload`: reload even while containers run in ds01 slices.
+    pub allow_reload: bool,
 }
 
 /// What a render did (or, with --dry-run, would do).
@@ -57,12 +65,16 @@ pub enum RenderRunError {
     Files(#[from] RenderError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("the drop-ins under {} were written, but systemd did not reload; run 'systemctl daemon-reload' to activate them", .root.display())]
+    #[error("the drop-ins under {} were written, but systemd did not reload; {ACTIVATE}", .root.display())]
     Reload {
         root: PathBuf,
         #[source]
         source: BusError,
     },
+    #[error("refusing to render: the new files need a reload of systemd, and {hazard}. Nothing was written. Apply over D-Bus instead ('ds01-slices apply', which never reloads), or render with --no-reload and {ACTIVATE}, or rerun with --allow-reload to reload anyway")]
+    ReloadRefused { hazard: String },
+    #[error("the drop-ins under {} were written, but systemd was not reloaded: {hazard} (started while the files were written). {ACTIVATE}; or rerun with --allow-reload", .root.display())]
+    ReloadWithheld { root: PathBuf, hazard: String },
 }
 
 impl ExitStatus for RenderRunError {
@@ -71,7 +83,9 @@ impl ExitStatus for RenderRunError {
             RenderRunError::Resolve(e) => e.exit_code(),
             RenderRunError::Files(e) => e.exit_code(),
             RenderRunError::State(e) => e.exit_code(),
-            RenderRunError::Reload { .. } => Exit::Failure,
+            RenderRunError::Reload { .. }
+            | RenderRunError::ReloadRefused { .. }
+            | RenderRunError::ReloadWithheld { .. } => Exit::Failure,
         }
     }
 }
@@ -101,7 +115,8 @@ pub async fn connect_checked(bus: Option<&str>, timeout: Duration) -> Result<Bus
 }
 
 /// `render` (and `apply --backend files`): writes the plan's drop-ins under `--root`, then
-/// reloads systemd when it manages this host (or a bus was named) and is reachable.
+/// reloads systemd when it manages this host (or a bus was named) and is reachable. When the
+/// files need a reload that the guard withholds, nothing is written.
 pub async fn render(
     ctx: &Context<'_>,
     config: &Config,
@@ -116,54 +131,98 @@ pub async fn render(
         Some(ownership.lock()?)
     };
     let tp = dropin::plan_tree(config, &plan, user, ctx.root, &ownership)?;
-    let executed = if opts.dry_run {
-        Executed::default()
+    if opts.dry_run {
+        return Ok(RenderReport {
+            tree: tp,
+            executed: Executed::default(),
+            dry_run: true,
+            reload: None,
+            notes: ownership.take_notes(),
+        });
+    }
+    let reloader = if tp.changes_units() {
+        Some(prepare_reload(ctx, &opts).await?)
     } else {
-        dropin::execute(&tp, &ownership)?
-    };
-    let reload = if opts.dry_run || !tp.changes_units() {
         None
-    } else {
-        Some(reload(ctx, &opts).await?)
+    };
+    let executed = dropin::execute(&tp, &ownership)?;
+    let reload = match reloader {
+        Some(r) => Some(reload(ctx, r, opts.allow_reload).await?),
+        None => None,
     };
     Ok(RenderReport {
         tree: tp,
         executed,
-        dry_run: opts.dry_run,
+        dry_run: false,
         reload,
         notes: ownership.take_notes(),
     })
 }
 
-/// Asks systemd to reload after files changed, or says what must happen instead.
-async fn reload(ctx: &Context<'_>, opts: &RenderOptions) -> Result<String, RenderRunError> {
-    let activate = "run 'systemctl daemon-reload' or boot to activate them";
+/// What becomes of the reload after the files are written.
+enum Reloader {
+    /// No reload; the message says why and what must happen instead.
+    Skip(String),
+    Reload(BusSystemd),
+}
+
+/// Decides, before anything is written, whether systemd will be reloaded: Err when the
+/// reload guard withholds it.
+async fn prepare_reload(
+    ctx: &Context<'_>,
+    opts: &RenderOptions,
+) -> Result<Reloader, RenderRunError> {
     if opts.no_reload {
-        return Ok(format!("not reloaded (--no-reload): {activate}"));
+        return Ok(Reloader::Skip(format!(
+            "not reloaded (--no-reload): {ACTIVATE}"
+        )));
     }
     if opts.systemd_unreachable {
-        return Ok(format!(
-            "not reloaded (systemd is not reachable): {activate}"
-        ));
+        return Ok(Reloader::Skip(format!(
+            "not reloaded (systemd is not reachable): {ACTIVATE}"
+        )));
     }
     if !root_is_host(ctx.root) && ctx.bus.is_none() {
-        return Ok(format!(
-            "not reloaded (--root {} is not this host's root and no --bus was given): {activate} on that host",
+        return Ok(Reloader::Skip(format!(
+            "not reloaded (--root {} is not this host's root and no --bus was given): {ACTIVATE} on that host",
             ctx.root.display()
-        ));
+        )));
     }
     let sd = match connect_checked(ctx.bus, ctx.timeout).await {
         Ok(sd) => sd,
         Err(e) => {
             let why = e.absence().unwrap_or_else(|| e.to_string());
-            return Ok(format!("not reloaded ({why}): {activate}"));
+            return Ok(Reloader::Skip(format!("not reloaded ({why}): {ACTIVATE}")));
         }
     };
+    reload_guard::check(&sd, ctx.cgroup_root, opts.allow_reload)
+        .await
+        .map_err(|hazard| RenderRunError::ReloadRefused { hazard })?;
+    Ok(Reloader::Reload(sd))
+}
+
+/// Reloads systemd after the files changed, asking the guard again: a container may have
+/// started while they were written.
+async fn reload(
+    ctx: &Context<'_>,
+    reloader: Reloader,
+    allow: bool,
+) -> Result<String, RenderRunError> {
+    let sd = match reloader {
+        Reloader::Skip(message) => return Ok(message),
+        Reloader::Reload(sd) => sd,
+    };
+    let census: Census = reload_guard::check(&sd, ctx.cgroup_root, allow)
+        .await
+        .map_err(|hazard| RenderRunError::ReloadWithheld {
+            root: ctx.root.to_owned(),
+            hazard,
+        })?;
     sd.reload().await.map_err(|source| RenderRunError::Reload {
         root: ctx.root.to_owned(),
         source,
     })?;
-    Ok("systemd reloaded".to_owned())
+    Ok(census.reloaded())
 }
 
 /// `verify --offline`: the rendered tree under `--root` against the plan, without systemd.

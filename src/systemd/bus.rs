@@ -186,6 +186,18 @@ impl BusSystemd {
             .map_err(|e| self.err("reading systemd's SystemState", e))
     }
 
+    /// Every process in `unit`'s cgroup tree as systemd sees it: (cgroup path, PID in
+    /// systemd's PID namespace). A unit that is not loaded is NoSuchUnit.
+    pub async fn unit_processes(&self, unit: &str) -> Result<Vec<(String, u32)>, BusError> {
+        let _slot = self.slot().await?;
+        let listed = self
+            .manager
+            .get_unit_processes(unit)
+            .await
+            .map_err(|e| self.err(format!("listing the processes of {unit}"), e))?;
+        Ok(listed.into_iter().map(|(cg, pid, _)| (cg, pid)).collect())
+    }
+
     async fn get_unit_property(
         &self,
         slice: &SliceName,

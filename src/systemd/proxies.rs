@@ -67,6 +67,9 @@ pub trait Manager {
 
     fn reload(&self) -> zbus::Result<()>;
 
+    /// Every process in the unit's cgroup and below it: (cgroup path, PID, command line).
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
+
     #[zbus(property(emits_changed_signal = "false"))]
     fn system_state(&self) -> zbus::Result<String>;
 

@@ -81,6 +81,11 @@ fn used() -> Vec<(&'static str, &'static str, Member)> {
             method(&[&strings, &strings], &[&sig::<Vec<UnitRow>>()]),
         ),
         (MANAGER, "Reload", method(&[], &[])),
+        (
+            MANAGER,
+            "GetUnitProcesses",
+            method(&[&s], &[&sig::<Vec<(String, u32, String)>>()]),
+        ),
         (MANAGER, "Version", read("s")),
         (MANAGER, "SystemState", read("s")),
         (MANAGER, "DefaultCPUAccounting", read("b")),

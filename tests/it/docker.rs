@@ -20,12 +20,13 @@ use crate::support::vm::in_vm_guest;
 use crate::support::{ds01, verify_slice, wait_until, Run, Scratch, MANIFEST_DIR};
 
 /// Every Docker test, by name: tests/it/vm.rs asserts each passed inside the VM.
-pub const TESTS: [&str; 5] = [
+pub const TESTS: [&str; 6] = [
     "docker::containers_land_in_the_users_slice_and_verify_agrees",
     "docker::tasks_max_holds_across_a_users_containers",
     "docker::memory_max_oom_kills_across_a_users_containers",
     "docker::cpu_quota_is_shared_by_a_users_containers",
     "docker::the_wrapper_starts_nothing_when_the_hook_fails",
+    "gpu::a_containers_device_program_is_left_alone_and_a_reload_waits_for_the_admins_word",
 ];
 
 const IMAGE: &str = "local/busybox";
@@ -61,7 +62,7 @@ pub(crate) fn docker() -> Option<MutexGuard<'static, ()>> {
 }
 
 /// `sh -c script` in the guest: its stdout, or Err with everything it printed.
-fn sh(script: &str) -> Result<String, String> {
+pub(crate) fn sh(script: &str) -> Result<String, String> {
     let run = Run::of(Command::new("sh").args(["-c", script]).stdin(Stdio::null()));
     if run.code == Some(0) {
         Ok(run.stdout)
@@ -71,13 +72,13 @@ fn sh(script: &str) -> Result<String, String> {
 }
 
 #[track_caller]
-fn sh_ok(script: &str) -> String {
+pub(crate) fn sh_ok(script: &str) -> String {
     sh(script).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A configuration with one group `group` whose aggregate is `aggregate` (YAML lines) and one
 /// member `user`, and a state directory; the binary is run on the VM's own systemd.
-struct Site {
+pub(crate) struct Site {
     dir: Scratch,
     user: String,
     slice: String,
@@ -85,7 +86,7 @@ struct Site {
 }
 
 impl Site {
-    fn new(group: &str, user: &str, aggregate: &str) -> Site {
+    pub(crate) fn new(group: &str, user: &str, aggregate: &str) -> Site {
         let dir = Scratch::new(&format!("docker-{group}"));
         dir.write(
             "config/resource-limits.yaml",
@@ -110,7 +111,12 @@ impl Site {
         self.dir.join("config/resource-limits.yaml")
     }
 
-    fn ds01(&self, args: &[&str]) -> Run {
+    /// A file of the configuration (`rel` to its directory).
+    pub(crate) fn write(&self, rel: &str, text: &str) {
+        self.dir.write(&format!("config/{rel}"), text);
+    }
+
+    pub(crate) fn ds01(&self, args: &[&str]) -> Run {
         let mut cmd = ds01(args);
         cmd.arg("--config")
             .arg(self.config())
@@ -120,7 +126,7 @@ impl Site {
     }
 
     /// `hook pre-create USER`, which must succeed and print the user's slice.
-    fn hook(&self) -> String {
+    pub(crate) fn hook(&self) -> String {
         let run = self.ds01(&["hook", "pre-create", &self.user]);
         assert_eq!(run.code, Some(0), "hook pre-create {}: {run}", self.user);
         let slice = run.stdout.trim().to_string();
@@ -129,7 +135,7 @@ impl Site {
     }
 
     /// `docker run -d` of `command` (a shell script) in the slice the hook printed.
-    fn run_container(&mut self, command: &str) -> String {
+    pub(crate) fn run_container(&mut self, command: &str) -> String {
         let slice = self.hook();
         let id = sh_ok(&format!(
             "docker run -d --network none --cgroup-parent={slice} {IMAGE} sh -c '{command}'"
@@ -141,7 +147,7 @@ impl Site {
     }
 
     /// The slice's directory in the VM's cgroup v2 tree.
-    fn cgroup(&self) -> PathBuf {
+    pub(crate) fn cgroup(&self) -> PathBuf {
         let cg = sh_ok(&format!(
             "systemctl show --property=ControlGroup --value {}",
             self.slice

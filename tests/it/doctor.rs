@@ -293,3 +293,101 @@ fn doctor_flags_a_state_dir_anyone_can_write_and_goes_on_without_systemd() {
         assert!(text(config, "found").contains("chmod go-w"), "{report:#}");
     }
 }
+
+#[test]
+fn doctor_names_the_reload_hazard_of_nvidias_runtime_with_the_systemd_driver() {
+    // No GPU, no NVIDIA software, no daemon: daemon.json in a test root says it all.
+    let dir = Scratch::new("doctor-gpu");
+    copy_dir(std::path::Path::new(EXAMPLE), &dir.join("config"));
+    dir.mkdir("state");
+    let doctor = |daemon_json: &str, json: bool| {
+        dir.write("root/etc/docker/daemon.json", daemon_json);
+        let mut cmd = ds01(&["doctor", "--timeout", "5"]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.arg("--config")
+            .arg(dir.join(&format!("config/{MAIN}")))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .arg("--bus")
+            .arg(format!("unix:path={}", dir.join("no-bus").display()))
+            // No daemon answers: what the file says is what doctor judges.
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", dir.join("no-docker").display()),
+            );
+        Run::of(&mut cmd)
+    };
+    let report = |daemon_json: &str| {
+        let out = doctor(daemon_json, true);
+        let report: Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        finding(&report, "gpu").clone()
+    };
+
+    // As `nvidia-ctk runtime configure --runtime=docker --set-as-default` leaves it, with the
+    // systemd driver DS01's slices need.
+    let default = r#"{"default-runtime": "nvidia", "exec-opts": ["native.cgroupdriver=systemd"],
+        "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}}"#;
+    let gpu = report(default);
+    assert_eq!(gpu["status"], "warning", "{gpu:#}");
+    let found = text(&gpu, "found");
+    for said in [
+        "Docker's default runtime is NVIDIA's (nvidia, from ",
+        "Docker's cgroup driver is systemd",
+        "behind systemd's back",
+        "`systemctl daemon-reload`",
+        "Failed to initialize NVML: Unknown Error",
+    ] {
+        assert!(found.contains(said), "no {said:?} in {gpu:#}");
+    }
+    let fix = text(&gpu, "fix");
+    for said in [
+        "never run `systemctl daemon-reload` while GPU containers run",
+        "--allow-reload",
+        "nvidia-ctk system create-dev-char-symlinks --create-all",
+        "https://github.com/NVIDIA/nvidia-container-toolkit/issues/48",
+    ] {
+        assert!(fix.contains(said), "no {said:?} in {gpu:#}");
+    }
+    let screen = doctor(default, false);
+    eprintln!(
+        "gpu: doctor with NVIDIA's default runtime:\n{}",
+        screen.stdout
+    );
+    assert!(
+        screen
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("warning  gpu ")),
+        "{screen}"
+    );
+
+    // NVIDIA's runtime beside runc: the containers that ask for it.
+    let gpu = report(
+        r#"{"exec-opts": ["native.cgroupdriver=systemd"],
+            "runtimes": {"nvidia": {"path": "/usr/bin/nvidia-container-runtime"}}}"#,
+    );
+    assert_eq!(gpu["status"], "warning", "{gpu:#}");
+    assert!(text(&gpu, "found").contains("--runtime=nvidia"), "{gpu:#}");
+
+    // No NVIDIA runtime; or the cgroupfs driver, whose containers systemd does not manage.
+    let gpu = report(r#"{"exec-opts": ["native.cgroupdriver=systemd"]}"#);
+    assert_eq!(gpu["status"], "ok", "{gpu:#}");
+    assert!(
+        text(&gpu, "found").starts_with("no NVIDIA runtime"),
+        "{gpu:#}"
+    );
+    let gpu = report(
+        r#"{"default-runtime": "nvidia", "exec-opts": ["native.cgroupdriver=cgroupfs"],
+            "runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}"#,
+    );
+    assert_eq!(gpu["status"], "ok", "{gpu:#}");
+    assert!(
+        text(&gpu, "found").contains("leaves their GPUs alone"),
+        "{gpu:#}"
+    );
+}

@@ -65,9 +65,10 @@ fn suite_in_vm(suite: &str, args: &[&str], filters: &[&str], with_docker: bool) 
             run.stdout
         );
     }
-    // The figures the Docker tests print (cgroup paths, tasks, OOM kills, CPU share).
+    // The figures the Docker tests print (cgroup paths, tasks, OOM kills, CPU share, device
+    // programs).
     for line in run.stdout.lines().chain(run.stderr.lines()) {
-        if ["container cgroup:", "tasks:", "memory:", "cpu:"]
+        if ["container cgroup:", "tasks:", "memory:", "cpu:", "gpu:"]
             .iter()
             .any(|p| line.starts_with(p))
         {
@@ -122,6 +123,7 @@ pub const V2_SUITE: &[&str] = &[
     "doctor::",
     "failsafe::",
     "fleet::",
+    "gpu::",
     "hook::",
     "metrics::",
     "package::",

@@ -1,6 +1,6 @@
 //! `doctor`: whether this host can enforce what the configuration asks. It gathers the facts
-//! (the configuration, the cgroup file system, systemd over D-Bus, Docker, the state
-//! directory, verify's answer) and has [`judge`] say what each means. A check that cannot be
+//! (the configuration, the cgroup file system, systemd over D-Bus, Docker and its runtimes,
+//! the state directory, verify's answer) and has [`judge`] say what each means. A check that cannot be
 //! made is itself a finding; no check stops the others.
 
 pub mod judge;
@@ -87,14 +87,22 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
 
     // A blocking wait on the runtime's only thread, harmless here: no bus call is in flight,
     // and docker::info bounds its own wait.
-    let (docker_finding, docker_driver) = judge::docker(
-        &docker::info(docker::INFO_TIMEOUT),
-        &docker::daemon_json_path(opts.root),
-        &docker::daemon_json(opts.root),
-        layout,
-        sd.is_some(),
-    );
+    let info = docker::info(docker::INFO_TIMEOUT);
+    let json_path = docker::daemon_json_path(opts.root);
+    let (daemon_json, json_runtimes) = docker::daemon_json(opts.root);
+    let (docker_finding, docker_driver) =
+        judge::docker(&info, &json_path, &daemon_json, layout, sd.is_some());
     findings.push(docker_finding);
+    let daemon_runtimes = match &info {
+        docker::Info::Driver(_, runtimes) => Some(runtimes),
+        _ => None,
+    };
+    findings.push(judge::gpu(
+        daemon_runtimes,
+        &json_runtimes,
+        &json_path,
+        docker_driver.as_ref(),
+    ));
 
     findings.push(judge::state_dir(
         opts.state_dir,

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Duration;
 
-use crate::support::{ds01, wait_until, Run, Scratch, World, EXAMPLE, NO_LIMITS, STUDENT_LIMITS};
+use crate::support::{wait_until, Run, Scratch, World, EXAMPLE, NO_LIMITS, STUDENT_LIMITS};
 
 const ALICE: &str = "ds01-student-alice.slice";
 
@@ -159,19 +159,7 @@ fn verify_reports_limits_on_an_uncapped_slice_and_unreadable_kernel_files() {
     // Kernel files that cannot be read are not "ok".
     w.sb.start_memory_hog("job.service", ALICE, 1).unwrap();
     let empty = Scratch::new("no-cgroups");
-    let out = Run::of(
-        ds01(&["verify", "--user", "alice"])
-            .arg("--config")
-            .arg(w.config())
-            .arg("--bus")
-            .arg(w.sb.bus_address())
-            .arg("--state-dir")
-            .arg(w.state())
-            .arg("--root")
-            .arg(w.root())
-            .arg("--cgroup-root")
-            .arg(empty.path()),
-    );
+    let out = Run::of(&mut w.cmd_on_cgroups(&["verify", "--user", "alice"], empty.path()));
     assert_eq!(out.code, Some(3), "{out}");
     assert!(
         out.stdout.contains("unread   MemoryMax=96G")

@@ -169,7 +169,7 @@ fn auto_backend_renders_files_when_systemd_is_not_there() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("rendered drop-in files instead of applying over D-Bus; run 'systemctl daemon-reload' or boot to activate them"),
+        stderr.contains("rendered drop-in files instead of applying over D-Bus; activate them with 'systemctl daemon-reload' once no containers run in ds01 slices"),
         "{stderr}"
     );
     assert!(stdout.contains("rendered: 13 written"), "{stdout}");

@@ -95,6 +95,12 @@ impl World {
     /// `ds01-slices <args>` on this world: its configuration, state directory, bus, cgroups
     /// and file system (where rendered drop-ins go and are looked for), nothing of the caller's.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_on_cgroups(args, &self.sb.host_path("/sys/fs/cgroup"))
+    }
+
+    /// [`World::cmd`] with another `--cgroup-root` (e.g. a directory that is no cgroup file
+    /// system).
+    pub fn cmd_on_cgroups(&self, args: &[&str], cgroup_root: &Path) -> Command {
         let mut c = ds01(args);
         c.arg("--config")
             .arg(self.config())
@@ -103,7 +109,7 @@ impl World {
             .arg("--state-dir")
             .arg(self.state())
             .arg("--cgroup-root")
-            .arg(self.sb.host_path("/sys/fs/cgroup"))
+            .arg(cgroup_root)
             .arg("--root")
             .arg(self.root());
         c

@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 mod cgroup;
+mod gpu;
 pub use cgroup::{cgroup, memory_high};
+pub use gpu::gpu;
 
 use crate::cgroupfs::Layout;
 use crate::docker::{DaemonJson, Info};
@@ -33,6 +35,7 @@ pub enum Check {
     Systemd,
     Accounting,
     Docker,
+    Gpu,
     StateDir,
     Drift,
 }
@@ -47,6 +50,7 @@ impl Check {
             Check::Systemd => "systemd",
             Check::Accounting => "accounting",
             Check::Docker => "docker",
+            Check::Gpu => "gpu",
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
         }
@@ -202,7 +206,7 @@ pub fn docker(
 ) -> (Finding, Option<DockerDriver>) {
     let json = json_path.display();
     let asked = match info {
-        Info::Driver(driver) => {
+        Info::Driver(driver, _) => {
             return driver_finding(
                 DockerDriver {
                     driver: driver.clone(),

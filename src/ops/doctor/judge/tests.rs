@@ -136,7 +136,7 @@ fn v2_controllers_must_reach_ds01_slice_and_its_children() {
 fn docker_driver_comes_from_info_then_daemon_json_then_the_default() {
     let json = Path::new("/r/etc/docker/daemon.json");
     let (f, d) = docker(
-        &Info::Driver("systemd".into()),
+        &Info::Driver("systemd".into(), Default::default()),
         json,
         &DaemonJson::Driver("cgroupfs".into()),
         Some(Layout::V1),
@@ -303,4 +303,61 @@ fn accounting_defaults_off_are_a_warning() {
     let f = accounting(&Ok(AccountingDefaults { cpu: false, ..on }));
     assert_eq!(f.status, Status::Warning);
     assert!(f.found.contains("DefaultCPUAccounting=no"), "{f:?}");
+}
+
+#[test]
+fn nvidias_runtime_with_the_systemd_driver_is_the_reload_hazard() {
+    use crate::docker::{parse_daemon_json, Runtimes};
+    let json = Path::new("/r/etc/docker/daemon.json");
+    let systemd = DockerDriver {
+        driver: "systemd".into(),
+        source: "docker info".into(),
+    };
+    let cgroupfs = DockerDriver {
+        driver: "cgroupfs".into(),
+        ..systemd.clone()
+    };
+    let (_, default) = parse_daemon_json(
+        r#"{"default-runtime": "nvidia", "runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}"#,
+    );
+    let f = gpu(None, &default, json, Some(&systemd));
+    assert_eq!((f.check, f.status), (Check::Gpu, Status::Warning));
+    assert!(
+        f.found.starts_with(
+            "Docker's default runtime is NVIDIA's (nvidia, from /r/etc/docker/daemon.json)"
+        ),
+        "{f:?}"
+    );
+    assert!(f.found.contains("daemon-reload"), "{f:?}");
+    assert!(f.found.contains("Failed to initialize NVML"), "{f:?}");
+    let fix = f.fix.unwrap();
+    assert!(fix.contains("never run `systemctl daemon-reload` while GPU containers run"));
+    assert!(fix.contains("nvidia-ctk system create-dev-char-symlinks --create-all"));
+    assert!(fix.contains("--allow-reload"));
+
+    // The running daemon's answer counts as much as the file's.
+    let (_, beside) =
+        parse_daemon_json(r#"{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}"#);
+    let f = gpu(Some(&beside), &Runtimes::default(), json, Some(&systemd));
+    assert_eq!(f.status, Status::Warning);
+    assert!(f.found.contains("--runtime=nvidia"), "{f:?}");
+    assert!(f.found.contains("from docker info"), "{f:?}");
+    // Driver unknown: warned all the same.
+    assert_eq!(gpu(None, &default, json, None).status, Status::Warning);
+    // cgroupfs: systemd does not touch the containers' device rules.
+    let f = gpu(None, &default, json, Some(&cgroupfs));
+    assert_eq!(f.status, Status::Ok);
+    assert!(f.found.contains("leaves their GPUs alone"), "{f:?}");
+    // No NVIDIA runtime anywhere.
+    let f = gpu(
+        Some(&Runtimes::default()),
+        &Runtimes::default(),
+        json,
+        Some(&systemd),
+    );
+    assert_eq!(f.status, Status::Ok);
+    assert_eq!(
+        f.found,
+        "no NVIDIA runtime configured for Docker (docker info and /r/etc/docker/daemon.json)"
+    );
 }
