@@ -80,8 +80,6 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// The accept loop's pause after a failure: doubled on each failure in a row, up to the most.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-/// After closing a connection to free a descriptor, only as long as that takes.
-const PAUSE_AFTER_FREEING: Duration = Duration::from_millis(1);
 
 /// 503s being written at once to newcomers past the cap; past that they are closed unanswered
 /// (each 503 holds a descriptor until it is written, at most [`REFUSAL_TIME`]).
@@ -93,7 +91,10 @@ const REFUSAL_TIME: Duration = Duration::from_secs(1);
 pub enum Event {
     /// `accept` failed; the loop waits `pause` and accepts again.
     AcceptFailed { error: io::Error, pause: Duration },
-    /// At the cap, or out of descriptors, the connection idle longest was closed for a new one.
+    /// `accept` failed for want of descriptors; the connection idle longest was closed to
+    /// free one, and the loop accepts again at once.
+    IdleClosedForDescriptor { error: io::Error },
+    /// At the cap, the connection idle longest was closed for a new one.
     IdleClosed,
     /// At the cap with every connection answering a request: a newcomer got 503.
     Refused,
@@ -106,8 +107,12 @@ impl fmt::Display for Event {
                 f,
                 "cannot accept a connection ({error}); accepting again in {pause:?}"
             ),
+            Event::IdleClosedForDescriptor { error } => write!(
+                f,
+                "cannot accept a connection ({error}); closed the connection idle longest to free a descriptor"
+            ),
             Event::IdleClosed => f.write_str(
-                "closed the connection idle longest to make room for a new one (connection cap or descriptors reached)",
+                "closed the connection idle longest to make room for a new one (connection cap reached)",
             ),
             Event::Refused => f.write_str(
                 "answered a new connection 503: the connection cap is reached and every connection is answering a request",
@@ -196,13 +201,17 @@ impl Server {
                 }
                 Err(error) if listener_is_gone(&error) => return Err(error),
                 Err(error) => {
-                    let freed = out_of_descriptors(&error) && registry.close_idlest();
-                    let wait = if freed { PAUSE_AFTER_FREEING } else { pause };
-                    on_event(Event::AcceptFailed { error, pause: wait });
-                    tokio::time::sleep(wait).await;
-                    if !freed {
-                        pause = (pause * 2).min(LONGEST_PAUSE);
+                    // Out of descriptors, the idlest connection gives one back: only as long
+                    // as its task takes to close it. The one freed may be numbered above the
+                    // limit (it was lowered under the process), so this may take several.
+                    if out_of_descriptors(&error) && registry.close_idlest() {
+                        on_event(Event::IdleClosedForDescriptor { error });
+                        tokio::task::yield_now().await;
+                        continue;
                     }
+                    on_event(Event::AcceptFailed { error, pause });
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LONGEST_PAUSE);
                     continue;
                 }
             };

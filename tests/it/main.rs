@@ -12,6 +12,7 @@ mod package;
 mod render;
 mod sandbox;
 mod scale;
+mod serve;
 mod status;
 mod support;
 mod vm;
