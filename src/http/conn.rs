@@ -93,7 +93,8 @@ fn close_idlest(open: &mut Open) -> bool {
         .slots
         .iter()
         .filter(|(_, a)| a.answering.load(Ordering::Acquire) == 0)
-        .min_by_key(|(_, a)| a.last_moved.load(Ordering::Acquire))
+        // Of two idle as long, the older connection.
+        .min_by_key(|(id, a)| (a.last_moved.load(Ordering::Acquire), **id))
         .map(|(id, _)| *id);
     let Some(activity) = idlest.and_then(|id| open.slots.remove(&id)) else {
         return false;
@@ -107,7 +108,7 @@ fn close_idlest(open: &mut Open) -> bool {
 /// What the registry knows of one connection.
 struct Activity {
     epoch: Instant,
-    /// Milliseconds after `epoch` when the connection was opened, a byte last moved on it,
+    /// Microseconds after `epoch` when the connection was opened, a byte last moved on it,
     /// or it last finished answering a request.
     last_moved: AtomicU64,
     /// Requests (and upgraded connections) being answered: [`Busy`] guards alive.
@@ -131,12 +132,12 @@ impl Activity {
     }
 
     fn last_moved(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_moved.load(Ordering::Acquire))
+        self.epoch + Duration::from_micros(self.last_moved.load(Ordering::Acquire))
     }
 }
 
 fn since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A connection's place under the cap, held by its task and by every [`Busy`] of it: the
