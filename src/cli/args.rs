@@ -1,5 +1,6 @@
 //! The command-line contract: global options, subcommands and their arguments.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -173,9 +174,9 @@ pub enum Command {
     },
     /// Serve the metrics over HTTP at /metrics.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-        listen: String,
+        /// IP address and port to listen on (TCP; a host name is not resolved).
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "IP:PORT", value_parser = parse_listen)]
+        listen: SocketAddr,
         /// Seconds a scrape's answer is reused for the next scrapes (0: never).
         #[arg(long, default_value_t = 5, value_name = "SECONDS")]
         cache: u64,
@@ -291,6 +292,38 @@ pub enum HookCommand {
 
 fn parse_memory_request(text: &str) -> Result<u64, String> {
     crate::model::admission::parse_request_bytes(text).map_err(|e| e.to_string())
+}
+
+/// `serve --listen`: the address is bound exactly as given, so a mistake in it is a usage
+/// error said here (exit 2), not a failure to listen later.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip = |s: &str| {
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok()
+    };
+    let why = if text.starts_with("unix:") || text.starts_with('/') {
+        "a Unix socket: serve listens on TCP only".to_owned()
+    } else if ip(text) {
+        "no port".to_owned()
+    } else if let Some((host, port)) = text.rsplit_once(':') {
+        if port.parse::<u16>().is_err() {
+            format!("{port:?} is not a port number (0 to 65535)")
+        } else if ip(host) {
+            "an IPv6 address goes in brackets".to_owned()
+        } else {
+            format!("{host:?} is not an IP address (a host name is not resolved)")
+        }
+    } else {
+        "not an address".to_owned()
+    };
+    Err(format!(
+        "{why}; expected IP:PORT, such as {DEFAULT_LISTEN} or [::1]:9851"
+    ))
 }
 
 /// Only `hook pre-create` (with the global options): a hook runs before every container

@@ -136,7 +136,7 @@ pub fn run(cli: Cli) -> CliResult {
             // Checked once here, so that a bad configuration stops the server at its start;
             // every fresh answer reads it again.
             load(&cli)?;
-            serve::serve(g, listen, std::time::Duration::from_secs(*cache))
+            serve::serve(g, *listen, std::time::Duration::from_secs(*cache))
         }
         Command::Verify {
             user,

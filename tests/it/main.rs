@@ -13,6 +13,7 @@ mod package;
 mod render;
 mod sandbox;
 mod scale;
+mod serve;
 mod status;
 mod support;
 mod vm;

@@ -208,6 +208,30 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
                 && l.ends_with(" 103079215104")),
         "{metrics}"
     );
+    // Its caps, in force on the running process and its cgroup (README, "serve").
+    let caps = vm.sh_ok(
+        "u=ds01-slices-exporter.service; systemctl show -p LimitNOFILE,MemoryMax,TasksMax $u; \
+         pid=$(systemctl show -p MainPID --value $u); grep '^Max open files' /proc/$pid/limits; \
+         cat /sys/fs/cgroup/system.slice/$u/memory.max /sys/fs/cgroup/system.slice/$u/pids.max",
+    );
+    println!("the exporter's caps:\n{caps}");
+    let lines: Vec<&str> = caps.lines().map(str::trim).collect();
+    for cap in [
+        "LimitNOFILE=512",
+        "MemoryMax=134217728",
+        "TasksMax=16",
+        "134217728",
+        "16",
+    ] {
+        assert!(lines.contains(&cap), "{cap} not in force:\n{caps}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..]
+                == ["Max", "open", "files", "512", "512", "files"]),
+        "{caps}"
+    );
     let security = vm.sh_ok("systemd-analyze security --no-pager ds01-slices-exporter.service");
     let score = security
         .lines()
