@@ -43,10 +43,7 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
     } = command;
     let runtime = *runtime;
     let admission = (
-        Request {
-            memory_bytes: *memory,
-            pids: *pids,
-        },
+        Request::from_docker(*memory, *pids),
         if *strict {
             Policy::Strict
         } else {

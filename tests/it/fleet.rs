@@ -220,6 +220,55 @@ fn a_hung_host_is_killed_at_its_deadline_and_reported() {
     );
 }
 
+/// An ssh that leaves a process behind holding its stderr, as OpenSSH's ControlPersist master
+/// does: the host that answered is judged on its exit, not reported as timed out.
+#[test]
+fn a_host_whose_ssh_leaves_stderr_open_is_judged_when_ssh_exits() {
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    let dir = Scratch::new("fleet-persist");
+    let ssh = fake_ssh(&dir, &[("sandbox-a", &w)], "1");
+    let holders = dir.join("holders");
+    let persist = dir.join("persist-ssh");
+    fs::write(
+        &persist,
+        format!(
+            "#!/bin/sh\nsleep 600 </dev/null >/dev/null &\necho $! >> '{}'\nexec '{}' \"$@\"\n",
+            holders.display(),
+            ssh.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&persist, fs::Permissions::from_mode(0o755)).unwrap();
+    let hosts = hosts_file(&dir, "hosts", &["sandbox-a"]);
+    let started = Instant::now();
+    let out = run(
+        &persist,
+        &[
+            "fleet",
+            "verify",
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--json",
+            "--host-timeout",
+            "60",
+        ],
+    );
+    let took = started.elapsed();
+    for pid in fs::read_to_string(&holders).unwrap_or_default().lines() {
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+    let report: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{out}"));
+    assert_eq!(
+        results(&report),
+        [("sandbox-a".into(), "ok".into(), 0)],
+        "after {took:?}: {report:#}"
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
 #[test]
 fn bad_hosts_files_are_refused_naming_file_and_line() {
     let dir = Scratch::new("fleet-bad");
@@ -232,6 +281,15 @@ fn bad_hosts_files_are_refused_naming_file_and_line() {
             ":2: host \"-oProxyCommand=x\" starts with '-'",
         ),
         ("a\nb\na\n", ":3: a is listed twice (first on line 1)"),
+        // One machine: host names are case-insensitive, and the user does not make another.
+        (
+            "hostA\nHOSTA\n",
+            ":2: HOSTA is the machine hostA of line 1 names",
+        ),
+        (
+            "\u{feff}hostA\nroot@hostA\n",
+            ":2: root@hostA is the machine hostA of line 1 names",
+        ),
         ("# none\n", "lists no hosts"),
     ] {
         fs::write(&hosts, text).unwrap();
@@ -239,6 +297,29 @@ fn bad_hosts_files_are_refused_naming_file_and_line() {
         assert!(out.stderr.contains(want), "{text:?}: {out}");
         assert!(out.stdout.is_empty(), "{out}");
     }
+}
+
+/// A byte order mark (which some editors write first) is no part of the first host's name: the
+/// host ssh is given is `down`, not U+FEFF `down`.
+#[test]
+fn a_byte_order_mark_in_the_hosts_file_is_not_part_of_a_name() {
+    let dir = Scratch::new("fleet-bom");
+    let ssh = fake_ssh(&dir, &[], "1");
+    let hosts = dir.join("hosts");
+    fs::write(&hosts, "\u{feff}down\n").unwrap();
+    let report = json(
+        &ssh,
+        &[
+            "fleet",
+            "verify",
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(report["hosts"][0]["host"], "down", "{report:#}");
+    assert_eq!(report["hosts"][0]["error"], DOWN, "{report:#}");
 }
 
 /// `verify --json` with what differs by design between a run on the host and one over ssh
