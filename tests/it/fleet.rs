@@ -227,6 +227,7 @@ fn a_host_whose_ssh_leaves_stderr_open_is_judged_when_ssh_exits() {
     let Some(w) = World::new(EXAMPLE) else {
         return;
     };
+    w.expect(&["apply"], 0);
     let dir = Scratch::new("fleet-persist");
     let ssh = fake_ssh(&dir, &[("sandbox-a", &w)], "1");
     let holders = dir.join("holders");
@@ -505,4 +506,119 @@ fn an_unreachable_host_is_one_error_at_once() {
     let out = Run::of(ds01(&["verify", "--host=-oProxyCommand=x"]).env("DS01_SSH", &ssh))
         .assert_code(2, "verify --host=-o...");
     assert!(out.stderr.contains("-oProxyCommand=x"), "{out}");
+}
+
+/// Processes whose command line contains `needle`, with their PIDs.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// `--host` gives up at --timeout on a server that stalls after its banner, and leaves no ssh
+/// (nor the ProxyCommand ssh started) behind. Real OpenSSH, to a stand-in server on loopback
+/// that sends its banner and then nothing. Before: each run left its ssh running for good.
+#[test]
+fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
+    use std::io::{Read as _, Write as _};
+    let dir = Scratch::new("host-stall");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + crate::support::deadline(Duration::from_secs(60));
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1 ds01-stall\r\n");
+                    // Read what the client sends and answer nothing, until it is gone.
+                    let mut sink = [0u8; 4096];
+                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let proxy = dir.join("proxy");
+    fs::write(&proxy, format!("#!/bin/sh\nsocat - TCP:127.0.0.1:{port}\n")).unwrap();
+    fs::write(
+        dir.join("ssh_config"),
+        format!(
+            "Host stall\n  ProxyCommand {}\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n",
+            proxy.display()
+        ),
+    )
+    .unwrap();
+    let ssh = dir.join("ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nexec ssh -F '{}' \"$@\"\n",
+            dir.join("ssh_config").display()
+        ),
+    )
+    .unwrap();
+    for f in [&proxy, &ssh] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = crate::support::main_file(EXAMPLE);
+    let started = Instant::now();
+    let out = Run::of(
+        ds01(&[
+            "--config",
+            config.to_str().unwrap(),
+            "verify",
+            "--host",
+            "stall",
+            "--timeout",
+            "3",
+        ])
+        .env("DS01_SSH", &ssh),
+    );
+    let took = started.elapsed();
+    // What is left, found and killed (by PID) so that a failure leaves nothing either.
+    let needle_ssh = dir.path().display().to_string();
+    let needle_proxy = format!("TCP:127.0.0.1:{port}");
+    let left: Vec<(u32, String)> = crate::support::wait_until(
+        Duration::from_secs(10),
+        "ssh and its ProxyCommand gone",
+        || {
+            let left: Vec<_> = processes_with(&needle_ssh)
+                .into_iter()
+                .chain(processes_with(&needle_proxy))
+                .collect();
+            left.is_empty().then_some(Vec::new())
+        },
+    )
+    .unwrap_or_else(|_| {
+        processes_with(&needle_ssh)
+            .into_iter()
+            .chain(processes_with(&needle_proxy))
+            .collect()
+    });
+    for (pid, _) in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let _ = server.join();
+    assert_eq!(out.code, Some(1), "after {took:?}: {out}");
+    assert!(
+        out.stderr
+            .contains("cannot reach the systemd of stall over ssh"),
+        "{out}"
+    );
+    assert!(
+        left.is_empty(),
+        "left running after --host gave up: {left:?}\n{out}"
+    );
 }
