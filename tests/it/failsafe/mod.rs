@@ -4,7 +4,7 @@
 mod bus;
 mod limits;
 mod wrapper;
-mod wrapper_cli;
+pub(crate) mod wrapper_cli;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
