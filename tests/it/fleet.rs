@@ -523,8 +523,9 @@ fn processes_with(needle: &str) -> Vec<(u32, String)> {
 }
 
 /// `--host` gives up at --timeout on a server that stalls after its banner, and leaves no ssh
-/// (nor the ProxyCommand ssh started) behind. Real OpenSSH, to a stand-in server on loopback
-/// that sends its banner and then nothing. Before: each run left its ssh running for good.
+/// (nor the ProxyCommand ssh started) behind; nor when it is interrupted (SIGINT) meanwhile.
+/// Real OpenSSH, to a stand-in server on loopback that sends its banner and then nothing.
+/// Before: each run left its ssh running for good.
 #[test]
 fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
     use std::io::{Read as _, Write as _};
@@ -532,17 +533,20 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
     let server = std::thread::spawn(move || {
-        let deadline = Instant::now() + crate::support::deadline(Duration::from_secs(60));
-        while Instant::now() < deadline {
+        let deadline = Instant::now() + crate::support::deadline(Duration::from_secs(120));
+        while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::SeqCst) {
             match listener.accept() {
                 Ok((mut conn, _)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1 ds01-stall\r\n");
-                    // Read what the client sends and answer nothing, until it is gone.
-                    let mut sink = [0u8; 4096];
-                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
-                    return;
+                    std::thread::spawn(move || {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1 ds01-stall\r\n");
+                        // Reads what the client sends and answers nothing, until it is gone.
+                        let mut sink = [0u8; 4096];
+                        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                    });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
@@ -571,46 +575,44 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
         fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let config = crate::support::main_file(EXAMPLE);
-    let started = Instant::now();
-    let out = Run::of(
-        ds01(&[
+    let verify = |timeout: &str| {
+        let mut cmd = ds01(&[
             "--config",
             config.to_str().unwrap(),
             "verify",
             "--host",
             "stall",
             "--timeout",
-            "3",
-        ])
-        .env("DS01_SSH", &ssh),
-    );
+            timeout,
+        ]);
+        cmd.env("DS01_SSH", &ssh);
+        cmd
+    };
+    // ssh (its -F names the directory) and the ProxyCommand (its socat names the port).
+    let needles = [
+        dir.path().display().to_string(),
+        format!("TCP:127.0.0.1:{port}"),
+    ];
+    let ours =
+        || -> Vec<(u32, String)> { needles.iter().flat_map(|n| processes_with(n)).collect() };
+    // What is left after a run, found and killed (by PID) so that a failure leaves nothing.
+    let left_after = || -> Vec<(u32, String)> {
+        let gone = crate::support::wait_until(Duration::from_secs(10), "ssh gone", || {
+            ours().is_empty().then_some(())
+        });
+        let left = if gone.is_ok() { Vec::new() } else { ours() };
+        for (pid, _) in &left {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        left
+    };
+
+    let started = Instant::now();
+    let out = Run::of(&mut verify("3"));
     let took = started.elapsed();
-    // What is left, found and killed (by PID) so that a failure leaves nothing either.
-    let needle_ssh = dir.path().display().to_string();
-    let needle_proxy = format!("TCP:127.0.0.1:{port}");
-    let left: Vec<(u32, String)> = crate::support::wait_until(
-        Duration::from_secs(10),
-        "ssh and its ProxyCommand gone",
-        || {
-            let left: Vec<_> = processes_with(&needle_ssh)
-                .into_iter()
-                .chain(processes_with(&needle_proxy))
-                .collect();
-            left.is_empty().then_some(Vec::new())
-        },
-    )
-    .unwrap_or_else(|_| {
-        processes_with(&needle_ssh)
-            .into_iter()
-            .chain(processes_with(&needle_proxy))
-            .collect()
-    });
-    for (pid, _) in &left {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-    let _ = server.join();
+    let left = left_after();
     assert_eq!(out.code, Some(1), "after {took:?}: {out}");
     assert!(
         out.stderr
@@ -621,4 +623,35 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
         left.is_empty(),
         "left running after --host gave up: {left:?}\n{out}"
     );
+
+    // Interrupted while ssh waits: ssh is in a process group of its own, which the terminal's
+    // SIGINT does not reach; it goes with ds01-slices all the same.
+    let mut child = verify("120")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = crate::support::wait_until(Duration::from_secs(30), "ssh started", || {
+        (!processes_with(&needles[1]).is_empty()).then_some(())
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let left = left_after();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = server.join();
+    waited.unwrap();
+    let status = status.unwrap();
+    assert!(
+        status.code() == Some(130) || status.code().is_none(),
+        "exit on SIGINT: {status:?}"
+    );
+    assert!(left.is_empty(), "left running after SIGINT: {left:?}");
 }

@@ -93,7 +93,7 @@ fn the_wrapper_starts_the_container_in_the_users_slice() {
 }
 
 /// A stand-in `ds01-slices` that records its arguments, one per line, and prints alice's slice.
-fn fake_hook(dir: &Scratch) -> std::path::PathBuf {
+pub(super) fn fake_hook(dir: &Scratch) -> std::path::PathBuf {
     let path = dir.join("ds01-slices");
     let log = dir.join("hook.args");
     fs::write(
@@ -133,6 +133,8 @@ fn the_wrapper_passes_the_containers_request_to_the_hook() {
         lines.extend(["--".to_owned(), "alice".to_owned()]);
         lines.iter().map(|l| format!("{l}\n")).collect::<String>()
     };
+    // Each spelling of a request is compared with the real docker CLI's in wrapper_cli.rs;
+    // here, the words the hook and docker get.
     for (args, memory, pids) in [
         (
             &[
@@ -141,48 +143,15 @@ fn the_wrapper_passes_the_containers_request_to_the_hook() {
                 "-m",
                 "4g",
                 "--pids-limit=100",
-                "-e",
-                "X=1",
                 "busybox",
                 "sh",
                 "-c",
-                "x --memory 9g",
+                "x -m 9",
             ][..],
             Some("4g"),
             Some("100"),
         ),
-        (&["-dm2g", "busybox"][..], Some("2g"), None),
-        (&["-dim", "3g", "busybox"][..], Some("3g"), None),
-        (&["-m=1g", "busybox"][..], Some("1g"), None),
-        (
-            &[
-                "--memory=512m",
-                "--memory-swap",
-                "1g",
-                "--name",
-                "job",
-                "-p",
-                "80:80",
-                "busybox",
-                "--pids-limit",
-                "5",
-            ][..],
-            Some("512m"),
-            None,
-        ),
-        (
-            &["--pids-limit", "7", "--", "busybox", "-m", "9g"][..],
-            None,
-            Some("7"),
-        ),
-        // A value that looks like the option is the value of the option before it.
-        (&["-e", "--memory", "busybox"][..], None, None),
-        // After IMAGE, the container's own arguments.
-        (
-            &["busybox", "--cgroup-parent=/", "-m", "9g"][..],
-            None,
-            None,
-        ),
+        (&["--pids-limit", "-1", "busybox"][..], None, Some("-1")),
         // A value with a space reaches the hook as one word (which refuses it).
         (&["-m", "4g *", "busybox"][..], Some("4g *"), None),
     ] {

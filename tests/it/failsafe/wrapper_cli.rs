@@ -4,7 +4,6 @@
 //! (support::docker_api); tests/it/docker.rs does the same against the VM's real daemon.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,21 +14,6 @@ use crate::support::docker_api::{docker_cli, DockerApiRecorder};
 use crate::support::{clear_tool_env, skip, Run, Scratch, MANIFEST_DIR};
 
 const SLICE: &str = "ds01-student-alice.slice";
-
-/// A stand-in `ds01-slices` that records its arguments, one per line, and prints alice's slice.
-fn recording_hook(dir: &Scratch) -> PathBuf {
-    let path = dir.join("ds01-slices");
-    fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\necho {SLICE}\n",
-            dir.join("hook.args").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// The request as the hook's arguments give it (`--memory=X`, `--pids=N`, or the same as two
 /// words), read as the hook reads them.
@@ -95,7 +79,7 @@ impl Bench {
         let _ = fs::remove_file(self.dir.join("hook.args"));
         let mut cmd = Command::new(Path::new(MANIFEST_DIR).join("contrib/ds01-docker-run"));
         clear_tool_env(self.at_recorder(&mut cmd))
-            .env("DS01_SLICES", recording_hook(&self.dir))
+            .env("DS01_SLICES", super::wrapper::fake_hook(&self.dir))
             .env("DOCKER", &self.docker)
             .env("DS01_USER", "alice")
             .args(args);
