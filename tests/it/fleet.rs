@@ -609,9 +609,28 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
         left
     };
 
+    // Its output into files, not pipes: an ssh left behind would hold a pipe open for good.
     let started = Instant::now();
-    let out = Run::of(&mut verify("3"));
+    let (out_file, err_file) = (dir.join("out"), dir.join("err"));
+    let mut child = verify("3")
+        .stdout(fs::File::create(&out_file).unwrap())
+        .stderr(fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let code = crate::support::wait_until(Duration::from_secs(60), "--host to give up", || {
+        child.try_wait().ok().flatten()
+    })
+    .map(|s| s.code());
+    if code.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let took = started.elapsed();
+    let out = Run {
+        code: code.unwrap_or(None),
+        stdout: fs::read_to_string(&out_file).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_file).unwrap_or_default(),
+    };
     let left = left_after();
     assert_eq!(out.code, Some(1), "after {took:?}: {out}");
     assert!(
