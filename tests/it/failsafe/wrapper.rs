@@ -354,8 +354,9 @@ fn the_wrapper_picks_the_callers_slice_and_never_another_users() {
         (out, user)
     };
     let sudo = [("SUDO_USER", "alice"), ("SUDO_UID", "1000")];
-    // (as nobody, environment, the user the hook is asked for, or None and the refusal)
-    let cases: Vec<(bool, Vec<(&str, &str)>, Result<&str, &str>)> = vec![
+    // As nobody or not, the environment, and the user the hook is asked for (or the refusal).
+    type Case<'a> = (bool, Vec<(&'a str, &'a str)>, Result<&'a str, &'a str>);
+    let cases: Vec<Case> = vec![
         (true, vec![], Ok("nobody")),
         (true, vec![("DS01_USER", "nobody")], Ok("nobody")),
         (
