@@ -102,7 +102,8 @@ pub fn status(
             Ok((_, Err(e))) | Err(e) => out::stderr(&e.message()),
         }
         // On the runtime, so that what waits for signals (`--host`'s ssh) is served meanwhile.
-        rt.block_on(tokio::time::sleep(every.saturating_sub(started.elapsed())));
+        let pause = every.saturating_sub(started.elapsed());
+        rt.block_on(async { tokio::time::sleep(pause).await });
     }
 }
 
