@@ -158,7 +158,8 @@ pub enum Command {
     Status {
         /// Only this user's slice and its parents.
         user: Option<String>,
-        /// Show again every SECONDS until interrupted (CPU rates over the last interval).
+        /// Show again every SECONDS until interrupted (CPU rates over the last interval); at
+        /// least 1 (each round reads every slice from systemd).
         #[arg(long, value_name = "SECONDS")]
         watch: Option<f64>,
         /// Seconds between the two CPU readings a single run takes its rates from (0: none).
@@ -277,12 +278,14 @@ pub enum HookCommand {
         /// Write runtime properties instead of persistent ones.
         #[arg(long)]
         runtime: bool,
-        /// The container's memory limit, as given to `docker run --memory` (4g, 512m, bytes).
-        #[arg(long, value_name = "BYTES", value_parser = parse_memory_request)]
+        /// The container's memory limit, as given to `docker run --memory` (4g, 512m, bytes;
+        /// 0 is docker's "no limit": no request).
+        #[arg(long, value_name = "BYTES", value_parser = parse_memory_request, allow_hyphen_values = true)]
         memory: Option<u64>,
-        /// The container's process limit, as given to `docker run --pids-limit`.
-        #[arg(long, value_name = "N")]
-        pids: Option<u64>,
+        /// The container's process limit, as given to `docker run --pids-limit` (0 or below,
+        /// e.g. -1, is docker's "unlimited": no request).
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        pids: Option<i64>,
         /// Refuse the container when the user's usage cannot be read (default: admit it with
         /// a warning, as DS01's wrapper did).
         #[arg(long)]

@@ -6,13 +6,13 @@ use super::args::{Globals, HookCli, HookCommand, HookOnly};
 use super::exit::{CliError, CliResult};
 use super::{out, parse_user, remember_validated};
 use crate::config::{self, HookTarget};
-use crate::error::Exit;
+use crate::error::{Exit, UsageError};
 use crate::model::admission::{Finding, Policy, Request};
 use crate::model::names::{SliceName, UserName};
 use crate::model::usage::human_bytes;
 use crate::ops;
 use crate::ops::hook::HookError;
-use crate::systemd::{BusSystemd, WriteMode};
+use crate::systemd::{BusSystemd, WriteMode, SYSTEM_BUS_ADDRESS};
 use crate::trace;
 
 /// The hook's command line, or `None` for anything else (other commands, `--help`, a usage
@@ -43,10 +43,7 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
     } = command;
     let runtime = *runtime;
     let admission = (
-        Request {
-            memory_bytes: *memory,
-            pids: *pids,
-        },
+        Request::from_docker(*memory, *pids),
         if *strict {
             Policy::Strict
         } else {
@@ -55,7 +52,11 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
     );
     let t = Instant::now();
     let user = parse_user(user)?;
-    let (target, record) = hook_config(globals, &user)?;
+    let as_root = config::checks_trust();
+    if !as_root {
+        system_bus_only(globals)?;
+    }
+    let (target, record) = hook_config(globals, &user, as_root)?;
     let t = trace::phase("hook: load configuration", t);
     let rt = super::async_runtime()?;
     let sd = rt.block_on(BusSystemd::connect(
@@ -86,12 +87,36 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
 /// all unchanged (same digest of every file) is taken from its record; any change to any file
 /// means a full validation, as for every command.
 /// Also returns the record to keep, when the configuration was validated in full.
+///
+/// Run by a user other than root, the hook neither reads nor keeps a record: the state
+/// directory is the caller's to name, and a record written there could answer anything for
+/// the user (a full validation instead, whose files are root's: [`config::for_hook`]).
 fn hook_config(
     globals: &Globals,
     user: &UserName,
+    as_root: bool,
 ) -> Result<(HookTarget, Option<String>), CliError> {
-    let record = globals.ownership().validated_config();
-    Ok(config::for_hook(&globals.config, record.as_deref(), user)?)
+    let record = as_root
+        .then(|| globals.ownership().validated_config())
+        .flatten();
+    let (target, keep) = config::for_hook(&globals.config, record.as_deref(), user)?;
+    Ok((target, keep.filter(|_| as_root)))
+}
+
+/// A hook run by a user other than root talks to systemd on the system bus only: a bus of the
+/// caller's choosing (`--bus`, DBUS_SYSTEM_BUS_ADDRESS) could answer anything about the
+/// user's slice (limits in force that are not, no memory in use).
+fn system_bus_only(globals: &Globals) -> Result<(), UsageError> {
+    let system = [
+        SYSTEM_BUS_ADDRESS.to_owned(),
+        SYSTEM_BUS_ADDRESS.replacen("/run/", "/var/run/", 1),
+    ];
+    match &globals.bus {
+        Some(address) if !system.contains(address) => Err(UsageError(format!(
+            "a hook run by a user other than root talks only to the system bus ({SYSTEM_BUS_ADDRESS}), not to {address} (--bus or DBUS_SYSTEM_BUS_ADDRESS): another bus could answer anything about the user's limits; unset it, or run the hook as root"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn hook_command(

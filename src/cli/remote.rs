@@ -1,7 +1,11 @@
 //! `--host`: another machine's systemd over ssh, as `systemctl -H` reaches it. Only for the
 //! commands that read systemd and nothing of this machine's that belongs to that host.
 
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 
 use super::args::{Backend, Command, Globals};
 use super::exit::CliError;
@@ -95,8 +99,18 @@ impl Globals {
         };
         let ssh = ssh_program();
         let secs = self.timeout().as_secs();
+        // What `systemctl -H` would connect to, for messages: the same program and arguments.
         let address = fleet::remote_bus_address(&ssh, host, secs)?;
-        BusSystemd::connect(Some(&address), self.timeout())
+        let (stream, carrier) = Carrier::spawn(&ssh, host, secs).map_err(|e| {
+            CliError::from(Unreachable {
+                host: host.clone(),
+                ssh: ssh.clone(),
+                secs,
+                bridge: fleet::STDIO_BRIDGE,
+                reason: e,
+            })
+        })?;
+        BusSystemd::connect_over(stream, address, self.timeout(), carrier)
             .await
             .map_err(|e| {
                 // Once ssh or its bridge ends, zbus sees the end of its stream: whatever it
@@ -138,5 +152,88 @@ impl Globals {
     /// The note of a `--host` run, if this is one.
     pub fn remote_note(&self) -> Option<String> {
         self.host.as_ref().map(note)
+    }
+}
+
+/// The ssh that carries a `--host` connection: `ssh ... HOST systemd-stdio-bridge` with its
+/// stdin and stdout on one end of a socket pair, in a process group of its own so that ssh and
+/// whatever it started (a ProxyCommand) go together: killed and reaped when the connection is
+/// dropped (the run's end, an error, a timeout: a server that stalls after its banner holds
+/// ssh for good otherwise) and on SIGINT, SIGTERM or SIGHUP (a terminal's Ctrl-C no longer
+/// reaches a process group of its own).
+struct Carrier {
+    child: Mutex<Child>,
+    signals: tokio::task::JoinHandle<()>,
+}
+
+impl Carrier {
+    fn spawn(
+        ssh: &str,
+        host: &Host,
+        secs: u64,
+    ) -> Result<(tokio::net::UnixStream, Arc<dyn Send + Sync>), String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        let out = theirs.try_clone().map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(ssh)
+            .args(fleet::ssh_args(
+                host,
+                secs,
+                &[fleet::STDIO_BRIDGE.to_owned()],
+            ))
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(out)))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run {ssh:?}: {e}; install ssh or set {SSH_ENV}"))?;
+        let group = child.id();
+        let signals = tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [
+                (SignalKind::interrupt(), 130),
+                (SignalKind::terminate(), 143),
+                (SignalKind::hangup(), 129),
+            ];
+            let mut streams = Vec::new();
+            for (kind, code) in kinds {
+                if let Ok(s) = signal(kind) {
+                    streams.push((s, code));
+                }
+            }
+            let waits = streams.iter_mut().map(|(s, code)| {
+                Box::pin(async move {
+                    s.recv().await;
+                    *code
+                })
+            });
+            let (code, ..) = futures_util::future::select_all(waits).await;
+            kill_group(group);
+            std::process::exit(code);
+        });
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+        let carrier = Carrier {
+            child: Mutex::new(child),
+            signals,
+        };
+        Ok((stream, Arc::new(carrier)))
+    }
+}
+
+impl Drop for Carrier {
+    fn drop(&mut self) {
+        self.signals.abort();
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        kill_group(child.id());
+        let _ = child.wait();
+    }
+}
+
+/// SIGKILL to the process group `group` leads (ssh's: it was started as its own leader).
+fn kill_group(group: u32) {
+    if let Some(pid) = i32::try_from(group)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }

@@ -388,7 +388,8 @@ pub fn load_recorded(path: &Path) -> Result<(Config, Option<String>), ConfigErro
 
 /// What the hook needs for `user`, from `record` (what [`load_recorded`] or an earlier hook
 /// returned) when every file it names is unchanged — then no YAML is parsed at all — and
-/// from a full validation otherwise, as every other command does it. The second value is
+/// from a full validation otherwise, as every other command does it. Whoever runs it, the
+/// files are held to the trust rule (`trust.rs`): a hook's answer places a container. The second value is
 /// the record to keep for the hooks after this one (`None`: keep the one there is).
 pub fn for_hook(
     path: &Path,
@@ -407,7 +408,7 @@ pub fn for_hook(
     }
     // The record is missing, stale, or cannot answer for this user (who then most likely
     // fails to resolve, which only the full validation reports in full).
-    let (config, record) = Sources::read(path)?.validate_recorded()?;
+    let (config, record) = Sources::read_held(path, true)?.validate_recorded()?;
     let target = HookTarget::from_config(&config, user)?;
     Ok((target, if in_sync { None } else { record }))
 }

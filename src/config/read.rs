@@ -122,7 +122,8 @@ pub(super) fn current_digests<'g>(
 ) -> Result<Option<Digests>, ConfigError> {
     let dir = files::resolve_main(path);
     let dir = dir_of(&dir);
-    files::stable(|snapshot| {
+    // A hook's answer places a container, whoever runs it: root's configuration only.
+    files::stable(true, |snapshot| {
         let mut digest_of = |file: &Path, kind: Kind| match snapshot.read(file, kind) {
             Ok(Some(bytes)) => Ok(Some(Some(Digest::of(files::without_bom(&bytes))))),
             Ok(None) => Ok(Some(None)),
@@ -154,8 +155,14 @@ impl Sources {
     /// Every file of the configuration at `path`, read whole while none of them changes.
     /// A `path` that is a symbolic link is followed: the other files are beside its target.
     pub fn read(path: &Path) -> Result<Sources, ConfigError> {
+        Sources::read_held(path, files::running_as_root())
+    }
+
+    /// [`Sources::read`] held to the trust rule whoever runs it (`check_owners`), as a hook
+    /// is: its answer places a container.
+    pub fn read_held(path: &Path, check_owners: bool) -> Result<Sources, ConfigError> {
         let beside = files::resolve_main(path);
-        files::stable(|snapshot| {
+        files::stable(check_owners, |snapshot| {
             let main = main_text(snapshot, path)?;
             Sources::read_with_main(snapshot, &beside, main)
         })

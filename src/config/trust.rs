@@ -10,7 +10,8 @@
 //!   by root, and writable by nobody else unless it has the sticky bit (like /tmp) and what
 //!   the path takes from it is root's: then no one else can rename or replace that entry.
 //!
-//! Run as another user the tool only reads, and nothing here applies.
+//! Run as another user the tool only reads, and nothing here applies, except in a hook: its
+//! answer (the slice) places a container, whoever asks.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -157,7 +158,7 @@ pub(super) fn check_file(path: &Path, m: &Metadata, kind: Kind) -> Result<(), St
     match others_who_write(m) {
         None => Ok(()),
         Some(who) => Err(format!(
-            "the {} can be changed by {who} ({}), so someone other than root could lift limits; {} (ds01-slices run as root reads only configuration that only root can change)",
+            "the {} can be changed by {who} ({}), so someone other than root could lift limits; {} (ds01-slices run as root, and every hook, reads only configuration that only root can change)",
             kind.noun(),
             owner_and_mode(m),
             fix(path)
@@ -212,7 +213,7 @@ pub(super) fn check_dirs(
             };
             if !why.is_empty() {
                 return Err(format!(
-                    "{why} (ds01-slices run as root reads only configuration that only root can change)"
+                    "{why} (ds01-slices run as root, and every hook, reads only configuration that only root can change)"
                 ));
             }
         }

@@ -18,6 +18,21 @@ pub struct Request {
     pub pids: Option<u64>,
 }
 
+impl Request {
+    /// The request from docker's own values, where "no limit" has its own spellings: a
+    /// `--memory` of 0 (in any unit) sets none (moby sets a memory limit only above 0), and
+    /// a `--pids-limit` of 0 or below is unlimited (moby's `getPidsLimit`: "docker API allows
+    /// 0 and negative values to unset this"; the CLI's help says "-1 for unlimited").
+    pub fn from_docker(memory_bytes: Option<u64>, pids_limit: Option<i64>) -> Request {
+        Request {
+            memory_bytes: memory_bytes.filter(|&b| b > 0),
+            pids: pids_limit
+                .and_then(|p| u64::try_from(p).ok())
+                .filter(|&p| p > 0),
+        }
+    }
+}
+
 /// What the user's slice uses now. `None`: it could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InUse {
@@ -118,19 +133,28 @@ pub fn decide(request: Request, in_use: InUse, allowed: Allowed, policy: Policy)
     d
 }
 
-/// A container's memory request as Docker takes it (`--memory 4g`: a whole number with b,
-/// k, m or g, any case, base 1024) or as systemd writes sizes (`4G`, `1.5G`, bytes).
+/// A container's memory request as Docker takes it (`--memory 4g`: a number with b, k, m,
+/// g, t or p, any case, base 1024, also `4gib`) or as systemd writes sizes (`4G`, `1.5G`,
+/// bytes). 0 (in any unit) is docker's "no limit": `Ok(0)`, which
+/// [`Request::from_docker`] takes as no request.
 pub fn parse_request_bytes(text: &str) -> Result<u64, ValueError> {
     let upper = text.trim().to_ascii_uppercase();
+    let unit = |rest: &str| rest.ends_with(|c: char| "KMGTPE".contains(c));
     let t = match upper.strip_suffix('B') {
-        Some(rest) if rest.ends_with(|c: char| c.is_ascii_digit() || "KMGTPE".contains(c)) => {
-            rest.to_owned()
-        }
-        _ => upper,
+        Some(rest) if rest.ends_with(|c: char| c.is_ascii_digit()) || unit(rest) => rest,
+        Some(rest) => match rest.strip_suffix('I') {
+            Some(r) if unit(r) => r,
+            _ => &upper,
+        },
+        None => match upper.strip_suffix('I') {
+            Some(r) if unit(r) => r,
+            _ => &upper,
+        },
     };
-    match MemoryLimit::parse(&t) {
+    match MemoryLimit::parse(t) {
         Ok(MemoryLimit::Bytes(b)) => Ok(b),
         Ok(MemoryLimit::Infinity) => Err(ValueError::NotANumber(text.to_owned())),
+        Err(ValueError::Zero(_)) => Ok(0),
         Err(e) => Err(e),
     }
 }
@@ -232,6 +256,28 @@ mod tests {
         assert_eq!(parse_request_bytes("100b").unwrap(), 100);
         assert!(parse_request_bytes("infinity").is_err());
         assert!(parse_request_bytes("lots").is_err());
-        assert!(parse_request_bytes("0").is_err());
+        assert_eq!(parse_request_bytes("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_request_bytes("2mi").unwrap(), 2 << 20);
+        assert!(parse_request_bytes("-1").is_err());
+    }
+
+    #[test]
+    fn dockers_spellings_of_no_limit_are_no_request() {
+        for zero in ["0", "0b", "0k", "0m", "0.0g", "0GiB"] {
+            assert_eq!(parse_request_bytes(zero).unwrap(), 0, "{zero}");
+        }
+        assert_eq!(Request::from_docker(Some(0), Some(0)), Request::default());
+        assert_eq!(Request::from_docker(None, Some(-1)), Request::default());
+        assert_eq!(
+            Request::from_docker(None, Some(i64::MIN)),
+            Request::default()
+        );
+        assert_eq!(
+            Request::from_docker(Some(1 << 30), Some(100)),
+            Request {
+                memory_bytes: Some(1 << 30),
+                pids: Some(100)
+            }
+        );
     }
 }

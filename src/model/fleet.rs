@@ -162,6 +162,14 @@ pub enum HostsFileError {
         first: usize,
         host: Host,
     },
+    #[error("{file}:{line}: {host} is the machine {earlier} of line {first} names (host names are case-insensitive, and a machine is listed once whatever the user); keep one of the two lines")]
+    SameMachine {
+        file: String,
+        line: usize,
+        first: usize,
+        host: Host,
+        earlier: Host,
+    },
     #[error("{file} lists no hosts; put one [USER@]HOST per line ('#' starts a comment)")]
     Empty { file: String },
 }
@@ -172,13 +180,25 @@ impl ExitStatus for HostsFileError {
     }
 }
 
+impl Host {
+    /// The machine this host names, for telling duplicates apart: its host part, lower-cased
+    /// (DNS names are case-insensitive), without the user (one machine, whoever logs in).
+    pub fn machine(&self) -> String {
+        let host = self.0.rsplit('@').next().unwrap_or(&self.0);
+        host.to_ascii_lowercase()
+    }
+}
+
 /// The hosts of a hosts file: one `[USER@]HOST` per line; blank lines and everything from a
-/// `#` on are ignored. `file` names it in errors.
+/// `#` on are ignored, and so is a UTF-8 byte order mark at the start of a line (an editor's,
+/// not part of the name). A machine named twice ([`Host::machine`]) is refused, naming both
+/// lines. `file` names it in errors.
 pub fn parse_hosts(text: &str, file: &str) -> Result<Vec<Host>, HostsFileError> {
     let mut hosts = Vec::new();
-    let mut seen: BTreeMap<Host, usize> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (usize, Host)> = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
+        let raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
         let entry = raw.split('#').next().unwrap_or_default().trim();
         if entry.is_empty() {
             continue;
@@ -188,15 +208,26 @@ pub fn parse_hosts(text: &str, file: &str) -> Result<Vec<Host>, HostsFileError> 
             line,
             error,
         })?;
-        if let Some(&first) = seen.get(&host) {
-            return Err(HostsFileError::Duplicate {
-                file: file.to_owned(),
-                line,
-                first,
-                host,
+        if let Some((first, earlier)) = seen.get(&host.machine()) {
+            let (file, first) = (file.to_owned(), *first);
+            return Err(if *earlier == host {
+                HostsFileError::Duplicate {
+                    file,
+                    line,
+                    first,
+                    host,
+                }
+            } else {
+                HostsFileError::SameMachine {
+                    file,
+                    line,
+                    first,
+                    host,
+                    earlier: earlier.clone(),
+                }
             });
         }
-        seen.insert(host.clone(), line);
+        seen.insert(host.machine(), (line, host.clone()));
         hosts.push(host);
     }
     if hosts.is_empty() {

@@ -94,6 +94,34 @@ fn a_hosts_file_skips_comments_and_names_its_bad_lines() {
 }
 
 #[test]
+fn a_byte_order_mark_is_no_part_of_a_name_and_a_machine_is_listed_once() {
+    assert_eq!(
+        parse_hosts("\u{feff}gpu01\n\u{feff}root@gpu02\n", "hosts").unwrap(),
+        [host("gpu01"), host("root@gpu02")]
+    );
+    for (text, line, first, earlier) in [
+        ("hostA\nHOSTA\n", 2, 1, "hostA"),
+        ("\u{feff}hostA\n# b\nroot@hostA\n", 3, 1, "hostA"),
+        ("alice@gpu01\nbob@GPU01\n", 2, 1, "alice@gpu01"),
+    ] {
+        let e = parse_hosts(text, "f").unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "f:{line}: {} is the machine {earlier} of line {first} names",
+                text.lines().nth(line - 1).unwrap()
+            )),
+            "{text:?}: {e}"
+        );
+        assert_eq!(e.exit_code(), Exit::Usage);
+    }
+    // Another machine, whatever the case of the user.
+    assert_eq!(
+        parse_hosts("Root@gpu01\nroot@gpu02\n", "f").unwrap().len(),
+        2
+    );
+}
+
+#[test]
 fn remote_bins_are_plain_paths() {
     assert!(check_remote_bin("/usr/sbin/ds01-slices").is_ok());
     assert!(check_remote_bin("ds01-slices").is_ok());

@@ -70,23 +70,19 @@ impl RemoteRunner for SshRunner {
                 }
             }
         };
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let finished = tokio::time::timeout(timeout, async {
-            let (out, err, status) = tokio::join!(
-                read_capped(stdout, MAX_STDOUT),
-                read_capped(stderr, MAX_STDERR),
-                child.wait()
-            );
-            (out, err, status)
-        })
-        .await;
+        let stdout = Pipe::read(child.stdout.take(), MAX_STDOUT);
+        let stderr = Pipe::read(child.stderr.take(), MAX_STDERR);
+        // The exit status decides, not the pipes' ends: with OpenSSH's ControlPersist, the
+        // master ssh leaves behind keeps stderr open for as long as it persists, so a run that
+        // waited for both ends timed out on every host that answered.
+        let finished = tokio::time::timeout(timeout, child.wait()).await;
         match finished {
-            Ok((stdout, stderr, status)) => RunFacts {
+            Ok(status) => RunFacts {
                 code: status.ok().and_then(|s| s.code()),
                 timed_out: false,
                 spawn_error: None,
-                stdout,
-                stderr,
+                stdout: stdout.drained().await,
+                stderr: stderr.drained().await,
             },
             Err(_) => {
                 // Killed and reaped now, not left to kill_on_drop's lazy reaping.
@@ -100,13 +96,57 @@ impl RemoteRunner for SshRunner {
     }
 }
 
-/// Up to `cap` bytes of a pipe, as text; the rest is not read (the writer gets EPIPE).
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, cap: u64) -> String {
-    let mut bytes = Vec::new();
-    if let Some(pipe) = pipe {
-        let _ = pipe.take(cap).read_to_end(&mut bytes).await;
+/// How long a pipe is still read after its process exited, for what it wrote before it
+/// ended (already in the pipe): a deadline for bytes that are there, not a claim about speed.
+/// A pipe that another process keeps open (ControlPersist's master) ends no sooner.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// A child's pipe read in the background as it writes, up to a cap (the rest is not read:
+/// the writer gets EPIPE).
+struct Pipe {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Pipe {
+    fn read<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>, cap: u64) -> Pipe {
+        let bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = Default::default();
+        let into = bytes.clone();
+        let reader = tokio::spawn(async move {
+            let Some(pipe) = pipe else { return };
+            let mut pipe = pipe.take(cap);
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                lock(&into).extend_from_slice(&chunk[..n]);
+            }
+        });
+        Pipe { bytes, reader }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+
+    /// What was read, once the pipe ended or [`DRAIN_AFTER_EXIT`] passed, as text.
+    async fn drained(mut self) -> String {
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut self.reader)
+            .await
+            .is_err()
+        {
+            self.reader.abort();
+        }
+        String::from_utf8_lossy(&lock(&self.bytes)).into_owned()
+    }
+}
+
+impl Drop for Pipe {
+    /// A run abandoned at its deadline leaves no reader behind.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Plain bytes: a panic elsewhere cannot leave them half-written.
+fn lock(bytes: &std::sync::Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    bytes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Debug, Clone, Copy)]

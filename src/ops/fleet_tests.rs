@@ -157,6 +157,28 @@ async fn the_ssh_runner_captures_output_and_kills_at_the_deadline() {
     assert!(facts.spawn_error.unwrap().contains("DS01_SSH"));
 }
 
+/// OpenSSH's ControlPersist leaves a master behind that keeps the first ssh's stderr open:
+/// the run is over when the process exits, with what it wrote. Before: timed out.
+#[tokio::test]
+async fn a_run_ends_with_its_process_though_another_holds_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = SshRunner::new(fake_ssh(dir.path()), Duration::from_secs(300));
+    let host = Host::parse("h").unwrap();
+    let holder = dir.path().join("holder.pid");
+    let script = format!(
+        "echo '{{\"writes\": 0}}'; echo note >&2; sleep 60 </dev/null >/dev/null & echo $! > '{}'; exit 0",
+        holder.display()
+    );
+    let run = ["sh".to_owned(), "-c".to_owned(), script];
+    let facts = runner.run(&host, &run, Duration::from_secs(20)).await;
+    let pid = std::fs::read_to_string(&holder).unwrap();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    assert!(!facts.timed_out, "{facts:?}");
+    assert_eq!(facts.code, Some(0));
+    assert_eq!(facts.stdout.trim(), r#"{"writes": 0}"#);
+    assert_eq!(facts.stderr.trim(), "note");
+}
+
 #[test]
 fn a_hosts_file_must_be_a_small_regular_file() {
     let dir = tempfile::tempdir().unwrap();

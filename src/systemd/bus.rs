@@ -15,6 +15,10 @@ use crate::model::live::{LiveSlice, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 
+/// The system bus's address unless DBUS_SYSTEM_BUS_ADDRESS says otherwise (the D-Bus
+/// specification's default; /var/run is a link to /run on every current distribution).
+pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
+
 /// Transient services that keep slices loaded during an apply are named with this prefix.
 pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
 /// A holder outlives a crashed run by at most this long: its process then exits and
@@ -43,6 +47,9 @@ pub struct BusSystemd {
     /// every later call fails with it at once, so a lost connection or a stopped systemd is
     /// one error, not one per slice, and nothing more goes on the wire.
     ended: Arc<std::sync::Mutex<Option<BusError>>>,
+    /// What carries the connection and must live as long as it (the ssh of `--host`), if
+    /// anything: dropped with the last clone.
+    _carrier: Option<Arc<dyn Send + Sync>>,
 }
 
 impl BusSystemd {
@@ -52,13 +59,10 @@ impl BusSystemd {
         let shown = address
             .map(str::to_owned)
             .or_else(|| std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok())
-            .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".to_owned());
-        let unreachable = |e: zbus::Error| BusError::Unreachable {
-            address: shown.clone(),
-            reason: e.to_string(),
-        };
+            .unwrap_or_else(|| SYSTEM_BUS_ADDRESS.to_owned());
+        let path = plain_unix_path(&shown).map(str::to_owned);
         let connect = async {
-            let builder = match plain_unix_path(&shown) {
+            Ok(match path {
                 // zbus connects a Unix socket on a thread of its own; a hook pays for that
                 // thread on every container start, so the common case connects here.
                 Some(path) => tokio::net::UnixStream::connect(path)
@@ -69,9 +73,36 @@ impl BusSystemd {
                     Some(a) => zbus::connection::Builder::address(a)?,
                     None => zbus::connection::Builder::system()?,
                 },
-            };
-            builder.method_timeout(timeout).build().await
+            })
         };
+        BusSystemd::finish(connect, shown, timeout, None).await
+    }
+
+    /// Connects over `stream`, whose other end is a D-Bus connection (the stdio of `ssh HOST
+    /// systemd-stdio-bridge`), kept with `carrier` for as long as the connection lives;
+    /// `shown` names it in messages.
+    pub async fn connect_over(
+        stream: tokio::net::UnixStream,
+        shown: String,
+        timeout: Duration,
+        carrier: Arc<dyn Send + Sync>,
+    ) -> Result<BusSystemd, BusError> {
+        let connect = async { Ok(zbus::connection::Builder::unix_stream(stream)) };
+        BusSystemd::finish(connect, shown, timeout, Some(carrier)).await
+    }
+
+    /// The connection `builder` makes, within `timeout`, with systemd checked to be there.
+    async fn finish(
+        builder: impl std::future::Future<Output = zbus::Result<zbus::connection::Builder<'_>>>,
+        shown: String,
+        timeout: Duration,
+        carrier: Option<Arc<dyn Send + Sync>>,
+    ) -> Result<BusSystemd, BusError> {
+        let unreachable = |e: zbus::Error| BusError::Unreachable {
+            address: shown.clone(),
+            reason: e.to_string(),
+        };
+        let connect = async { builder.await?.method_timeout(timeout).build().await };
         let connection = match tokio::time::timeout(timeout, connect).await {
             Ok(result) => result.map_err(unreachable)?,
             Err(_) => {
@@ -94,6 +125,7 @@ impl BusSystemd {
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             stats: Arc::new(BusStats::default()),
             ended: Arc::default(),
+            _carrier: carrier,
         })
     }
 

@@ -9,7 +9,7 @@ pub mod pipeline;
 pub mod proxies;
 pub mod stats;
 
-pub use bus::{AccountingDefaults, BusSystemd, HOLDER_PREFIX};
+pub use bus::{AccountingDefaults, BusSystemd, HOLDER_PREFIX, SYSTEM_BUS_ADDRESS};
 pub use client::{Systemd, WriteMode};
 pub use error::BusError;
 pub use stats::BusStatsSnapshot;

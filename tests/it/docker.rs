@@ -20,13 +20,14 @@ use crate::support::vm::in_vm_guest;
 use crate::support::{ds01, verify_slice, wait_until, Run, Scratch, MANIFEST_DIR};
 
 /// Every Docker test, by name: tests/it/vm.rs asserts each passed inside the VM.
-pub const TESTS: [&str; 6] = [
+pub const TESTS: [&str; 7] = [
     "docker::containers_land_in_the_users_slice_and_verify_agrees",
     "docker::tasks_max_holds_across_a_users_containers",
     "docker::memory_max_oom_kills_across_a_users_containers",
     "docker::cpu_quota_is_shared_by_a_users_containers",
     "docker::the_wrapper_starts_nothing_when_the_hook_fails",
     "gpu::a_containers_device_program_is_left_alone_and_a_reload_waits_for_the_admins_word",
+    "docker::the_wrapper_tells_the_hook_what_the_daemon_creates",
 ];
 
 const IMAGE: &str = "local/busybox";
@@ -448,4 +449,141 @@ fn the_wrapper_starts_nothing_when_the_hook_fails() {
         cgroup.contains(&format!("/{}/docker-", site.slice)),
         "{cgroup}"
     );
+}
+
+/// What the wrapper tells the hook the container asks for is what the real daemon then creates
+/// (`docker inspect`: HostConfig.Memory, PidsLimit, CgroupParent), with the guest's docker
+/// CLI (20.10) reading the command line; an option that CLI does not know (docker 28's
+/// `--use-api-socket`) is refused by name, as docker refuses it. Before: `-m 150M
+/// --use-api-socket IMAGE ... -m 1k` told the hook 1k; on 20.10, the wrapper's guess ran the
+/// hook and docker then failed on the unknown flag.
+#[test]
+fn the_wrapper_tells_the_hook_what_the_daemon_creates() {
+    use crate::failsafe::wrapper_cli::{daemon_request, hook_request};
+    use std::os::unix::fs::PermissionsExt;
+    let Some(_docker) = docker() else { return };
+    let site = Site::new(
+        "weigh",
+        "frank",
+        "      memory_max: \"1G\"\n      tasks_max: 256\n",
+    );
+    let dir = Scratch::new("wrapper-weigh");
+    let recorder = dir.join("ds01-slices");
+    fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexec '{}' \"$@\"\n",
+            dir.join("hook.args").display(),
+            crate::support::BIN
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = Path::new(MANIFEST_DIR).join("contrib/ds01-docker-run");
+    let attempt = |args: &[&str]| -> (Run, Option<Vec<String>>) {
+        let _ = fs::remove_file(dir.join("hook.args"));
+        let mut cmd = Command::new(&wrapper);
+        crate::support::clear_tool_env(&mut cmd);
+        cmd.args(args)
+            .env("DS01_SLICES", &recorder)
+            .env("DS01_USER", "frank")
+            .env("DS01_CONFIG", site.config())
+            .env("DS01_STATE_DIR", site.dir.join("state"))
+            .stdin(Stdio::null());
+        let out = Run::of(&mut cmd);
+        let hook = fs::read_to_string(dir.join("hook.args"))
+            .ok()
+            .map(|t| t.lines().map(str::to_owned).collect());
+        (out, hook)
+    };
+    let count = || sh_ok("docker ps -aq | wc -l").trim().to_string();
+    let before = count();
+    let mut ids = Vec::new();
+    for args in [
+        &[
+            "-d",
+            "--network",
+            "none",
+            "-m",
+            "150M",
+            IMAGE,
+            "sh",
+            "-c",
+            "sleep 600",
+            "-m",
+            "1k",
+        ][..],
+        &["-dm96m", "--network=none", IMAGE, "sleep", "600"],
+        &[
+            "-d",
+            "--network",
+            "none",
+            "--pids-limit",
+            "-1",
+            "-m",
+            "0",
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+        &[
+            "--network=none",
+            "-di",
+            "--pids-limit=50",
+            "--memory=64m",
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+        &[
+            "-d", "--net", "none", "-m", "80m", "--", IMAGE, "sleep", "600",
+        ],
+    ] {
+        let (out, hook) = attempt(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out}");
+        let id = out.stdout.trim().to_string();
+        ids.push(id.clone());
+        let hook = hook.unwrap_or_else(|| panic!("{args:?}: the hook did not run"));
+        let host_config: Value = serde_json::from_str(&sh_ok(&format!(
+            "docker inspect -f '{{{{json .HostConfig}}}}' {id}"
+        )))
+        .unwrap();
+        assert_eq!(host_config["CgroupParent"], site.slice, "{args:?}");
+        let (told, created) = (hook_request(&hook), daemon_request(&host_config));
+        assert_eq!(
+            told, created,
+            "{args:?}: the hook was told {told:?} ({hook:?}), the daemon created {created:?}"
+        );
+        println!("wrapper: {args:?}: hook and daemon agree on {told:?}");
+    }
+    let _ = sh(&format!("docker rm -f {} >/dev/null 2>&1", ids.join(" ")));
+    let help = sh_ok("docker run --help");
+    if !help.contains("--use-api-socket") {
+        let args = [
+            "-d",
+            "-m",
+            "150M",
+            "--use-api-socket",
+            IMAGE,
+            "sleep",
+            "600",
+            "-m",
+            "1k",
+        ];
+        let (out, hook) = attempt(&args);
+        assert_eq!(out.code, Some(2), "{out}");
+        assert!(
+            out.stderr.contains("unknown option --use-api-socket"),
+            "{out}"
+        );
+        assert_eq!(hook, None, "the hook ran: {out}");
+        let direct = Run::of(
+            Command::new("docker")
+                .arg("run")
+                .args(args)
+                .stdin(Stdio::null()),
+        );
+        assert_eq!(direct.code, Some(125), "docker itself takes it: {direct}");
+    }
+    assert_eq!(count(), before, "a container was left");
 }

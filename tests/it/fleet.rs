@@ -220,6 +220,56 @@ fn a_hung_host_is_killed_at_its_deadline_and_reported() {
     );
 }
 
+/// An ssh that leaves a process behind holding its stderr, as OpenSSH's ControlPersist master
+/// does: the host that answered is judged on its exit, not reported as timed out.
+#[test]
+fn a_host_whose_ssh_leaves_stderr_open_is_judged_when_ssh_exits() {
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    w.expect(&["apply"], 0);
+    let dir = Scratch::new("fleet-persist");
+    let ssh = fake_ssh(&dir, &[("sandbox-a", &w)], "1");
+    let holders = dir.join("holders");
+    let persist = dir.join("persist-ssh");
+    fs::write(
+        &persist,
+        format!(
+            "#!/bin/sh\nsleep 600 </dev/null >/dev/null &\necho $! >> '{}'\nexec '{}' \"$@\"\n",
+            holders.display(),
+            ssh.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&persist, fs::Permissions::from_mode(0o755)).unwrap();
+    let hosts = hosts_file(&dir, "hosts", &["sandbox-a"]);
+    let started = Instant::now();
+    let out = run(
+        &persist,
+        &[
+            "fleet",
+            "verify",
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--json",
+            "--host-timeout",
+            "60",
+        ],
+    );
+    let took = started.elapsed();
+    for pid in fs::read_to_string(&holders).unwrap_or_default().lines() {
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+    let report: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{out}"));
+    assert_eq!(
+        results(&report),
+        [("sandbox-a".into(), "ok".into(), 0)],
+        "after {took:?}: {report:#}"
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
 #[test]
 fn bad_hosts_files_are_refused_naming_file_and_line() {
     let dir = Scratch::new("fleet-bad");
@@ -232,6 +282,15 @@ fn bad_hosts_files_are_refused_naming_file_and_line() {
             ":2: host \"-oProxyCommand=x\" starts with '-'",
         ),
         ("a\nb\na\n", ":3: a is listed twice (first on line 1)"),
+        // One machine: host names are case-insensitive, and the user does not make another.
+        (
+            "hostA\nHOSTA\n",
+            ":2: HOSTA is the machine hostA of line 1 names",
+        ),
+        (
+            "\u{feff}hostA\nroot@hostA\n",
+            ":2: root@hostA is the machine hostA of line 1 names",
+        ),
         ("# none\n", "lists no hosts"),
     ] {
         fs::write(&hosts, text).unwrap();
@@ -239,6 +298,29 @@ fn bad_hosts_files_are_refused_naming_file_and_line() {
         assert!(out.stderr.contains(want), "{text:?}: {out}");
         assert!(out.stdout.is_empty(), "{out}");
     }
+}
+
+/// A byte order mark (which some editors write first) is no part of the first host's name: the
+/// host ssh is given is `down`, not U+FEFF `down`.
+#[test]
+fn a_byte_order_mark_in_the_hosts_file_is_not_part_of_a_name() {
+    let dir = Scratch::new("fleet-bom");
+    let ssh = fake_ssh(&dir, &[], "1");
+    let hosts = dir.join("hosts");
+    fs::write(&hosts, "\u{feff}down\n").unwrap();
+    let report = json(
+        &ssh,
+        &[
+            "fleet",
+            "verify",
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(report["hosts"][0]["host"], "down", "{report:#}");
+    assert_eq!(report["hosts"][0]["error"], DOWN, "{report:#}");
 }
 
 /// `verify --json` with what differs by design between a run on the host and one over ssh
@@ -424,4 +506,171 @@ fn an_unreachable_host_is_one_error_at_once() {
     let out = Run::of(ds01(&["verify", "--host=-oProxyCommand=x"]).env("DS01_SSH", &ssh))
         .assert_code(2, "verify --host=-o...");
     assert!(out.stderr.contains("-oProxyCommand=x"), "{out}");
+}
+
+/// Processes whose command line contains `needle`, with their PIDs.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// `--host` gives up at --timeout on a server that stalls after its banner, and leaves no ssh
+/// (nor the ProxyCommand ssh started) behind; nor when it is interrupted (SIGINT) meanwhile.
+/// Real OpenSSH, to a stand-in server on loopback that sends its banner and then nothing.
+/// Before: each run left its ssh running for good.
+#[test]
+fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
+    use std::io::{Read as _, Write as _};
+    let dir = Scratch::new("host-stall");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + crate::support::deadline(Duration::from_secs(120));
+        while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2p1 ds01-stall\r\n");
+                        // Reads what the client sends and answers nothing, until it is gone.
+                        let mut sink = [0u8; 4096];
+                        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let proxy = dir.join("proxy");
+    fs::write(&proxy, format!("#!/bin/sh\nsocat - TCP:127.0.0.1:{port}\n")).unwrap();
+    fs::write(
+        dir.join("ssh_config"),
+        format!(
+            "Host stall\n  ProxyCommand {}\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n",
+            proxy.display()
+        ),
+    )
+    .unwrap();
+    let ssh = dir.join("ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nexec ssh -F '{}' \"$@\"\n",
+            dir.join("ssh_config").display()
+        ),
+    )
+    .unwrap();
+    for f in [&proxy, &ssh] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = crate::support::main_file(EXAMPLE);
+    let verify = |timeout: &str| {
+        let mut cmd = ds01(&[
+            "--config",
+            config.to_str().unwrap(),
+            "verify",
+            "--host",
+            "stall",
+            "--timeout",
+            timeout,
+        ]);
+        cmd.env("DS01_SSH", &ssh);
+        cmd
+    };
+    // ssh (its -F names the directory) and the ProxyCommand (its socat names the port).
+    let needles = [
+        dir.path().display().to_string(),
+        format!("TCP:127.0.0.1:{port}"),
+    ];
+    let ours =
+        || -> Vec<(u32, String)> { needles.iter().flat_map(|n| processes_with(n)).collect() };
+    // What is left after a run, found and killed (by PID) so that a failure leaves nothing.
+    let left_after = || -> Vec<(u32, String)> {
+        let gone = crate::support::wait_until(Duration::from_secs(10), "ssh gone", || {
+            ours().is_empty().then_some(())
+        });
+        let left = if gone.is_ok() { Vec::new() } else { ours() };
+        for (pid, _) in &left {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        left
+    };
+
+    // Its output into files, not pipes: an ssh left behind would hold a pipe open for good.
+    let started = Instant::now();
+    let (out_file, err_file) = (dir.join("out"), dir.join("err"));
+    let mut child = verify("3")
+        .stdout(fs::File::create(&out_file).unwrap())
+        .stderr(fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let code = crate::support::wait_until(Duration::from_secs(60), "--host to give up", || {
+        child.try_wait().ok().flatten()
+    })
+    .map(|s| s.code());
+    if code.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let took = started.elapsed();
+    let out = Run {
+        code: code.unwrap_or(None),
+        stdout: fs::read_to_string(&out_file).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_file).unwrap_or_default(),
+    };
+    let left = left_after();
+    assert_eq!(out.code, Some(1), "after {took:?}: {out}");
+    assert!(
+        out.stderr
+            .contains("cannot reach the systemd of stall over ssh"),
+        "{out}"
+    );
+    assert!(
+        left.is_empty(),
+        "left running after --host gave up: {left:?}\n{out}"
+    );
+
+    // Interrupted while ssh waits: ssh is in a process group of its own, which the terminal's
+    // SIGINT does not reach; it goes with ds01-slices all the same.
+    let mut child = verify("120")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = crate::support::wait_until(Duration::from_secs(30), "ssh started", || {
+        (!processes_with(&needles[1]).is_empty()).then_some(())
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let left = left_after();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = server.join();
+    waited.unwrap();
+    let status = status.unwrap();
+    assert!(
+        status.code() == Some(130) || status.code().is_none(),
+        "exit on SIGINT: {status:?}"
+    );
+    assert!(left.is_empty(), "left running after SIGINT: {left:?}");
 }

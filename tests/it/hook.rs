@@ -234,3 +234,104 @@ fn the_hook_starts_stopped_parent_slices_before_it_writes() {
     );
     w.assert_user_as_planned("newcomer");
 }
+
+/// A hook run by a user other than root answers from root's configuration and the system bus
+/// only: its answer places a container. Before: nobody, with a configuration of their own that
+/// made them an admin, got `ds01-admin-nobody.slice` (uncapped) and exit 0.
+#[test]
+fn a_hook_run_by_another_user_trusts_only_roots_configuration_and_the_system_bus() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let Some(w) = World::new(EXAMPLE) else {
+        return;
+    };
+    // The parents as the configuration has them, so that a hook with nothing to write
+    // (an admin's slice has no limits) needs no privilege.
+    w.expect(&["apply"], 0);
+    // On the sandbox's own /tmp (gone with it): the binary, root's configuration, and a copy
+    // owned by nobody in which nobody is an admin.
+    let inside = "/tmp/ds01-hook-nobody";
+    let bin = format!("{inside}/ds01-slices");
+    crate::support::copy_dir(&w.config_dir(), &w.sb.host_path(&format!("{inside}/root")));
+    crate::support::copy_dir(&w.config_dir(), &w.sb.host_path(&format!("{inside}/own")));
+    fs::write(
+        w.sb.host_path(&format!("{inside}/own/groups/admin.members")),
+        "nobody\n",
+    )
+    .unwrap();
+    for d in ["", "/root", "/root/groups", "/own", "/own/groups"] {
+        let p = w.sb.host_path(&format!("{inside}{d}"));
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for f in [
+        "/own",
+        "/own/groups",
+        "/own/resource-limits.yaml",
+        "/own/groups/admin.members",
+    ] {
+        chown(
+            w.sb.host_path(&format!("{inside}{f}")),
+            Some(65534),
+            Some(65534),
+        )
+        .unwrap();
+    }
+    fs::create_dir(w.sb.host_path(&format!("{inside}/state"))).unwrap();
+    fs::set_permissions(
+        w.sb.host_path(&format!("{inside}/state")),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    fs::copy(crate::support::BIN, w.sb.host_path(&bin)).unwrap();
+    fs::set_permissions(w.sb.host_path(&bin), fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |config: &str, bus: &str| -> Run {
+        let config = format!("{inside}/{config}/resource-limits.yaml");
+        let state = format!("{inside}/state");
+        w.sb.exec(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &bin,
+            "hook",
+            "pre-create",
+            "nobody",
+            "--bus",
+            bus,
+            "--config",
+            &config,
+            "--state-dir",
+            &state,
+        ])
+        .into()
+    };
+    let system = "unix:path=/run/dbus/system_bus_socket";
+    // Root's configuration, the system bus: nobody is a student, whose slice it cannot write.
+    let out = as_nobody("root", system);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("access denied by systemd"), "{out}");
+    // Their own configuration: refused, whatever it says.
+    let out = as_nobody("own", system);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stdout.is_empty()
+            && out.stderr.contains("refusing configuration file")
+            && out
+                .stderr
+                .contains("every hook, reads only configuration that only root can change"),
+        "{out}"
+    );
+    // Another bus than the system's: refused before it is asked anything.
+    let out = as_nobody("root", "unix:path=/tmp/ds01-hook-nobody/bus");
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stdout.is_empty() && out.stderr.contains("talks only to the system bus"),
+        "{out}"
+    );
+    // No record of the validation is kept in (or read from) a directory nobody may write.
+    assert!(
+        !w.sb
+            .host_path(&format!("{inside}/state/validated-config"))
+            .exists(),
+        "a non-root hook wrote a record"
+    );
+}

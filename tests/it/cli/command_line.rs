@@ -200,3 +200,28 @@ fn a_failed_write_exits_1() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write to stdout"));
 }
+
+/// `status --watch` below its floor is refused before anything is read: any user can run it,
+/// and a round every 0.1 s kept systemd (PID 1) at 26-43% of a CPU. `timeout` ends a run that
+/// would poll instead (what it did before: exit 137 after printing a round's error 10 times a
+/// second).
+#[test]
+fn status_watch_below_its_floor_is_refused() {
+    let config = format!("{MANIFEST_DIR}/config/resource-limits.yaml");
+    for watch in ["0", "0.5", "0.999"] {
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["-s", "KILL", "20", crate::support::BIN]);
+        crate::support::clear_tool_env(&mut cmd)
+            .args(["status", "--watch", watch, "--config", &config])
+            .args(["--bus", "unix:path=/nonexistent/ds01-no-bus"])
+            .stdin(std::process::Stdio::null());
+        let out = Run::of(&mut cmd);
+        assert_eq!(out.code, Some(2), "--watch {watch}: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("--watch {watch} is below the 1 s floor"))
+                && !out.stderr.contains("system bus"),
+            "--watch {watch}: {out}"
+        );
+    }
+}

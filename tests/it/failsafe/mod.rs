@@ -4,6 +4,7 @@
 mod bus;
 mod limits;
 mod wrapper;
+pub(crate) mod wrapper_cli;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

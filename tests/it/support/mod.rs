@@ -15,6 +15,7 @@
 
 pub mod cgroup;
 pub mod cmd;
+pub mod docker_api;
 pub mod prometheus;
 pub mod report;
 pub mod sandbox;

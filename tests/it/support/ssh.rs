@@ -87,4 +87,24 @@ impl SshAccess {
     pub fn program(&self) -> PathBuf {
         self.dir.join("ssh")
     }
+
+    /// [`SshAccess::program`] with OpenSSH's connection sharing, as many admins configure it:
+    /// the first ssh to a host becomes a master (`ControlMaster=auto`) that stays in the
+    /// background for `persist` seconds after its session (`ControlPersist`), its socket in
+    /// `control` (a short path: a Unix socket's is at most 107 bytes); later ones go through it.
+    pub fn persistent_program(&self, control: &std::path::Path, persist: u32) -> PathBuf {
+        let wrapper = self.dir.join("ssh-persist");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ssh -F {} -oControlMaster=auto -oControlPath={}/%C -oControlPersist={persist} \"$@\"\n",
+                self.dir.join("ssh_config").display(),
+                control.display()
+            ),
+        )
+        .expect("writing the ssh wrapper");
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+            .expect("making the ssh wrapper executable");
+        wrapper
+    }
 }
