@@ -123,6 +123,13 @@ pub enum Command {
         /// and files otherwise.
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// Keep running: apply now, then again whenever the configuration's files change
+        /// (read every second; applied once unchanged for 2 s). A bad configuration is
+        /// refused and tried again when its files change; a failed apply is retried after
+        /// 10 s, doubling up to 5 minutes. Stops on SIGTERM or SIGINT, after the apply under
+        /// way.
+        #[arg(long, conflicts_with_all = ["user", "dry_run"])]
+        watch: bool,
     },
     /// Write the limits as drop-in files under --root (etc/systemd/system/<slice>.d/10-resource-limits.conf),
     /// for hosts whose systemd cannot be reached; then reload systemd if --root is / (or --bus is given).

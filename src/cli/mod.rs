@@ -17,6 +17,7 @@ mod render;
 mod serve;
 mod status;
 mod verify;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -66,13 +67,8 @@ pub fn run(cli: Cli) -> CliResult {
             runtime,
             force,
             backend,
+            watch,
         } => {
-            // A deploy also tells the hooks after it that this configuration is valid.
-            let config = if *dry_run {
-                load(&cli)?
-            } else {
-                load_remembered(&cli)?
-            };
             let opts = ApplyOptions {
                 mode: if *runtime {
                     WriteMode::Runtime
@@ -81,6 +77,17 @@ pub fn run(cli: Cli) -> CliResult {
                 },
                 dry_run: *dry_run,
                 force: *force,
+            };
+            if *watch {
+                // Reads the configuration itself, at every poll: a bad one at the start is
+                // refused like any later one, and the watcher goes on.
+                return block_on(watch::watch(g, opts, (*backend).into()));
+            }
+            // A deploy also tells the hooks after it that this configuration is valid.
+            let config = if *dry_run {
+                load(&cli)?
+            } else {
+                load_remembered(&cli)?
             };
             let user = user.as_deref().map(parse_user).transpose()?;
             block_on(apply::apply(

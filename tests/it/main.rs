@@ -9,6 +9,7 @@ mod fleet;
 mod hook;
 mod metrics;
 mod package;
+mod package_watch;
 mod render;
 mod sandbox;
 mod scale;
