@@ -1,3 +1,4 @@
+mod ansible;
 mod apply;
 mod architecture;
 mod cli;

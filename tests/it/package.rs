@@ -40,6 +40,26 @@ pub fn built_package() -> Option<PathBuf> {
     debs.pop().map(|(_, p)| p)
 }
 
+/// The built package, for a test that installs it in the VM from here; `None` inside the VM
+/// (where such a test has nothing to do) and, after a skip, where no VM or package is.
+pub fn package_for_the_vm() -> Option<PathBuf> {
+    if in_vm_guest() {
+        return None;
+    }
+    if let Some(reason) = vm::unavailable() {
+        skip("the cgroup v2 VM", &reason);
+        return None;
+    }
+    let deb = built_package();
+    if deb.is_none() {
+        skip(
+            "the Debian package",
+            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
+        );
+    }
+    deb
+}
+
 /// Boots a rebootable VM and installs the package in it (before any configuration exists);
 /// returns the VM and what dpkg printed.
 pub fn vm_with_package(deb: &Path) -> (Vm, String) {
@@ -104,18 +124,7 @@ fn until(vm: &Vm, script: &str, want: &str, limit: Duration) -> Result<Duration,
 
 #[test]
 fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly() {
-    if in_vm_guest() {
-        return; // the package is installed into a VM from the host
-    }
-    if let Some(reason) = vm::unavailable() {
-        skip("the cgroup v2 VM", &reason);
-        return;
-    }
-    let Some(deb) = built_package() else {
-        skip(
-            "the Debian package",
-            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
-        );
+    let Some(deb) = package_for_the_vm() else {
         return;
     };
     let (vm, installed) = vm_with_package(&deb);

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use ds01_slices::model::watch::{POLL, QUIET};
 
-use crate::package::{built_package, diagnosis, install, install_example_config, ALICE_MEMORY_MAX};
-use crate::support::vm::{self, in_vm_guest, Vm};
-use crate::support::{guest_deadline, skip};
+use crate::package::{
+    diagnosis, install, install_example_config, package_for_the_vm, ALICE_MEMORY_MAX,
+};
+use crate::support::guest_deadline;
+use crate::support::vm::Vm;
 
 const MARIA: &str = "ds01-researcher-maria_garcia.slice";
 /// How long the bad configuration stays (the two minutes).
@@ -134,18 +136,7 @@ fn bound(apply: f64) -> Duration {
 
 #[test]
 fn the_installed_watcher_follows_every_edit_refuses_a_bad_file_and_never_stops_watching() {
-    if in_vm_guest() {
-        return; // the package is installed into a VM from the host
-    }
-    if let Some(reason) = vm::unavailable() {
-        skip("the cgroup v2 VM", &reason);
-        return;
-    }
-    let Some(deb) = built_package() else {
-        skip(
-            "the Debian package",
-            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
-        );
+    let Some(deb) = package_for_the_vm() else {
         return;
     };
     let vm = Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));

@@ -87,4 +87,9 @@ impl SshAccess {
     pub fn program(&self) -> PathBuf {
         self.dir.join("ssh")
     }
+
+    /// The ssh configuration (`ssh -F`) that defines [`SshAccess::hosts`].
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("ssh_config")
+    }
 }
