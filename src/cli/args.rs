@@ -130,6 +130,13 @@ pub enum Command {
         /// takes away the GPUs that NVIDIA's runtime gave running containers.
         #[arg(long)]
         allow_reload: bool,
+        /// Keep running: apply now, then again whenever the configuration's files change
+        /// (read every second; applied once unchanged for 2 s). A bad configuration is
+        /// refused and tried again when its files change; a failed apply is retried after
+        /// 10 s, doubling up to 5 minutes. Stops on SIGTERM or SIGINT, after the apply under
+        /// way.
+        #[arg(long, conflicts_with_all = ["user", "dry_run"])]
+        watch: bool,
     },
     /// Write the limits as drop-in files under --root (etc/systemd/system/<slice>.d/10-resource-limits.conf),
     /// for hosts whose systemd cannot be reached; then reload systemd if --root is / (or --bus is given).

@@ -17,6 +17,7 @@ mod render;
 mod serve;
 mod status;
 mod verify;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -68,13 +69,8 @@ pub fn run(cli: Cli) -> CliResult {
             force,
             backend,
             allow_reload,
+            watch,
         } => {
-            // A deploy also tells the hooks after it that this configuration is valid.
-            let config = if *dry_run {
-                load(&cli)?
-            } else {
-                load_remembered(&cli)?
-            };
             let opts = ApplyOptions {
                 mode: if *runtime {
                     WriteMode::Runtime
@@ -84,17 +80,24 @@ pub fn run(cli: Cli) -> CliResult {
                 dry_run: *dry_run,
                 force: *force,
             };
+            let opts = DeployOptions {
+                apply: opts,
+                backend: (*backend).into(),
+                allow_reload: *allow_reload,
+            };
+            if *watch {
+                // Reads the configuration itself, at every poll: a bad one at the start is
+                // refused like any later one, and the watcher goes on.
+                return block_on(watch::watch(g, opts));
+            }
+            // A deploy also tells the hooks after it that this configuration is valid.
+            let config = if *dry_run {
+                load(&cli)?
+            } else {
+                load_remembered(&cli)?
+            };
             let user = user.as_deref().map(parse_user).transpose()?;
-            block_on(apply::apply(
-                g,
-                &config,
-                user.as_ref(),
-                DeployOptions {
-                    apply: opts,
-                    backend: (*backend).into(),
-                    allow_reload: *allow_reload,
-                },
-            ))
+            block_on(apply::apply(g, &config, user.as_ref(), opts))
         }
         Command::Render {
             user,

@@ -10,3 +10,4 @@ pub mod names;
 pub mod property;
 pub mod usage;
 pub mod values;
+pub mod watch;

@@ -1,3 +1,4 @@
+mod ansible;
 mod apply;
 mod architecture;
 mod cli;
@@ -10,6 +11,7 @@ mod gpu;
 mod hook;
 mod metrics;
 mod package;
+mod package_watch;
 mod render;
 mod sandbox;
 mod scale;

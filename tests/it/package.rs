@@ -18,7 +18,7 @@ use crate::support::vm::{self, in_vm_guest, Vm};
 use crate::support::{ds01, skip, Run, Scratch, World, EXAMPLE};
 
 /// alice's MemoryMax in the bundled example (student: 96G).
-const ALICE_MEMORY_MAX: &str = "MemoryMax=103079215104";
+pub const ALICE_MEMORY_MAX: &str = "MemoryMax=103079215104";
 
 /// The newest `ds01-slices_*.deb` that `.ci/package` left in the target directory.
 pub fn built_package() -> Option<PathBuf> {
@@ -40,19 +40,63 @@ pub fn built_package() -> Option<PathBuf> {
     debs.pop().map(|(_, p)| p)
 }
 
+/// The built package, for a test that installs it in the VM from here; `None` inside the VM
+/// (where such a test has nothing to do) and, after a skip, where no VM or package is.
+pub fn package_for_the_vm() -> Option<PathBuf> {
+    if in_vm_guest() {
+        return None;
+    }
+    if let Some(reason) = vm::unavailable() {
+        skip("the cgroup v2 VM", &reason);
+        return None;
+    }
+    let deb = built_package();
+    if deb.is_none() {
+        skip(
+            "the Debian package",
+            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
+        );
+    }
+    deb
+}
+
 /// Boots a rebootable VM and installs the package in it (before any configuration exists);
 /// returns the VM and what dpkg printed.
 pub fn vm_with_package(deb: &Path) -> (Vm, String) {
     let vm = Vm::boot_rebootable("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
-    let (host_dir, guest_dir) = vm.shared_dir("package");
-    let name = deb.file_name().unwrap().to_str().unwrap().to_owned();
-    fs::copy(deb, host_dir.join(&name)).expect("copy the package into the VM's share");
-    let installed = vm.sh_ok(&format!("dpkg -i {guest_dir}/{name} 2>&1"));
+    let installed = install(&vm, deb);
     (vm, installed)
 }
 
+/// `dpkg -i` of `deb` in the guest; what dpkg printed.
+pub fn install(vm: &Vm, deb: &Path) -> String {
+    let (host_dir, guest_dir) = vm.shared_dir("package");
+    let name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    fs::copy(deb, host_dir.join(&name)).expect("copy the package into the VM's share");
+    // The maintainer scripts start units and run deb-systemd-helper (perl): minutes under
+    // QEMU's emulation on a loaded machine.
+    let script = format!("dpkg -i {guest_dir}/{name} 2>&1");
+    match vm.sh(
+        &script,
+        crate::support::guest_deadline(Duration::from_secs(120)),
+    ) {
+        Ok(run) if run.code == Some(0) => run.stdout,
+        Ok(run) => panic!("{script}:\n{run}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Copies the example configuration to where the package looks for it, root's as the reader
+/// requires.
+pub fn install_example_config(vm: &Vm) {
+    vm.sh_ok(&format!(
+        "mkdir -p /opt/ds01-infra && cp -r {}/config /opt/ds01-infra/config && chown -R root:root /opt/ds01-infra && chmod -R go-w /opt/ds01-infra",
+        crate::support::MANIFEST_DIR
+    ));
+}
+
 /// What the units and their journal say, for a failure's message.
-fn diagnosis(vm: &Vm) -> String {
+pub fn diagnosis(vm: &Vm) -> String {
     vm.sh(
         "systemctl status --no-pager 'ds01-slices-*' 2>&1 | head -n 60; journalctl -b --no-pager -u 'ds01-slices-*' | tail -n 40; ls -la /opt/ds01-infra/config",
         Duration::from_secs(60),
@@ -80,23 +124,12 @@ fn until(vm: &Vm, script: &str, want: &str, limit: Duration) -> Result<Duration,
 
 #[test]
 fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly() {
-    if in_vm_guest() {
-        return; // the package is installed into a VM from the host
-    }
-    if let Some(reason) = vm::unavailable() {
-        skip("the cgroup v2 VM", &reason);
-        return;
-    }
-    let Some(deb) = built_package() else {
-        skip(
-            "the Debian package",
-            "no target/debian/ds01-slices_*.deb: .ci/package builds it (cargo-deb, lintian)",
-        );
+    let Some(deb) = package_for_the_vm() else {
         return;
     };
     let (vm, installed) = vm_with_package(&deb);
     println!("dpkg -i {}:\n{installed}", deb.display());
-    let units = "ds01-slices-apply.service ds01-slices-apply.path ds01-slices-exporter.service";
+    let units = "ds01-slices-apply.service ds01-slices-watch.service ds01-slices-exporter.service";
 
     // Installed before its configuration: enabled, nothing started, the reason said.
     assert!(installed.contains("nothing started"), "{installed}");
@@ -120,10 +153,7 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .contains("docker.service"));
 
     // The configuration appears (root's, as the reader requires), then the machine reboots.
-    vm.sh_ok(&format!(
-        "mkdir -p /opt/ds01-infra && cp -r {}/config /opt/ds01-infra/config && chown -R root:root /opt/ds01-infra && chmod -R go-w /opt/ds01-infra",
-        crate::support::MANIFEST_DIR
-    ));
+    install_example_config(&vm);
     let rebooted = vm.reboot().unwrap_or_else(|e| panic!("{e}"));
     println!("rebooted in {:.1} s", rebooted.as_secs_f64());
     // The agent answers before the boot has finished: wait for it (a unit that has not run yet
@@ -158,7 +188,7 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
             .trim()
     );
 
-    // An edit of a members file: the path unit re-applies within 10 s.
+    // An edit of a members file: the watcher re-applies it within 10 s.
     let newbie = "systemctl show -p MemoryMax ds01-student-newbie.slice";
     assert!(!vm.sh_ok(newbie).contains(ALICE_MEMORY_MAX));
     vm.sh_ok("echo newbie >>/opt/ds01-infra/config/groups/student.members");

@@ -5,3 +5,4 @@
 mod converge;
 mod failures;
 mod kernel;
+mod watch;

@@ -100,6 +100,12 @@ pub fn deadline(on_this_machine: Duration) -> Duration {
     }
 }
 
+/// A deadline, taken on this machine, for work done inside the test VM: [`VM_SLOWDOWN`] times
+/// longer, as [`deadline`] gives inside it.
+pub fn guest_deadline(in_the_guest: Duration) -> Duration {
+    in_the_guest * VM_SLOWDOWN
+}
+
 /// Polls `probe` (every 20 ms) until it returns Some, or fails after [`deadline`]`(timeout)`.
 pub fn wait_until<T>(
     timeout: Duration,

@@ -98,7 +98,7 @@ impl SshAccess {
             &wrapper,
             format!(
                 "#!/bin/sh\nexec ssh -F {} -oControlMaster=auto -oControlPath={}/%C -oControlPersist={persist} \"$@\"\n",
-                self.dir.join("ssh_config").display(),
+                self.config().display(),
                 control.display()
             ),
         )
@@ -106,5 +106,10 @@ impl SshAccess {
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
             .expect("making the ssh wrapper executable");
         wrapper
+    }
+
+    /// The ssh configuration (`ssh -F`) that defines [`SshAccess::hosts`].
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("ssh_config")
     }
 }
