@@ -24,10 +24,19 @@ use super::ConfigError;
 /// script's `>` then `>>` a few milliseconds, of a writer the scheduler stalls between them
 /// sometimes tens of milliseconds. Only a hook right after an edit waits this long.
 pub(super) const SETTLE: Duration = Duration::from_millis(50);
-/// Waits (at least [`SETTLE`] each) before the 2nd, 3rd, ... attempt: under 300 ms of
-/// waiting in all, so a hook never stalls a container start for long, whatever a writer
-/// does.
+/// Waits (at least [`SETTLE`] each: [`waits`]) before the 2nd, 3rd, ... attempt.
 const BACKOFF_MS: [u64; 5] = [5, 10, 20, 40, 80];
+/// How many times the files are read before a configuration that keeps changing is refused.
+pub(super) const ATTEMPTS: usize = BACKOFF_MS.len() + 1;
+
+/// The waits between attempts, in order: 280 ms in all (the README's "under 0.3 s"), so a
+/// hook never stalls a container start for long whatever a writer does. The reads
+/// themselves take what the machine gives them.
+pub(super) fn waits() -> impl Iterator<Item = Duration> {
+    BACKOFF_MS
+        .iter()
+        .map(|ms| Duration::from_millis(*ms).max(SETTLE))
+}
 
 /// An empty file is looked at again this much later: truncating a file makes it empty
 /// before the kernel has freed its blocks and stamped the change (measured: a reader can
@@ -154,7 +163,7 @@ pub(super) fn stable<T>(
     mut attempt: impl FnMut(&mut Snapshot) -> Result<T, Problem>,
 ) -> Result<T, ConfigError> {
     let started = Instant::now();
-    let mut waits = BACKOFF_MS.iter();
+    let mut waits = waits();
     loop {
         let mut snapshot = Snapshot {
             check_owners,
@@ -167,11 +176,11 @@ pub(super) fn stable<T>(
             Err(Problem::Changed(path)) => path,
         };
         match waits.next() {
-            Some(ms) => std::thread::sleep(Duration::from_millis(*ms).max(SETTLE)),
+            Some(wait) => std::thread::sleep(wait),
             None => {
                 return Err(ConfigError::Changed {
                     path: changed,
-                    attempts: BACKOFF_MS.len() + 1,
+                    attempts: ATTEMPTS,
                     millis: started.elapsed().as_millis(),
                 })
             }
