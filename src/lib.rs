@@ -8,7 +8,8 @@
 //!   [`dropin`] (rendered files), [`state`] (ownership records, lock, the hook's cache),
 //!   [`cgroupfs`] (the kernel's limit files and controllers), [`docker`] (Docker's cgroup
 //!   driver), [`atomic`] (the one way files are replaced), [`http`] (the one HTTP server:
-//!   `serve` and the Docker API gate);
+//!   `serve` and the Docker API gate), [`process`] (child programs in process groups of their
+//!   own, killed together);
 //! - the use cases in [`ops`], which return reports and print nothing;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod http;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod process;
 pub mod state;
 pub mod systemd;
 pub mod trace;

@@ -31,7 +31,14 @@ pub fn fleet(globals: &Globals, action: &FleetAction) -> CliResult {
     };
     let runner = SshRunner::new(remote::ssh_program(), opts.host_timeout);
     let remote_args = run::remote_command(remote_bin, &opts);
-    let report = super::async_runtime()?.block_on(run::fleet(&runner, &hosts, &remote_args, opts));
+    let report = super::async_runtime()?.block_on(async {
+        // Each host's ssh runs in a process group of its own, out of reach of a terminal's
+        // Ctrl-C: a signal that ends the fleet kills them first.
+        let signals = remote::exit_on_signals();
+        let report = run::fleet(&runner, &hosts, &remote_args, opts).await;
+        signals.abort();
+        report
+    });
     if globals.json {
         out::json(&report)?;
     } else {

@@ -11,6 +11,7 @@ use super::args::{Backend, Command, Globals};
 use super::exit::CliError;
 use crate::error::{Exit, ExitStatus, UsageError};
 use crate::model::fleet::{self, Host, DEFAULT_SSH};
+use crate::process::{self, Group};
 use crate::state::ownership::Ownership;
 use crate::systemd::{BusError, BusSystemd};
 
@@ -159,10 +160,10 @@ impl Globals {
 /// stdin and stdout on one end of a socket pair, in a process group of its own so that ssh and
 /// whatever it started (a ProxyCommand) go together: killed and reaped when the connection is
 /// dropped (the run's end, an error, a timeout: a server that stalls after its banner holds
-/// ssh for good otherwise) and on SIGINT, SIGTERM or SIGHUP (a terminal's Ctrl-C no longer
-/// reaches a process group of its own).
+/// ssh for good otherwise) and on SIGINT, SIGTERM or SIGHUP ([`exit_on_signals`]).
 struct Carrier {
     child: Mutex<Child>,
+    group: Group,
     signals: tokio::task::JoinHandle<()>,
 }
 
@@ -185,34 +186,13 @@ impl Carrier {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run {ssh:?}: {e}; install ssh or set {SSH_ENV}"))?;
-        let group = child.id();
-        let signals = tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let kinds = [
-                (SignalKind::interrupt(), 130),
-                (SignalKind::terminate(), 143),
-                (SignalKind::hangup(), 129),
-            ];
-            let mut streams = Vec::new();
-            for (kind, code) in kinds {
-                if let Ok(s) = signal(kind) {
-                    streams.push((s, code));
-                }
-            }
-            let waits = streams.iter_mut().map(|(s, code)| {
-                Box::pin(async move {
-                    s.recv().await;
-                    *code
-                })
-            });
-            let (code, ..) = futures_util::future::select_all(waits).await;
-            kill_group(group);
-            std::process::exit(code);
-        });
+        let group = Group::led_by(child.id());
+        let signals = exit_on_signals();
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
         let carrier = Carrier {
             child: Mutex::new(child),
+            group,
             signals,
         };
         Ok((stream, Arc::new(carrier)))
@@ -222,18 +202,39 @@ impl Carrier {
 impl Drop for Carrier {
     fn drop(&mut self) {
         self.signals.abort();
+        // Killed before its leader is reaped, so that the group's number is still its own.
+        self.group.kill();
         let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
-        kill_group(child.id());
         let _ = child.wait();
     }
 }
 
-/// SIGKILL to the process group `group` leads (ssh's: it was started as its own leader).
-fn kill_group(group: u32) {
-    if let Some(pid) = i32::try_from(group)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
+/// Ends this process on SIGINT, SIGTERM or SIGHUP (exit 130, 143, 129), killing first every
+/// process group it started ([`process::kill_live`]): ssh in a group of its own is out of reach
+/// of a terminal's Ctrl-C, and a process killed by a signal runs no destructor. Runs on the
+/// current runtime until aborted.
+pub fn exit_on_signals() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            (SignalKind::interrupt(), 130),
+            (SignalKind::terminate(), 143),
+            (SignalKind::hangup(), 129),
+        ];
+        let mut streams = Vec::new();
+        for (kind, code) in kinds {
+            if let Ok(s) = signal(kind) {
+                streams.push((s, code));
+            }
+        }
+        let waits = streams.iter_mut().map(|(s, code)| {
+            Box::pin(async move {
+                s.recv().await;
+                *code
+            })
+        });
+        let (code, ..) = futures_util::future::select_all(waits).await;
+        process::kill_live();
+        std::process::exit(code);
+    })
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Exit, ExitStatus};
 use crate::model::fleet::{self, FleetCommand, Host, HostResult, HostsFileError, RunFacts};
+use crate::process::Group;
 
 /// A hosts file lists a few hundred names at most: anything larger is the wrong file.
 const MAX_HOSTS_FILE: u64 = 1 << 20;
@@ -55,7 +56,9 @@ impl RemoteRunner for SshRunner {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // A run abandoned at its deadline (or by an interrupted fleet) takes its ssh along.
+            // ssh and what it starts (a ProxyCommand) in a group of their own, which goes
+            // together when the run is given up on: at its deadline, or abandoned.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
         {
@@ -70,6 +73,8 @@ impl RemoteRunner for SshRunner {
                 }
             }
         };
+        // Declared after the child, so dropped (the group killed) before the child is.
+        let group = child.id().map(Group::led_by);
         let stdout = Pipe::read(child.stdout.take(), MAX_STDOUT);
         let stderr = Pipe::read(child.stderr.take(), MAX_STDERR);
         // The exit status decides, not the pipes' ends: with OpenSSH's ControlPersist, the
@@ -77,15 +82,25 @@ impl RemoteRunner for SshRunner {
         // waited for both ends timed out on every host that answered.
         let finished = tokio::time::timeout(timeout, child.wait()).await;
         match finished {
-            Ok(status) => RunFacts {
-                code: status.ok().and_then(|s| s.code()),
-                timed_out: false,
-                spawn_error: None,
-                stdout: stdout.drained().await,
-                stderr: stderr.drained().await,
-            },
+            Ok(status) => {
+                if let Some(group) = group {
+                    group.leader_exited();
+                }
+                RunFacts {
+                    code: status.ok().and_then(|s| s.code()),
+                    timed_out: false,
+                    spawn_error: None,
+                    stdout: stdout.drained().await,
+                    stderr: stderr.drained().await,
+                }
+            }
             Err(_) => {
-                // Killed and reaped now, not left to kill_on_drop's lazy reaping.
+                // The whole group killed before its leader is reaped (the group's number is
+                // then still its own), and the leader reaped now, not left to kill_on_drop's
+                // lazy reaping.
+                if let Some(mut group) = group {
+                    group.kill();
+                }
                 let _ = child.kill().await;
                 RunFacts {
                     timed_out: true,

@@ -62,6 +62,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("cgroupfs", &["model"]),
     ("docker", &[]),
     ("http", &[]),
+    ("process", &[]),
     ("systemd", &["error", "model", "systemd"]),
     ("state", &["atomic", "error", "model", "state"]),
     (
@@ -74,7 +75,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "ops",
         &[
             "cgroupfs", "config", "diff", "docker", "dropin", "error", "model", "ops", "plan",
-            "state", "systemd", "trace",
+            "process", "state", "systemd", "trace",
         ],
     ),
 ];

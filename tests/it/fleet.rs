@@ -220,6 +220,89 @@ fn a_hung_host_is_killed_at_its_deadline_and_reported() {
     );
 }
 
+/// A host that hangs, reached through an ssh that started a program of its own (as ssh starts
+/// its ProxyCommand, in its process group): at --host-timeout the whole group goes; and when
+/// the fleet is interrupted (SIGINT to its PID) while the host hangs. Before: only the ssh was
+/// killed at the deadline and its proxy ran on; on SIGINT both ran on.
+#[test]
+fn a_timed_out_host_leaves_no_process_of_its_ssh_behind() {
+    let dir = Scratch::new("fleet-group");
+    let id = std::process::id();
+    let (proxy, hung) = (format!("sleep 601.{id}"), format!("sleep 602.{id}"));
+    let ssh = dir.join("ssh");
+    fs::write(
+        &ssh,
+        format!("#!/bin/sh\n{proxy} </dev/null >/dev/null &\nexec {hung}\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    let hosts = hosts_file(&dir, "hosts", &["hung"]);
+    let ours = || -> Vec<(u32, String)> {
+        [&proxy, &hung]
+            .iter()
+            .flat_map(|n| processes_with(&format!("{n} ")))
+            .collect()
+    };
+    // What is left after a run, found and killed (by PID) so that a failure leaves nothing.
+    let left_after = || -> Vec<(u32, String)> {
+        let gone = crate::support::wait_until(Duration::from_secs(10), "ssh's group gone", || {
+            ours().is_empty().then_some(())
+        });
+        let left = if gone.is_ok() { Vec::new() } else { ours() };
+        for (pid, _) in &left {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        left
+    };
+    let fleet = |timeout: &str| {
+        let mut cmd = ds01(&[
+            "fleet",
+            "status",
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--host-timeout",
+            timeout,
+        ]);
+        cmd.env("DS01_SSH", &ssh);
+        cmd
+    };
+
+    let out = Run::of(&mut fleet("2"));
+    let left = left_after();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(row(&out, "hung").contains("timed out"), "{out}");
+    assert!(
+        left.is_empty(),
+        "left running after the host timed out: {left:?}\n{out}"
+    );
+
+    let mut child = fleet("600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = crate::support::wait_until(Duration::from_secs(30), "ssh and its proxy", || {
+        (ours().len() == 2).then_some(())
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let left = left_after();
+    started.unwrap();
+    let status = status.unwrap();
+    assert_eq!(status.code(), Some(130), "exit on SIGINT: {status:?}");
+    assert!(left.is_empty(), "left running after SIGINT: {left:?}");
+}
+
 /// An ssh that leaves a process behind holding its stderr, as OpenSSH's ControlPersist master
 /// does: the host that answered is judged on its exit, not reported as timed out.
 #[test]
