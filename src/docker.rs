@@ -1,8 +1,10 @@
-//! Docker's cgroup driver, for `doctor`: asked of the running daemon (`docker info`, bounded
-//! in time), or read from the daemon's configuration (`etc/docker/daemon.json` under
-//! `--root`). Only facts: which driver that means, and whether it is good enough, is for the
-//! caller to judge. Containers land in a user's slice (`--cgroup-parent=ds01-...slice`) only
-//! with the `systemd` driver.
+//! Docker, as far as this tool asks it: its cgroup driver for `doctor` (asked of the running
+//! daemon with `docker info`, bounded in time, or read from the daemon's configuration,
+//! `etc/docker/daemon.json` under `--root`), and the names and labels of containers ([`api`]).
+//! Only facts: what they mean is for the caller to judge. Containers land in a user's slice
+//! (`--cgroup-parent=ds01-...slice`) only with the `systemd` driver.
+
+pub mod api;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod args;
+mod containers;
 pub mod docs;
 mod doctor;
 pub mod exit;
@@ -67,29 +68,17 @@ pub fn run(cli: Cli) -> CliResult {
             force,
             backend,
         } => {
-            // A deploy also tells the hooks after it that this configuration is valid.
-            let config = if *dry_run {
-                load(&cli)?
-            } else {
-                load_remembered(&cli)?
-            };
-            let opts = ApplyOptions {
-                mode: if *runtime {
-                    WriteMode::Runtime
-                } else {
-                    WriteMode::Persistent
-                },
-                dry_run: *dry_run,
-                force: *force,
-            };
-            let user = user.as_deref().map(parse_user).transpose()?;
-            block_on(apply::apply(
-                g,
-                &config,
-                user.as_ref(),
-                opts,
-                (*backend).into(),
-            ))
+            let result = apply_command(&cli, user.as_deref(), *dry_run, *runtime, *force, *backend);
+            // A full apply's outcome, whatever ended it (a refused configuration too), for the
+            // metrics an alert on a failed apply needs.
+            if user.is_none() && !*dry_run && g.host.is_none() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                g.ownership()
+                    .record_apply_attempt(now, matches!(result, Ok(crate::error::Exit::Ok)));
+            }
+            result
         }
         Command::Render {
             user,
@@ -116,10 +105,11 @@ pub fn run(cli: Cli) -> CliResult {
             user,
             watch,
             interval,
+            all,
         } => {
             let config = load(&cli)?;
             let user = user.as_deref().map(parse_user).transpose()?;
-            status::status(g, &config, user.as_ref(), *watch, *interval)
+            status::status(g, &config, user.as_ref(), *watch, *interval, *all)
         }
         Command::Metrics { output } => {
             let config = load(&cli)?;
@@ -149,6 +139,39 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Doctor => block_on(doctor::doctor(g)),
         Command::Fleet(action) => fleet::fleet(g, action),
     }
+}
+
+fn apply_command(
+    cli: &Cli,
+    user: Option<&str>,
+    dry_run: bool,
+    runtime: bool,
+    force: bool,
+    backend: args::Backend,
+) -> CliResult {
+    // A deploy also tells the hooks after it that this configuration is valid.
+    let config = if dry_run {
+        load(cli)?
+    } else {
+        load_remembered(cli)?
+    };
+    let opts = ApplyOptions {
+        mode: if runtime {
+            WriteMode::Runtime
+        } else {
+            WriteMode::Persistent
+        },
+        dry_run,
+        force,
+    };
+    let user = user.map(parse_user).transpose()?;
+    block_on(apply::apply(
+        &cli.globals,
+        &config,
+        user.as_ref(),
+        opts,
+        backend.into(),
+    ))
 }
 
 fn block_on<F: std::future::Future<Output = CliResult>>(f: F) -> CliResult {

@@ -11,7 +11,8 @@ use super::pipeline::MAX_IN_FLIGHT;
 use super::proxies::{self, ManagerProxy};
 use super::stats::{BusStats, BusStatsSnapshot, CallSlot};
 use super::{BusError, Systemd, WriteMode};
-use crate::model::live::{LiveSlice, UnitState};
+use crate::model::containers::SCOPE_PATTERNS;
+use crate::model::live::{LiveSlice, ScopeState, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 
@@ -477,6 +478,33 @@ impl Systemd for BusSystemd {
             .await
             .map(drop)
             .map_err(|e| self.err(format!("stopping holder unit {holder}"), e))
+    }
+
+    async fn container_scopes(&self) -> Result<Vec<String>, BusError> {
+        let _slot = self.slot().await?;
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &SCOPE_PATTERNS)
+            .await
+            .map_err(|e| self.err("listing container scopes", e))?;
+        // A stopped scope has no cgroup left to run anything in.
+        Ok(rows
+            .into_iter()
+            .filter(|r| !matches!(r.3.as_str(), "inactive" | "failed"))
+            .map(|r| r.0)
+            .collect())
+    }
+
+    async fn read_scope(&self, unit: &str) -> Result<ScopeState, BusError> {
+        let path = proxies::unit_object_path(unit);
+        let what = format!("reading scope {unit}");
+        let props = self.get_all(&path, proxies::SCOPE_INTERFACE, &what).await?;
+        let known = |name: &str| as_u64(props.get(name)).filter(|n| *n != u64::MAX);
+        Ok(ScopeState {
+            control_group: as_string(props.get("ControlGroup")).filter(|s| !s.is_empty()),
+            memory_current: known("MemoryCurrent"),
+            tasks_current: known("TasksCurrent"),
+        })
     }
 
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {

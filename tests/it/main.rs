@@ -1,6 +1,7 @@
 mod apply;
 mod architecture;
 mod cli;
+mod containers;
 mod dbus_contract;
 mod docker;
 mod doctor;

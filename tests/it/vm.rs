@@ -117,6 +117,7 @@ pub const V2_SUITE: &[&str] = &[
     "apply::",
     "architecture::",
     "cli::",
+    "containers::",
     "dbus_contract::",
     "docker::",
     "doctor::",

@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 mod cgroup;
+mod containers;
 pub use cgroup::{cgroup, memory_high};
+pub use containers::containers;
 
 use crate::cgroupfs::Layout;
 use crate::docker::{DaemonJson, Info};
@@ -35,6 +37,7 @@ pub enum Check {
     Docker,
     StateDir,
     Drift,
+    Containers,
 }
 
 impl Check {
@@ -49,6 +52,7 @@ impl Check {
             Check::Docker => "docker",
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
+            Check::Containers => "containers",
         }
     }
 }
