@@ -22,9 +22,14 @@ fn id(n: u8) -> String {
     format!("{n:02x}c0ffee{}", "0".repeat(56))
 }
 
-/// A scope named as a container's, with one sleeping process, in `slice`.
-fn start_scope(w: &World, unit: &str, slice: &str) {
+/// A scope named as a container's, with one sleeping process, in `slice`. systemd moves the
+/// process that asks for a scope into it, so it is asked from a service of the sandbox (on
+/// cgroup v2 its systemd cannot move a process of the test's own cgroup).
+pub(crate) fn start_scope(w: &World, unit: &str, slice: &str) {
     let out = w.sb.systemd_run(&[
+        "--collect",
+        "--",
+        "systemd-run",
         "--scope",
         &format!("--unit={unit}"),
         &format!("--slice={slice}"),
@@ -34,6 +39,10 @@ fn start_scope(w: &World, unit: &str, slice: &str) {
         "sleep infinity >/dev/null 2>&1 </dev/null &",
     ]);
     ok_stdout(&format!("systemd-run --scope {unit}"), out).unwrap();
+    wait_until(Duration::from_secs(30), &format!("{unit} running"), || {
+        (w.show(unit, "TasksCurrent") == "1").then_some(())
+    })
+    .unwrap();
 }
 
 /// A plain cgroup as BuildKit makes one for a build step (`system.slice:docker:ID`), with one
@@ -292,4 +301,223 @@ fn containers_outside_their_users_slice_are_named_by_verify_status_metrics_and_d
     let report = w.json(&["verify", "--json"], 0);
     assert_eq!(outside(&report).len(), 0, "{report:#}");
     assert_eq!(report["containers"]["in_user_slices"], 1);
+}
+
+/// `sh -c script` (in the VM): its stdout, or a panic with everything it printed.
+#[track_caller]
+fn sh_ok(script: &str) -> String {
+    let run = crate::support::Run::of(
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::null()),
+    );
+    assert_eq!(run.code, Some(0), "{script}: {run}");
+    run.stdout
+}
+
+/// Real Docker containers in the VM, on its own systemd: one started in the slice the hook
+/// gives, two without it (Docker's default parent `system.slice`, and `ds01.slice` as DS01's
+/// daemon.json sets it), one of them labelled with its owner as the Docker API gate labels
+/// them, and a BuildKit build whose `RUN` step runs in a plain cgroup of `system.slice`.
+#[test]
+fn docker_containers_started_without_the_hooks_slice_are_found_with_their_names_and_owners() {
+    let Some(_docker) = crate::docker::docker() else {
+        return;
+    };
+    let dir = crate::support::Scratch::new("outside");
+    dir.write(
+        "config/resource-limits.yaml",
+        "default_group: out\nenforcement:\n  aggregate_limits: true\n  cgroup_driver: systemd\ngroups:\n  out:\n    aggregate:\n      memory_max: \"512M\"\n      tasks_max: 64\n",
+    );
+    dir.write("config/groups/out.members", "alice\n");
+    dir.mkdir("state");
+    let run = |args: &[&str]| {
+        let mut cmd = crate::support::ds01(args);
+        cmd.arg("--config")
+            .arg(dir.join("config/resource-limits.yaml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        crate::support::Run::of(&mut cmd)
+    };
+    let hook = run(&["hook", "pre-create", "alice"]);
+    assert_eq!(hook.code, Some(0), "{hook}");
+    let slice = hook.stdout.trim().to_owned();
+    assert_eq!(slice, "ds01-out-alice.slice");
+    let image = "local/busybox";
+    let start = |options: &str| {
+        sh_ok(&format!(
+            "docker run -d --network none {options} {image} sleep 600"
+        ))
+        .trim()
+        .to_owned()
+    };
+    // Removed whatever happens below.
+    struct Containers(Vec<String>);
+    impl Drop for Containers {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("docker rm -f {} >/dev/null 2>&1", self.0.join(" ")),
+                ])
+                .status();
+        }
+    }
+    let mut started = Containers(Vec::new());
+    let inside = start(&format!("--cgroup-parent={slice} --label ds01.user=alice"));
+    started.0.push(inside.clone());
+    let default_parent = start("--name ds01-outside-default --label ds01.user=alice");
+    started.0.push(default_parent.clone());
+    let root_parent = start("--name ds01-outside-root --cgroup-parent=ds01.slice");
+    started.0.push(root_parent.clone());
+
+    // A BuildKit build whose RUN step sleeps; its step's cgroup is looked for while it runs.
+    dir.write("build/Dockerfile", &format!("FROM {image}\nRUN sleep 45\n"));
+    let log = dir.join("build.log");
+    let build = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "DOCKER_BUILDKIT=1 exec docker build --no-cache --progress=plain --network none -t ds01-outside-build {} >{} 2>&1",
+                dir.join("build").display(),
+                log.display()
+            ),
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut build = crate::support::Reaped(build);
+    let build_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let step = wait_until(
+        Duration::from_secs(120),
+        "BuildKit's RUN step running",
+        || {
+            if let Ok(Some(status)) = build.0.try_wait() {
+                panic!(
+                    "the build ended ({status}) before its step was seen:\n{}",
+                    build_log()
+                );
+            }
+            let found = sh_ok("ls -d /sys/fs/cgroup/system.slice/*:docker:* 2>/dev/null || true");
+            found
+                .lines()
+                .next()
+                .map(|l| l.rsplit(':').next().unwrap().to_owned())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", build_log()));
+
+    let out = run(&["verify", "--json"]);
+    assert_eq!(out.code, Some(3), "{out}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let found = outside(&report);
+    let by_id = |id: &str| {
+        found
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not outside: {report:#}"))
+            .clone()
+    };
+    assert!(
+        found.iter().all(|c| c["id"] != inside.as_str()),
+        "{report:#}"
+    );
+    assert!(report["containers"]["in_user_slices"].as_u64().unwrap() >= 1);
+    let d = by_id(&default_parent);
+    assert_eq!(
+        (
+            &d["kind"],
+            &d["name"],
+            &d["owner"],
+            &d["slice"],
+            &d["owner_slice"]
+        ),
+        (
+            &Value::from("docker"),
+            &Value::from("ds01-outside-default"),
+            &Value::from("alice"),
+            &Value::from("system.slice"),
+            &Value::from("ds01-out-alice.slice")
+        ),
+        "{d:#}"
+    );
+    assert!(
+        d["memory_bytes"].as_u64().unwrap() > 0 && d["tasks"].as_u64().unwrap() >= 1,
+        "{d:#}"
+    );
+    let r = by_id(&root_parent);
+    assert_eq!(
+        (&r["name"], &r["owner"], &r["slice"]),
+        (
+            &Value::from("ds01-outside-root"),
+            &Value::Null,
+            &Value::from("ds01.slice")
+        ),
+        "{r:#}"
+    );
+    let b = by_id(&step);
+    assert_eq!(
+        (&b["kind"], &b["slice"]),
+        (&Value::from("build_step"), &Value::from("system.slice")),
+        "{b:#}"
+    );
+    let sources = report["containers"]["sources"].to_string();
+    assert!(sources.contains("docker api"), "{sources}");
+    eprintln!("container cgroup: outside, {}", d["cgroup"]);
+    eprintln!("container cgroup: BuildKit step, {}", b["cgroup"]);
+
+    // alice's own view: her container outside, and under her slice in status.
+    let mine = run(&["verify", "--user", "alice", "--json"]);
+    assert_eq!(mine.code, Some(3), "{mine}");
+    let mine: Value = serde_json::from_str(&mine.stdout).unwrap();
+    assert_eq!(outside(&mine).len(), 1, "{mine:#}");
+    assert_eq!(outside(&mine)[0]["id"], default_parent.as_str());
+    let status = run(&["status", "alice", "--interval", "0"]);
+    assert_eq!(status.code, Some(0), "{status}");
+    let block: String = status
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&slice))
+        .take_while(|l| l.starts_with(&slice) || l.starts_with(' '))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        block.contains(&format!(
+            "outside docker {} (ds01-outside-default) in system.slice, owner alice",
+            &default_parent[..12]
+        )),
+        "{}",
+        status.stdout
+    );
+    let metrics = run(&["metrics"]);
+    assert!(
+        metrics
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("ds01_container_outside_user_slice_info{")
+                && l.contains(&format!("id=\"{default_parent}\""))
+                && l.contains("owner=\"alice\"")
+                && l.contains("name=\"ds01-outside-default\"")),
+        "{}",
+        metrics.stdout
+    );
+
+    // Gone: only the container in alice's slice is left, and verify holds.
+    sh_ok(&format!(
+        "docker rm -f {default_parent} {root_parent} >/dev/null"
+    ));
+    wait_until(Duration::from_secs(120), "the build finished", || {
+        build.0.try_wait().ok().flatten()
+    })
+    .unwrap();
+    let _ = sh_ok("docker rmi ds01-outside-build >/dev/null 2>&1 || true");
+    // (Other tests' slices, stale in this configuration, keep a full verify from holding.)
+    let out = run(&["verify", "--user", "alice", "--json"]);
+    assert_eq!(out.code, Some(0), "{out}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(outside(&report).len(), 0, "{report:#}");
+    assert!(
+        report["containers"]["in_user_slices"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
 }

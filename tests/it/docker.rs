@@ -20,12 +20,13 @@ use crate::support::vm::in_vm_guest;
 use crate::support::{ds01, verify_slice, wait_until, Run, Scratch, MANIFEST_DIR};
 
 /// Every Docker test, by name: tests/it/vm.rs asserts each passed inside the VM.
-pub const TESTS: [&str; 5] = [
+pub const TESTS: [&str; 6] = [
     "docker::containers_land_in_the_users_slice_and_verify_agrees",
     "docker::tasks_max_holds_across_a_users_containers",
     "docker::memory_max_oom_kills_across_a_users_containers",
     "docker::cpu_quota_is_shared_by_a_users_containers",
     "docker::the_wrapper_starts_nothing_when_the_hook_fails",
+    "containers::docker_containers_started_without_the_hooks_slice_are_found_with_their_names_and_owners",
 ];
 
 const IMAGE: &str = "local/busybox";

@@ -118,6 +118,7 @@ pub const V2_SUITE: &[&str] = &[
     "architecture::",
     "cli::",
     "containers::",
+    "counters::",
     "dbus_contract::",
     "docker::",
     "doctor::",
