@@ -10,6 +10,7 @@ mod failsafe;
 mod fleet;
 mod hook;
 mod metrics;
+mod monitoring;
 mod package;
 mod render;
 mod sandbox;
