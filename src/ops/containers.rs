@@ -129,11 +129,8 @@ pub async fn find<S: Systemd>(
             }
         ));
     }
-    if sources.cgroup_root.is_none() {
-        report.notes.push(
-            "note: only systemd's container scopes were looked at (another machine's cgroup tree, where BuildKit's build steps run, is not read)".to_owned(),
-        );
-    }
+    // Without the cgroup tree (`--host`: another machine's), BuildKit's build steps are not
+    // seen; the command line's note for such a run says its cgroup files are not read.
     // One container may show in both the tree and the list (it started in between).
     found.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
     found.dedup_by(|a, b| a.cgroup == b.cgroup);
