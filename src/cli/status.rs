@@ -221,8 +221,12 @@ fn text(report: &StatusReport, style: Style) -> String {
         let n = outside.len() as u64;
         let _ = write!(
             out,
-            "; {} outside their user's slice",
-            counted(n, "container", "containers")
+            "; {}",
+            counted(
+                n,
+                "container outside its user's slice",
+                "containers outside their user's slice"
+            )
         );
     }
     out.push('\n');

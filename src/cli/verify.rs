@@ -164,15 +164,14 @@ fn text(report: &VerifyReport) -> String {
         extra.push(format!("{} stale limits kept while their jobs run", c.kept));
     }
     if c.outside_containers > 0 {
-        extra.push(format!(
-            "{} outside their user's slice (no per-user limit holds for {})",
-            super::status::counted(c.outside_containers as u64, "container", "containers"),
-            if c.outside_containers == 1 {
-                "it"
-            } else {
-                "them"
-            }
-        ));
+        extra.push(if c.outside_containers == 1 {
+            "1 container outside its user's slice (no per-user limit holds for it)".to_owned()
+        } else {
+            format!(
+                "{} containers outside their user's slice (no per-user limit holds for them)",
+                c.outside_containers
+            )
+        });
     }
     if !extra.is_empty() {
         out.truncate(out.trim_end().len());

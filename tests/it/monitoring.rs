@@ -18,8 +18,7 @@ use serde_json::Value;
 use crate::containers::start_scope;
 use crate::support::prometheus::{self, free_port, Prometheus};
 use crate::support::promql::{metric_name, selectors};
-use crate::support::vm::in_vm_guest;
-use crate::support::{ok_stdout, skip, wait_until, Run, Scratch, World, EXAMPLE, MANIFEST_DIR};
+use crate::support::{ok_stdout, wait_until, Run, Scratch, World, EXAMPLE, MANIFEST_DIR};
 
 const RULES: &str = "contrib/prometheus/ds01-slices.rules.yml";
 const RULE_TESTS: &str = "contrib/prometheus/ds01-slices.rules.test.yml";
@@ -31,16 +30,6 @@ const USER: &str = "alice";
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
-}
-
-fn prometheus_or_skip() -> bool {
-    if in_vm_guest() {
-        return false;
-    }
-    match prometheus::unavailable() {
-        Some(reason) => skip("Prometheus (.ci/prometheus)", &reason),
-        None => true,
-    }
 }
 
 fn yaml(rel: &str) -> serde_yaml::Value {
@@ -144,7 +133,7 @@ fn promtool(args: &[&str], dir: &Path) -> Run {
 
 #[test]
 fn the_rules_pass_promtool_and_each_alert_fires_in_its_unit_test() {
-    if !prometheus_or_skip() {
+    if !prometheus::available_or_skip() {
         return;
     }
     let dir = repo("contrib/prometheus");
@@ -216,7 +205,7 @@ fn count(result: &Value) -> usize {
 
 #[test]
 fn every_query_uses_exported_metrics_and_answers_from_a_real_prometheus() {
-    if !prometheus_or_skip() {
+    if !prometheus::available_or_skip() {
         return;
     }
     let Some(w) = World::new(EXAMPLE) else {

@@ -29,6 +29,18 @@ pub fn unavailable() -> Option<String> {
         .map(|p| format!("{} is missing (run .ci/prometheus)", p.display()))
 }
 
+/// Whether the Prometheus tests run here: not inside the VM (it has no Prometheus), and
+/// elsewhere only with the binaries (else "SKIPPED", or a failure where skips are forbidden).
+pub fn available_or_skip() -> bool {
+    if super::vm::in_vm_guest() {
+        return false;
+    }
+    match unavailable() {
+        Some(reason) => super::skip("Prometheus (.ci/prometheus)", &reason),
+        None => true,
+    }
+}
+
 /// `promtool check metrics` on `text`: Ok(its output) when it finds nothing wrong.
 pub fn promtool_check(text: &str) -> Result<String, String> {
     let mut child = Command::new(bin("promtool"))

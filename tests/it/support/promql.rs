@@ -3,22 +3,6 @@
 //! dashboard query uses against what the exporter really exports, and ask Prometheus for each
 //! selector alone. Whether an expression is valid is promtool's to say, not this lexer's.
 
-/// Words of the language that are never metric names.
-const KEYWORDS: [&str; 12] = [
-    "and",
-    "or",
-    "unless",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "offset",
-    "atan2",
-];
-
 /// Words followed by a parenthesised list of label names, not of expressions.
 const LABEL_LISTS: [&str; 6] = [
     "by",
@@ -28,6 +12,13 @@ const LABEL_LISTS: [&str; 6] = [
     "group_left",
     "group_right",
 ];
+
+/// The other words of the language that are never metric names.
+const OPERATORS: [&str; 6] = ["and", "or", "unless", "bool", "offset", "atan2"];
+
+fn keyword(word: &str) -> bool {
+    LABEL_LISTS.contains(&word) || OPERATORS.contains(&word)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -120,7 +111,7 @@ pub fn selectors(expr: &str) -> Vec<String> {
             Token::Ident(word) if LABEL_LISTS.contains(&word.as_str()) && next_open('(') => {
                 k = past_close(&toks, k + 1);
             }
-            Token::Ident(word) if KEYWORDS.contains(&word.as_str()) => k += 1,
+            Token::Ident(word) if keyword(word) => k += 1,
             // A function or an aggregation (`sum(...) by (x)`, `sum by (x) (...)`): its
             // arguments are expressions.
             Token::Ident(_)
