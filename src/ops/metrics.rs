@@ -436,4 +436,66 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn containers_outside_and_the_apply_record() {
+        use crate::model::containers::{ContainerKind, ContainerReport, OutsideContainer};
+        let mut report = StatusReport::default();
+        let none = exposition(&report, &ApplyRecord::default());
+        assert!(
+            !none.contains("ds01_containers") && !none.contains("last_apply"),
+            "{none}"
+        );
+        report.containers = Some(ContainerReport {
+            outside: vec![OutsideContainer {
+                kind: ContainerKind::BuildStep,
+                id: "k2x4".into(),
+                name: None,
+                unit: None,
+                slice: "system.slice".into(),
+                cgroup: "/system.slice/system.slice:docker:k2x4".into(),
+                owner: None,
+                owner_slice: None,
+                memory_bytes: Some(4096),
+                tasks: None,
+            }],
+            ..ContainerReport::default()
+        });
+        let apply = ApplyRecord {
+            last_complete: Some(100),
+            last_attempt: Some((200, false)),
+            config_modified: Some(150),
+        };
+        let text = exposition(&report, &apply);
+        let labels = r#"id="k2x4",kind="buildkit",slice="system.slice",owner="unknown""#;
+        for line in [
+            "ds01_containers_accounted 1".to_owned(),
+            "ds01_containers_outside_user_slice 1".to_owned(),
+            format!("ds01_container_outside_user_slice_info{{{labels},name=\"\",unit=\"\",cgroup=\"/system.slice/system.slice:docker:k2x4\"}} 1"),
+            format!("ds01_container_outside_user_slice_memory_bytes{{{labels}}} 4096"),
+            "ds01_slices_last_apply_timestamp_seconds 100".to_owned(),
+            "ds01_slices_last_apply_attempt_timestamp_seconds 200".to_owned(),
+            "ds01_slices_last_apply_success 0".to_owned(),
+            "ds01_slices_config_timestamp_seconds 150".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(
+            !text.contains("ds01_container_outside_user_slice_tasks{"),
+            "{text}"
+        );
+        // A search that failed: no count that could read as "none outside".
+        if let Some(c) = report.containers.as_mut() {
+            c.error = Some("neither could be read".into());
+        }
+        let failed = exposition(&report, &apply);
+        assert!(
+            failed.contains("\nds01_containers_accounted 0\n"),
+            "{failed}"
+        );
+        assert!(
+            !failed.contains("\nds01_containers_outside_user_slice "),
+            "{failed}"
+        );
+    }
 }

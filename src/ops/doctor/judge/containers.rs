@@ -76,3 +76,67 @@ pub fn containers(found: &Result<ContainerReport, String>) -> Finding {
         "fix the findings above (systemd and the cgroup file system must be readable), then rerun `ds01-slices doctor`",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::containers::{ContainerKind, OutsideContainer};
+
+    fn outside(n: usize) -> ContainerReport {
+        ContainerReport {
+            outside: (0..n)
+                .map(|i| OutsideContainer {
+                    kind: ContainerKind::Docker,
+                    id: format!("{i:064x}"),
+                    name: (i == 0).then(|| "web".to_owned()),
+                    unit: None,
+                    slice: "system.slice".into(),
+                    cgroup: String::new(),
+                    owner: (i == 0).then(|| "alice".to_owned()),
+                    owner_slice: None,
+                    memory_bytes: None,
+                    tasks: None,
+                })
+                .collect(),
+            in_user_slices: 2,
+            sources: vec!["systemd".into()],
+            ..ContainerReport::default()
+        }
+    }
+
+    #[test]
+    fn a_container_outside_fails_with_the_fix_and_a_failed_search_warns() {
+        let ok = containers(&Ok(outside(0)));
+        assert_eq!(ok.status, Status::Ok);
+        assert!(ok.found.contains("(2 found, read from systemd)"), "{ok:?}");
+        let four = containers(&Ok(outside(4)));
+        assert_eq!(four.status, Status::Fail);
+        assert!(
+            four.found
+                .starts_with("4 containers run outside their user's slice")
+                && four
+                    .found
+                    .contains("docker 000000000000 (web) in system.slice, owner alice")
+                && four.found.contains("owner unknown")
+                && four.found.ends_with("; and 1 more"),
+            "{four:?}"
+        );
+        assert!(four.fix.unwrap().contains("Docker API gate"));
+        let one = containers(&Ok(outside(1)));
+        assert!(one.found.starts_with("1 container runs outside"), "{one:?}");
+        let failed = ContainerReport {
+            error: Some("neither systemd nor the cgroup tree could be read".into()),
+            ..ContainerReport::default()
+        };
+        let warned = containers(&Ok(failed));
+        assert_eq!(warned.status, Status::Warning);
+        assert!(
+            warned.found.starts_with("not checked: neither"),
+            "{warned:?}"
+        );
+        assert_eq!(
+            containers(&Err("systemd cannot be asked".into())).status,
+            Status::Warning
+        );
+    }
+}
