@@ -1,7 +1,7 @@
 //! The counters an alert needs, against a real systemd and kernel (the v1 sandbox here, a v2
-//! one in the VM): a busy loop held at its CPUQuota counts throttled periods and time; memory
-//! over MemoryHigh counts `high` events (v2 only: v1 has no MemoryHigh), memory over MemoryMax
-//! counts `max` events (v1: memory.failcnt), `oom` events (v2 only) and an OOM kill. Read from
+//! one in the VM): a busy loop held at its CPUQuota counts throttled periods and time (alice);
+//! memory over MemoryHigh counts `high` events (carol) (v2 only: v1 has no MemoryHigh), memory over MemoryMax
+//! counts `max` events (v1: memory.failcnt), `oom` events (v2 only) and an OOM kill (bob). Read from
 //! `metrics`, as Prometheus would, and from `status --json`.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::support::{wait_until, World, EXAMPLE};
 
 const ALICE: &str = "ds01-student-alice.slice";
+const CAROL: &str = "ds01-student-carol.slice";
 const BOB: &str = "ds01-student-bob.slice";
 
 /// Every sample of the exposition: `name{labels}` → value.
@@ -37,17 +38,19 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
     };
     w.write(
         "user-overrides.yaml",
-        "alice:\n  aggregate:\n    cpu_quota: \"1%\"\n    memory_max: 96M\n    memory_high: 48M\n    tasks_max: 64\n\
+        "alice:\n  aggregate:\n    cpu_quota: \"1%\"\n    memory_max: 96M\n    memory_high: 96M\n    tasks_max: 64\n\
+         carol:\n  aggregate:\n    memory_max: 96M\n    memory_high: 48M\n    tasks_max: 64\n\
          bob:\n  aggregate:\n    memory_max: 64M\n    memory_high: 64M\n    tasks_max: 64\n",
     );
     w.write(
         "groups/student.members",
-        &format!("{}bob\n", w.read("groups/student.members")),
+        &format!("{}bob\ncarol\n", w.read("groups/student.members")),
     );
     w.expect(&["apply"], 0);
     w.sb.start_busy_loop("busy.service", ALICE).unwrap();
     // Over MemoryHigh, under MemoryMax: throttled and reclaimed (v2), never killed.
-    w.sb.start_memory_hog("high.service", ALICE, 64).unwrap();
+    // (Not in alice's slice: at her 1% of a CPU, filling 64M takes minutes under TCG.)
+    w.sb.start_memory_hog("high.service", CAROL, 64).unwrap();
     // Over MemoryMax: dd is OOM-killed; its shell and sleep live on.
     w.sb.start_memory_hog("oom.service", BOB, 100).unwrap();
     let v2 = w.sb.unified();
@@ -66,7 +69,7 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
                 && positive("ds01_slice_memory_max_events_total", BOB, "bob")
                 && positive("ds01_slice_oom_kills_total", BOB, "bob")
                 && (!v2
-                    || (positive("ds01_slice_memory_high_events_total", ALICE, "alice")
+                    || (positive("ds01_slice_memory_high_events_total", CAROL, "carol")
                         && positive("ds01_slice_memory_oom_events_total", BOB, "bob")));
             all.then_some(m)
         },
@@ -83,11 +86,11 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
     );
     assert!(seconds > 0.0 && seconds < 3600.0, "{seconds} s throttled");
     eprintln!(
-        "counters: cpu {throttled} of {periods} periods throttled ({seconds:.2} s); bob: max events {:?}, oom {:?}, oom kills {:?}; alice: high events {:?}",
+        "counters: cpu {throttled} of {periods} periods throttled ({seconds:.2} s); bob: max events {:?}, oom {:?}, oom kills {:?}; carol: high events {:?}",
         get("ds01_slice_memory_max_events_total", BOB, "bob"),
         get("ds01_slice_memory_oom_events_total", BOB, "bob"),
         get("ds01_slice_oom_kills_total", BOB, "bob"),
-        get("ds01_slice_memory_high_events_total", ALICE, "alice"),
+        get("ds01_slice_memory_high_events_total", CAROL, "carol"),
     );
     let text = w.expect(&["metrics"], 0).stdout;
     if !v2 {
@@ -105,7 +108,6 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
                 "{family} has a sample on cgroup v1:\n{text}"
             );
         }
-        // Nor has alice any `high` reading: her hog was held only by MemoryMax.
     }
     for family in [
         "ds01_slice_cpu_periods_total",
@@ -141,9 +143,10 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
         "{bob:#}"
     );
     assert_eq!(bob["cgroup"]["memory_oom_events"].is_u64(), v2, "{bob:#}");
+    let carol = slice(CAROL);
     assert_eq!(
-        alice["cgroup"]["memory_high_events"].is_u64(),
+        carol["cgroup"]["memory_high_events"].is_u64(),
         v2,
-        "{alice:#}"
+        "{carol:#}"
     );
 }

@@ -211,22 +211,23 @@ fn every_query_uses_exported_metrics_and_answers_from_a_real_prometheus() {
     let Some(w) = World::new(EXAMPLE) else {
         return;
     };
-    // alice: near MemoryMax, and throttled at 1% of a CPU (held back in nearly every period,
+    // alice: near MemoryMax; dave: throttled at 1% of a CPU (held back in nearly every period,
     // however busy the machine); bob: OOM-killed; carol: near TasksMax.
     w.write(
         "user-overrides.yaml",
-        "alice:\n  aggregate:\n    cpu_quota: \"1%\"\n    memory_max: 128M\n    memory_high: 128M\n    tasks_max: 64\n\
+        "alice:\n  aggregate:\n    memory_max: 128M\n    memory_high: 128M\n    tasks_max: 64\n\
+         dave:\n  aggregate:\n    cpu_quota: \"1%\"\n    tasks_max: 64\n\
          bob:\n  aggregate:\n    memory_max: 64M\n    memory_high: 64M\n    tasks_max: 64\n\
          carol:\n  aggregate:\n    memory_max: 256M\n    memory_high: 256M\n    tasks_max: 20\n",
     );
     w.write(
         "groups/student.members",
-        &format!("{}bob\ncarol\n", w.read("groups/student.members")),
+        &format!("{}bob\ncarol\ndave\n", w.read("groups/student.members")),
     );
     w.expect(&["apply"], 0);
     w.sb.start_memory_hog("hog.service", "ds01-student-alice.slice", 116)
         .unwrap();
-    w.sb.start_busy_loop("busy.service", "ds01-student-alice.slice")
+    w.sb.start_busy_loop("busy.service", "ds01-student-dave.slice")
         .unwrap();
     let forks = w.sb.systemd_run(&[
         "--unit=forks.service",
@@ -354,7 +355,7 @@ fn every_query_uses_exported_metrics_and_answers_from_a_real_prometheus() {
     // for the user it is about; what it does not, is quiet.
     let expected: [(&str, &str, &str); 8] = [
         ("DS01UserNearMemoryMax", "user", "alice"),
-        ("DS01CPUThrottled", "user", "alice"),
+        ("DS01CPUThrottled", "user", "dave"),
         ("DS01OOMKill", "user", "bob"),
         ("DS01UserNearTasksMax", "user", "carol"),
         ("DS01LimitDrift", "slice", "ds01-student-john_doe.slice"),
