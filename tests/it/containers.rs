@@ -22,27 +22,9 @@ fn id(n: u8) -> String {
     format!("{n:02x}c0ffee{}", "0".repeat(56))
 }
 
-/// A scope named as a container's, with one sleeping process, in `slice`. systemd moves the
-/// process that asks for a scope into it, so it is asked from a service of the sandbox (on
-/// cgroup v2 its systemd cannot move a process of the test's own cgroup).
+/// A scope named as a container's, with one sleeping process, in `slice`.
 pub(crate) fn start_scope(w: &World, unit: &str, slice: &str) {
-    let out = w.sb.systemd_run(&[
-        "--collect",
-        "--",
-        "systemd-run",
-        "--scope",
-        &format!("--unit={unit}"),
-        &format!("--slice={slice}"),
-        "--",
-        "sh",
-        "-c",
-        "sleep infinity >/dev/null 2>&1 </dev/null &",
-    ]);
-    ok_stdout(&format!("systemd-run --scope {unit}"), out).unwrap();
-    wait_until(Duration::from_secs(30), &format!("{unit} running"), || {
-        (w.show(unit, "TasksCurrent") == "1").then_some(())
-    })
-    .unwrap();
+    w.sb.start_sleeping_scope(unit, slice).unwrap();
 }
 
 /// A plain cgroup as BuildKit makes one for a build step (`system.slice:docker:ID`), with one

@@ -401,16 +401,7 @@ fn our_proxies_and_client_round_trip_against_systemd() {
         assert!(sd.loaded_slices().await.unwrap().contains(&slice));
 
         // A container's scope: listed wherever it runs, its cgroup and usage read.
-        let scope = sb.systemd_run(&[
-            "--scope",
-            &format!("--unit={SCOPE_PROBE}"),
-            &format!("--slice={PROBE}"),
-            "--",
-            "sh",
-            "-c",
-            "sleep infinity >/dev/null 2>&1 </dev/null &",
-        ]);
-        assert!(scope.status.success(), "{scope:?}");
+        sb.start_sleeping_scope(SCOPE_PROBE, PROBE).unwrap();
         assert!(sd
             .container_scopes()
             .await
