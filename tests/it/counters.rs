@@ -42,10 +42,7 @@ fn cpu_throttling_and_memory_events_are_counted_per_slice() {
          carol:\n  aggregate:\n    memory_max: 96M\n    memory_high: 48M\n    tasks_max: 64\n\
          bob:\n  aggregate:\n    memory_max: 64M\n    memory_high: 64M\n    tasks_max: 64\n",
     );
-    w.write(
-        "groups/student.members",
-        &format!("{}bob\ncarol\n", w.read("groups/student.members")),
-    );
+    w.add_members("student", &["bob", "carol"]);
     w.expect(&["apply"], 0);
     w.sb.start_busy_loop("busy.service", ALICE).unwrap();
     // Over MemoryHigh, under MemoryMax: throttled and reclaimed (v2), never killed.

@@ -220,10 +220,7 @@ fn every_query_uses_exported_metrics_and_answers_from_a_real_prometheus() {
          bob:\n  aggregate:\n    memory_max: 64M\n    memory_high: 64M\n    tasks_max: 64\n\
          carol:\n  aggregate:\n    memory_max: 256M\n    memory_high: 256M\n    tasks_max: 20\n",
     );
-    w.write(
-        "groups/student.members",
-        &format!("{}bob\ncarol\ndave\n", w.read("groups/student.members")),
-    );
+    w.add_members("student", &["bob", "carol", "dave"]);
     w.expect(&["apply"], 0);
     w.sb.start_memory_hog("hog.service", "ds01-student-alice.slice", 116)
         .unwrap();

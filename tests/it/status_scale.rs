@@ -13,12 +13,7 @@ fn status_of_hundreds_of_users_lists_the_active_first_and_sums_up_the_idle() {
     let Some(w) = World::new(EXAMPLE) else {
         return;
     };
-    let mut members = w.read("groups/student.members");
-    for name in user_names(300) {
-        members.push_str(&name);
-        members.push('\n');
-    }
-    w.write("groups/student.members", &members);
+    w.add_members("student", &user_names(300));
     w.expect(&["apply"], 0);
     // Two users at work, one idle user whose limit was changed behind apply's back.
     w.sb.start_memory_hog("hog.service", "ds01-student-alice.slice", 20)
