@@ -161,7 +161,8 @@ pub enum Command {
     /// Hooks for the container runtime.
     #[command(subcommand)]
     Hook(HookCommand),
-    /// What each slice uses against its limits: memory, tasks, CPU, pressure, OOM kills.
+    /// What each slice uses against its limits (memory, tasks, CPU, pressure, OOM kills),
+    /// active slices first, then the containers running outside their user's slice.
     Status {
         /// Only this user's slice and its parents.
         user: Option<String>,
@@ -172,6 +173,10 @@ pub enum Command {
         /// Seconds between the two CPU readings a single run takes its rates from (0: none).
         #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         interval: f64,
+        /// List every slice: without it, inactive slices with nothing to report (no drift, no
+        /// error, no container outside) are summed up in one line. --json always has all.
+        #[arg(long)]
+        all: bool,
     },
     /// Print Prometheus metrics (text exposition format) of every managed slice.
     Metrics {

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use zbus::zvariant::{OwnedValue, Value};
 
+use super::convert::{as_bool, as_string, as_strings, as_u64, to_value};
 use super::pipeline::MAX_IN_FLIGHT;
 use super::proxies::{self, ManagerProxy};
 use super::stats::{BusStats, BusStatsSnapshot, CallSlot};
 use super::{BusError, Systemd, WriteMode};
-use crate::model::live::{LiveSlice, UnitState};
+use crate::model::containers::SCOPE_PATTERNS;
+use crate::model::live::{LiveSlice, ScopeState, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 
@@ -310,47 +312,6 @@ fn unreachable_semaphore() -> ! {
     panic!("the bus call semaphore was closed")
 }
 
-fn as_u64(v: Option<&OwnedValue>) -> Option<u64> {
-    match v.map(|v| &**v) {
-        Some(Value::U64(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn as_bool(v: Option<&OwnedValue>) -> Option<bool> {
-    match v.map(|v| &**v) {
-        Some(Value::Bool(b)) => Some(*b),
-        _ => None,
-    }
-}
-
-fn as_string(v: Option<&OwnedValue>) -> Option<String> {
-    match v.map(|v| &**v) {
-        Some(Value::Str(s)) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn as_strings(v: Option<&OwnedValue>) -> Vec<String> {
-    match v.map(|v| &**v) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|item| match item {
-                Value::Str(s) => Some(s.to_string()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn to_value(v: BusValue) -> Value<'static> {
-    match v {
-        BusValue::Bool(b) => Value::Bool(b),
-        BusValue::U64(n) => Value::U64(n),
-    }
-}
-
 impl Systemd for BusSystemd {
     async fn read_slice(&self, slice: &SliceName) -> Result<LiveSlice, BusError> {
         let path = proxies::unit_object_path(slice.as_str());
@@ -521,6 +482,33 @@ impl Systemd for BusSystemd {
             .await
             .map(drop)
             .map_err(|e| self.err(format!("stopping holder unit {holder}"), e))
+    }
+
+    async fn container_scopes(&self) -> Result<Vec<String>, BusError> {
+        let _slot = self.slot().await?;
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &SCOPE_PATTERNS)
+            .await
+            .map_err(|e| self.err("listing container scopes", e))?;
+        // A stopped scope has no cgroup left to run anything in.
+        Ok(rows
+            .into_iter()
+            .filter(|r| !matches!(r.3.as_str(), "inactive" | "failed"))
+            .map(|r| r.0)
+            .collect())
+    }
+
+    async fn read_scope(&self, unit: &str) -> Result<ScopeState, BusError> {
+        let path = proxies::unit_object_path(unit);
+        let what = format!("reading scope {unit}");
+        let props = self.get_all(&path, proxies::SCOPE_INTERFACE, &what).await?;
+        let known = |name: &str| as_u64(props.get(name)).filter(|n| *n != u64::MAX);
+        Ok(ScopeState {
+            control_group: as_string(props.get("ControlGroup")).filter(|s| !s.is_empty()),
+            memory_current: known("MemoryCurrent"),
+            tasks_current: known("TasksCurrent"),
+        })
     }
 
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {

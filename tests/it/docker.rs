@@ -20,7 +20,7 @@ use crate::support::vm::in_vm_guest;
 use crate::support::{ds01, verify_slice, wait_until, Run, Scratch, MANIFEST_DIR};
 
 /// Every Docker test, by name: tests/it/vm.rs asserts each passed inside the VM.
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 8] = [
     "docker::containers_land_in_the_users_slice_and_verify_agrees",
     "docker::tasks_max_holds_across_a_users_containers",
     "docker::memory_max_oom_kills_across_a_users_containers",
@@ -28,6 +28,7 @@ pub const TESTS: [&str; 7] = [
     "docker::the_wrapper_starts_nothing_when_the_hook_fails",
     "gpu::a_containers_device_program_is_left_alone_and_a_reload_waits_for_the_admins_word",
     "docker::the_wrapper_tells_the_hook_what_the_daemon_creates",
+    "containers::docker_containers_started_without_the_hooks_slice_are_found_with_their_names_and_owners",
 ];
 
 const IMAGE: &str = "local/busybox";

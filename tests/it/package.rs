@@ -215,6 +215,8 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .sh_ok("MANPAGER=cat man 8 ds01-slices-verify 2>&1")
         .contains("verify"));
     vm.sh_ok("test -s /usr/share/bash-completion/completions/ds01-slices && test -s /usr/share/zsh/vendor-completions/_ds01-slices && test -s /usr/share/fish/vendor_completions.d/ds01-slices.fish && test -x /usr/share/ds01-slices/ds01-docker-run");
+    // The alert rules and the dashboard (docs/monitoring.md), as shipped.
+    vm.sh_ok("grep -q 'alert: DS01ContainerOutsideUserSlice' /usr/share/ds01-slices/ds01-slices.rules.yml && grep -q '\"uid\": \"ds01-slices\"' /usr/share/ds01-slices/ds01-slices.dashboard.json");
 
     // The exporter, as installed and hardened.
     until(

@@ -118,6 +118,8 @@ pub const V2_SUITE: &[&str] = &[
     "apply::",
     "architecture::",
     "cli::",
+    "containers::",
+    "counters::",
     "dbus_contract::",
     "docker::",
     "doctor::",

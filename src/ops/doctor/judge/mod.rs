@@ -7,8 +7,10 @@ use std::path::Path;
 use serde::Serialize;
 
 mod cgroup;
+mod containers;
 mod gpu;
 pub use cgroup::{cgroup, memory_high};
+pub use containers::containers;
 pub use gpu::gpu;
 
 use crate::cgroupfs::Layout;
@@ -38,6 +40,7 @@ pub enum Check {
     Gpu,
     StateDir,
     Drift,
+    Containers,
 }
 
 impl Check {
@@ -53,6 +56,7 @@ impl Check {
             Check::Gpu => "gpu",
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
+            Check::Containers => "containers",
         }
     }
 }
