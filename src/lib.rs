@@ -21,6 +21,7 @@ pub mod diff;
 pub mod docker;
 pub mod dropin;
 pub mod error;
+pub mod gate;
 pub mod model;
 pub mod ops;
 pub mod plan;
