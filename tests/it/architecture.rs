@@ -81,7 +81,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "gate",
         &[
-            "config", "error", "gate", "http", "model", "ops", "state", "systemd", "trace",
+            "config", "docker", "error", "gate", "http", "model", "ops", "state", "systemd",
+            "trace",
         ],
     ),
 ];

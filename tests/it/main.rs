@@ -6,6 +6,7 @@ mod docker;
 mod doctor;
 mod failsafe;
 mod fleet;
+mod gate;
 mod hook;
 mod metrics;
 mod package;

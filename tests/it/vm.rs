@@ -122,6 +122,7 @@ pub const V2_SUITE: &[&str] = &[
     "doctor::",
     "failsafe::",
     "fleet::",
+    "gate::",
     "hook::",
     "metrics::",
     "package::",

@@ -17,6 +17,9 @@ pub enum Route {
     Build,
     /// `POST /volumes/create`: a local volume can bind any host path (`device`).
     VolumeCreate,
+    /// Another request that creates something (an image pulled or loaded, a network, a
+    /// commit): only a caller the configuration knows may make it; its body streams through.
+    Creating,
     Other,
 }
 
@@ -46,6 +49,8 @@ pub fn classify(method: &str, raw_path: &str) -> Result<Route, RouteError> {
         // Docker's routes are `/containers/{name:.*}/start`: the name may hold a '/'.
         p if container_action(p, "/start") => Route::ContainerStart,
         p if container_action(p, "/exec") => Route::ExecCreate,
+        "/images/load" | "/commit" | "/plugins/pull" => Route::Creating,
+        p if p.ends_with("/create") => Route::Creating,
         _ => Route::Other,
     })
 }
@@ -192,6 +197,11 @@ mod tests {
             ("POST", "/v/containers/create", Route::Other),
             ("POST", "/containers/create/", Route::Other),
             ("POST", "/exec/abc/start", Route::Other),
+            ("POST", "/images/create", Route::Creating),
+            ("POST", "/v1.41/images/load", Route::Creating),
+            ("POST", "/networks/create", Route::Creating),
+            ("POST", "/commit", Route::Creating),
+            ("POST", "/containers/abc/kill", Route::Other),
             ("GET", "/_ping", Route::Other),
         ];
         for (method, path, want) in cases {

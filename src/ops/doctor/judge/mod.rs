@@ -7,7 +7,9 @@ use std::path::Path;
 use serde::Serialize;
 
 mod cgroup;
+mod gate;
 pub use cgroup::{cgroup, memory_high};
+pub use gate::{gate, Access, Front};
 
 use crate::cgroupfs::Layout;
 use crate::docker::{DaemonJson, Info};
@@ -35,6 +37,7 @@ pub enum Check {
     Docker,
     StateDir,
     Drift,
+    Gate,
 }
 
 impl Check {
@@ -49,6 +52,7 @@ impl Check {
             Check::Docker => "docker",
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
+            Check::Gate => "gate",
         }
     }
 }

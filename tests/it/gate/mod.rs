@@ -1,0 +1,220 @@
+//! The Docker API gate (`ds01-slices gate`, src/gate/) in front of a real dockerd, with real
+//! clients no one here wrote: the docker CLI, Debian's python3-docker and docker-compose, and
+//! (rollout.rs, from the host) a docker CLI over an ssh Docker context as VS Code Dev
+//! Containers uses it.
+//!
+//! All but rollout.rs run inside the bookworm VM (tests/it/vm.rs, V2_SUITE), on the VM's own
+//! systemd and the dockerd the Docker tests share ([`crate::docker::docker`], one test at a
+//! time): each starts its gate as a transient service on a socket of its own
+//! ([`GATE_SOCKET`], group docker, 0660) in front of the daemon's /run/docker.sock, and its
+//! users' clients talk to that socket. On the host they return at once.
+
+mod clients;
+mod faults;
+mod refusals;
+mod rollout;
+mod streams;
+mod users;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::support::{wait_until, Run, Scratch, BIN};
+
+/// The busybox image the Docker tests import.
+pub const IMAGE: &str = "local/busybox";
+pub const GATE_SOCKET: &str = "/run/ds01-gate-test/docker.sock";
+/// The gate's transient unit.
+pub const UNIT: &str = "ds01-gate-test";
+
+/// The VM's users for these tests: in the configuration's `student` group (capped), and
+/// `gate-admin` in `admin` (uncapped). `gate-eve` has an account and the docker group but
+/// no place in the configuration (it has no default group). The domain-style name is
+/// DS01's kind of account.
+pub const ALICE: &str = "gate-alice";
+pub const BOB: &str = "gate-bob";
+pub const BAKER: &str = "h.baker@hertie-school.lan";
+pub const CAROL: &str = "gate-carol";
+pub const DAVE: &str = "gate-dave";
+pub const ADMIN: &str = "gate-admin";
+pub const EVE: &str = "gate-eve";
+/// A uid with no account (but the docker group, as a process could have it).
+pub const NO_ACCOUNT_UID: u32 = 4242;
+
+/// `sh -c script` (as root, in the guest): stdout, or Err with everything it printed.
+pub fn sh(script: &str) -> Result<String, String> {
+    let run = Run::of(Command::new("sh").args(["-c", script]).stdin(Stdio::null()));
+    if run.code == Some(0) {
+        Ok(run.stdout)
+    } else {
+        Err(format!("{script}: {run}"))
+    }
+}
+
+#[track_caller]
+pub fn sh_ok(script: &str) -> String {
+    sh(script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `script` run by `user` with DOCKER_HOST on the gate's socket (`sh -c`, in the user's home).
+pub fn as_user(user: &str, script: &str) -> Run {
+    let home = if user == "root" {
+        "/root".to_owned()
+    } else {
+        format!("/home/{}", home_dir_name(user))
+    };
+    Run::of(
+        Command::new("runuser")
+            .args(["-u", user, "--", "env"])
+            .arg(format!("HOME={home}"))
+            .arg(format!("DOCKER_HOST=unix://{GATE_SOCKET}"))
+            .args(["sh", "-c", &format!("cd {home} && {script}")])
+            .stdin(Stdio::null()),
+    )
+}
+
+pub fn home_dir_name(user: &str) -> String {
+    user.replace('@', "_")
+}
+
+/// The sanitized slice of a student (the configuration's `student` group).
+pub fn slice_of(user: &str) -> String {
+    format!(
+        "ds01-student-{}.slice",
+        ds01_slices::model::names::sanitize_username(user)
+    )
+}
+
+/// The users of these tests, made once per VM (the VM's disk is a throwaway snapshot).
+fn users() {
+    static MADE: OnceLock<Result<(), String>> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let mut script = String::from("set -e\n");
+        for user in [ALICE, BOB, BAKER, CAROL, DAVE, ADMIN, EVE] {
+            let home = format!("/home/{}", home_dir_name(user));
+            script.push_str(&format!(
+                "id -u '{user}' >/dev/null 2>&1 || useradd --badname -m -d '{home}' -G docker -s /bin/sh '{user}'\n"
+            ));
+        }
+        sh(&script).map(drop)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("making the test users: {e}"));
+}
+
+/// The configuration of these tests: students capped at 512M and 256 tasks, admins uncapped,
+/// no default group.
+pub const CONFIG: &str = "enforcement:\n  aggregate_limits: true\n  cgroup_driver: systemd\ngroups:\n  student:\n    aggregate:\n      cpu_quota: \"200%\"\n      memory_max: \"512M\"\n      memory_high: \"480M\"\n      tasks_max: 256\n  admin: {}\n";
+
+/// A gate on [`GATE_SOCKET`] with its own configuration and state, stopped on drop.
+pub struct Gate {
+    pub dir: Scratch,
+}
+
+impl Gate {
+    /// Docker running (the shared dockerd), the users made, and a gate started with `args`
+    /// (after the global options) in front of /run/docker.sock.
+    pub fn start(extra: &[&str]) -> Gate {
+        users();
+        let dir = Scratch::new("gate");
+        dir.write("config/resource-limits.yaml", CONFIG);
+        dir.write(
+            "config/groups/student.members",
+            &format!("{ALICE}\n{BOB}\n{BAKER}\n{CAROL}\n{DAVE}\n"),
+        );
+        dir.write("config/groups/admin.members", &format!("{ADMIN}\n"));
+        dir.mkdir("state");
+        let gate = Gate { dir };
+        gate.run(extra);
+        gate
+    }
+
+    /// Starts the gate's unit (again).
+    pub fn run(&self, extra: &[&str]) {
+        let _ = sh(&format!(
+            "systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; rm -f {GATE_SOCKET}; mkdir -p -m 0755 /run/ds01-gate-test"
+        ));
+        let mut cmd = Command::new("systemd-run");
+        cmd.args(["--quiet", "--collect", &format!("--unit={UNIT}"), "--"])
+            .arg(BIN)
+            .arg("--config")
+            .arg(self.config())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(extra)
+            .args([
+                "gate",
+                "--listen",
+                GATE_SOCKET,
+                "--docker",
+                "/run/docker.sock",
+            ])
+            .stdin(Stdio::null());
+        let run = Run::of(&mut cmd);
+        assert_eq!(run.code, Some(0), "starting the gate: {run}");
+        wait_until(Duration::from_secs(30), "the gate's socket", || {
+            fs::metadata(GATE_SOCKET).ok()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.journal()));
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config/resource-limits.yaml")
+    }
+
+    /// What the gate wrote to the journal.
+    pub fn journal(&self) -> String {
+        sh(&format!(
+            "journalctl --no-pager -o cat -u {UNIT} | tail -n 200"
+        ))
+        .unwrap_or_default()
+    }
+
+    /// The gate's main PID.
+    pub fn pid(&self) -> u32 {
+        sh_ok(&format!("systemctl show --property=MainPID --value {UNIT}"))
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; rm -rf /run/ds01-gate-test"
+        ));
+    }
+}
+
+/// Containers made by a test, removed on drop (as root, on the daemon's socket).
+#[derive(Default)]
+pub struct Containers(pub Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = sh(&format!(
+                "docker rm -f {} >/dev/null 2>&1",
+                self.0.join(" ")
+            ));
+        }
+    }
+}
+
+/// The cgroup (v2 line of /proc/PID/cgroup) of a running container.
+pub fn cgroup_of(container: &str) -> String {
+    sh_ok(&format!(
+        "cat /proc/$(docker inspect -f '{{{{.State.Pid}}}}' {container})/cgroup"
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// Every container's id, as root sees them on the daemon's socket.
+pub fn all_containers() -> String {
+    sh_ok("docker ps -aq --no-trunc | sort")
+}
