@@ -7,8 +7,11 @@
 //! - the I/O behind small types: [`systemd`] (the client trait and its D-Bus connection),
 //!   [`dropin`] (rendered files), [`state`] (ownership records, lock, the hook's cache),
 //!   [`cgroupfs`] (the kernel's limit files and controllers), [`docker`] (Docker's cgroup
-//!   driver), [`atomic`] (the one way files are replaced);
+//!   driver), [`atomic`] (the one way files are replaced), [`http`] (the one HTTP server:
+//!   `serve` and the Docker API gate);
 //! - the use cases in [`ops`], which return reports and print nothing;
+//! - [`gate`], the Docker API gate: its request rules (pure), served over [`http`], with the
+//!   hook's use case for each user's slice;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -22,6 +25,7 @@ pub mod docker;
 pub mod dropin;
 pub mod error;
 pub mod gate;
+pub mod http;
 pub mod model;
 pub mod ops;
 pub mod plan;

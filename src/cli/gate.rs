@@ -62,7 +62,9 @@ pub fn gate(
         docker.display()
     ));
     let gate = Arc::new(Gate::new(settings, Box::new(|e| out::stderr(&line(&e)))));
-    let ended = rt.block_on(server::serve(gate, listener));
+    let ended = rt.block_on(server::serve(gate, listener, server::limits(), |e| {
+        out::stderr(&format!("ds01-slices gate: {e}"))
+    }));
     let Err(e) = ended;
     Err(CliError::failure(
         anyhow::Error::new(e).context("the gate's listening socket failed"),

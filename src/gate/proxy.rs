@@ -96,18 +96,22 @@ impl Daemon {
             })
     }
 
-    /// `request` to the daemon, its answer back; an upgrade becomes a pipe.
+    /// `request` to the daemon, its answer back; an upgrade becomes a pipe, which keeps the
+    /// client's connection counted as answering ([`crate::http::Busy`]) while it is open.
     pub async fn pass(&self, mut request: Request<Body>) -> Response<Body> {
-        let client_side = request
-            .headers()
-            .contains_key(header::UPGRADE)
-            .then(|| hyper::upgrade::on(&mut request));
+        let client_side = request.headers().contains_key(header::UPGRADE).then(|| {
+            let busy = request.extensions_mut().remove::<crate::http::Busy>();
+            (hyper::upgrade::on(&mut request), busy)
+        });
         match self.send(request).await {
             Ok(mut response) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_side {
+                    if let Some((client_side, busy)) = client_side {
                         let daemon_side = hyper::upgrade::on(&mut response);
-                        tokio::spawn(pipe(client_side, daemon_side));
+                        tokio::spawn(async move {
+                            pipe(client_side, daemon_side).await;
+                            drop(busy);
+                        });
                     }
                 }
                 response.map(streamed)

@@ -143,16 +143,17 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
         })
         .await
     };
-    let verdict =
-        match verdict {
-            Ok(v) => v,
-            Err(e) => return error_response(
+    let verdict = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(
                 500,
                 &format!(
                     "ds01-slices gate: deciding on the request failed ({e}); nothing was created"
                 ),
-            ),
-        };
+            )
+        }
+    };
     drop(permit);
     report(&gate, peer, &route, &verdict);
     let body = match streamed_body {

@@ -61,6 +61,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("trace", &[]),
     ("cgroupfs", &["model"]),
     ("docker", &[]),
+    ("http", &[]),
     ("systemd", &["error", "model", "systemd"]),
     ("state", &["atomic", "error", "model", "state"]),
     (
