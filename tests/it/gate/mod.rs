@@ -27,8 +27,6 @@ use crate::support::{wait_until, Run, Scratch, BIN};
 /// The busybox image the Docker tests import.
 pub const IMAGE: &str = "local/busybox";
 pub const GATE_SOCKET: &str = "/run/ds01-gate-test/docker.sock";
-/// The gate's transient unit.
-pub const UNIT: &str = "ds01-gate-test";
 
 /// The VM's users for these tests: in the configuration's `student` group (capped), and
 /// `gate-admin` in `admin` (uncapped). `gate-eve` has an account and the docker group but
@@ -112,6 +110,8 @@ pub const CONFIG: &str = "enforcement:\n  aggregate_limits: true\n  cgroup_drive
 /// A gate on [`GATE_SOCKET`] with its own configuration and state, stopped on drop.
 pub struct Gate {
     pub dir: Scratch,
+    /// Its transient unit: a name of its own, so that its journal is its own.
+    pub unit: String,
 }
 
 impl Gate {
@@ -127,18 +127,24 @@ impl Gate {
         );
         dir.write("config/groups/admin.members", &format!("{ADMIN}\n"));
         dir.mkdir("state");
-        let gate = Gate { dir };
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gate = Gate {
+            dir,
+            unit: format!("ds01-gate-test-{n}"),
+        };
         gate.run(extra);
         gate
     }
 
     /// Starts the gate's unit (again).
     pub fn run(&self, extra: &[&str]) {
+        let unit = &self.unit;
         let _ = sh(&format!(
-            "systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; rm -f {GATE_SOCKET}; mkdir -p -m 0755 /run/ds01-gate-test"
+            "systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null; rm -f {GATE_SOCKET}; mkdir -p -m 0755 /run/ds01-gate-test"
         ));
         let mut cmd = Command::new("systemd-run");
-        cmd.args(["--quiet", "--collect", &format!("--unit={UNIT}"), "--"])
+        cmd.args(["--quiet", "--collect", &format!("--unit={unit}"), "--"])
             .arg(BIN)
             .arg("--config")
             .arg(self.config())
@@ -168,24 +174,29 @@ impl Gate {
     /// What the gate wrote to the journal.
     pub fn journal(&self) -> String {
         sh(&format!(
-            "journalctl --no-pager -o cat -u {UNIT} | tail -n 200"
+            "journalctl --no-pager -o cat -u {} | tail -n 200",
+            self.unit
         ))
         .unwrap_or_default()
     }
 
     /// The gate's main PID.
     pub fn pid(&self) -> u32 {
-        sh_ok(&format!("systemctl show --property=MainPID --value {UNIT}"))
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        sh_ok(&format!(
+            "systemctl show --property=MainPID --value {}",
+            self.unit
+        ))
+        .trim()
+        .parse()
+        .unwrap_or(0)
     }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
+        let unit = &self.unit;
         let _ = sh(&format!(
-            "systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; rm -rf /run/ds01-gate-test"
+            "systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null; rm -rf /run/ds01-gate-test"
         ));
     }
 }
@@ -217,4 +228,26 @@ pub fn cgroup_of(container: &str) -> String {
 /// Every container's id, as root sees them on the daemon's socket.
 pub fn all_containers() -> String {
     sh_ok("docker ps -aq --no-trunc | sort")
+}
+
+/// Runs `build` (a script, as `user`) whose Dockerfile has `RUN sleep MARKER`, and returns the
+/// build's output and the host's view of that step's cgroup (`/proc/PID/cgroup` of the
+/// sleeping process: inside, a cgroup namespace shows only `/`).
+pub fn build_step_cgroup(user: &str, marker: &str, build: &str) -> (Run, Result<String, String>) {
+    let script = build.to_owned();
+    let user = user.to_owned();
+    let running = std::thread::spawn(move || as_user(&user, &script));
+    let want = format!("sleep\0{marker}\0");
+    let step = wait_until(Duration::from_secs(120), "the build step's process", || {
+        fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline == want.as_bytes())
+                .then(|| fs::read_to_string(e.path().join("cgroup")).ok())
+                .flatten()
+        })
+    });
+    let run = running
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    (run, step.map(|s| s.trim().to_owned()))
 }

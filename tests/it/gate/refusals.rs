@@ -31,7 +31,12 @@ fn raw(user: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     );
     assert_eq!(out.code, Some(0), "{out}");
     let (status, text) = out.stdout.trim().split_once(' ').unwrap_or(("0", ""));
-    (status.parse().unwrap_or(0), text.to_owned())
+    // An error's message, unescaped; a success's body as it is.
+    let text = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.to_owned());
+    (status.parse().unwrap_or(0), text)
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn switched_on_the_shipped_units_put_the_gate_in_front_and_dev_containers_land_i
         return;
     }
     let Some(docker) = host_docker() else {
-        skip("a docker CLI on this machine", "no /usr/local/bin/docker or /usr/bin/docker");
+        skip(
+            "a docker CLI on this machine",
+            "no /usr/local/bin/docker or /usr/bin/docker",
+        );
         return;
     };
     let vm = Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
@@ -97,7 +100,8 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
     .unwrap();
     assert_eq!(on.code, Some(0), "switching on: {on}");
     assert!(
-        on.stdout.contains("600 root:root /run/ds01-slices/docker.sock")
+        on.stdout
+            .contains("600 root:root /run/ds01-slices/docker.sock")
             && on.stdout.contains("660 root:docker /run/docker.sock"),
         "{on}"
     );
@@ -143,10 +147,24 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
                 .env_remove("DOCKER_CONTEXT"),
         )
     };
-    let started = remote(&["run", "-d", "--network", "none", "local/busybox", "sleep", "600"]);
+    let started = remote(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "local/busybox",
+        "sleep",
+        "600",
+    ]);
     let stop_master = || {
         let _ = Command::new(ssh.program())
-            .args(["-o", &format!("ControlPath={}", control.display()), "-O", "exit", &ssh.hosts[0]])
+            .args([
+                "-o",
+                &format!("ControlPath={}", control.display()),
+                "-O",
+                "exit",
+                &ssh.hosts[0],
+            ])
             .output();
     };
     if started.code != Some(0) {
@@ -164,13 +182,19 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
         "cat /proc/$(docker inspect -f '{{{{.State.Pid}}}}' {id})/cgroup"
     ));
     assert!(
-        cgroup.trim().starts_with(&format!("0::/ds01.slice/ds01-student.slice/{SLICE}/docker-")),
+        cgroup.trim().starts_with(&format!(
+            "0::/ds01.slice/ds01-student.slice/{SLICE}/docker-"
+        )),
         "{cgroup}"
     );
-    eprintln!("container cgroup: docker -H ssh:// (dial-stdio): {}", cgroup.trim());
+    eprintln!(
+        "container cgroup: docker -H ssh:// (dial-stdio): {}",
+        cgroup.trim()
+    );
     let journal = vm.sh_ok("journalctl --no-pager -o cat -u ds01-slices-gate.service");
     assert!(
-        journal.contains(&format!("create by {USER} (uid ")) && journal.contains(&format!("in {SLICE}: placed")),
+        journal.contains(&format!("create by {USER} (uid "))
+            && journal.contains(&format!("in {SLICE}: placed")),
         "{journal}"
     );
 
@@ -178,7 +202,10 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
     let restarted = vm.sh_ok(&format!(
         "systemctl kill --signal=KILL ds01-slices-gate.service; sleep 2; runuser -u '{USER}' -- docker ps -q --no-trunc; systemctl is-active ds01-slices-gate.service"
     ));
-    assert!(restarted.contains(&id) && restarted.trim_end().ends_with("active"), "{restarted}");
+    assert!(
+        restarted.contains(&id) && restarted.trim_end().ends_with("active"),
+        "{restarted}"
+    );
     vm.sh_ok(&format!("docker rm -f {id} >/dev/null"));
 
     // Switched off, as docs/gate.md says: the daemon serves /run/docker.sock again.
@@ -196,7 +223,10 @@ stat -c '%a %U:%G %n' /run/docker.sock
     )
     .unwrap();
     assert_eq!(off.code, Some(0), "switching off: {off}");
-    assert!(off.stdout.contains("660 root:docker /run/docker.sock"), "{off}");
+    assert!(
+        off.stdout.contains("660 root:docker /run/docker.sock"),
+        "{off}"
+    );
     let (status, found) = doctor_gate(&vm);
     assert_eq!(status, "warning", "{found}");
     let direct = vm.sh_ok(&format!("runuser -u '{USER}' -- docker ps -q; echo ok"));
