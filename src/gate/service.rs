@@ -22,8 +22,12 @@ use crate::model::names::SliceName;
 /// The largest body the gate reads to decide (a create's JSON is a few KiB; 1 MiB is far
 /// beyond any real one): 413 above it.
 pub const MAX_BODY: usize = 1 << 20;
-/// Bodies read and decided at once; the others wait. Bounds the gate's memory (with
-/// [`MAX_BODY`]) and its threads waiting on the writer lock.
+/// Bodies being read at once; the others wait. Bounds the gate's memory for bodies (with
+/// [`MAX_BODY`]: 64 MiB); a client that sends its body slowly holds one of these for at most
+/// [`BODY_TIMEOUT`], never one of the [`MAX_DECIDING`].
+pub const MAX_READING: usize = 64;
+/// Requests being decided at once (each on a blocking thread, which may wait for the writer
+/// lock); the others wait.
 pub const MAX_DECIDING: usize = 32;
 /// How long a client may take to send a body the gate reads.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +50,7 @@ pub struct Gate {
     settings: Settings,
     systemd: Systemd,
     daemon: Daemon,
+    reading: Semaphore,
     deciding: Semaphore,
     events: Events,
 }
@@ -55,6 +60,7 @@ impl Gate {
         Gate {
             systemd: Systemd::new(settings.bus.clone(), settings.timeout),
             daemon: Daemon::new(&settings.daemon),
+            reading: Semaphore::new(MAX_READING),
             deciding: Semaphore::new(MAX_DECIDING),
             events,
             settings,
@@ -105,20 +111,22 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
         }
         return response;
     }
-    // Bounded: a client cannot make the gate hold more than MAX_DECIDING bodies.
-    let Ok(permit) = gate.deciding.acquire().await else {
-        return error_response(503, "ds01-slices gate: shutting down");
-    };
     let (mut parts, body) = request.into_parts();
     // A build's body is its context (an image load's, an archive): streamed to the daemon,
     // only the request's head is decided on.
     let (bytes, streamed_body) = if matches!(route, Route::Build | Route::Creating) {
         (Bytes::new(), Some(body))
     } else {
+        let Ok(_reading) = gate.reading.acquire().await else {
+            return error_response(503, "ds01-slices gate: shutting down");
+        };
         match read_body(&parts.headers, body).await {
             Ok(bytes) => (bytes, None),
             Err(refused) => return refused,
         }
+    };
+    let Ok(deciding) = gate.deciding.acquire().await else {
+        return error_response(503, "ds01-slices gate: shutting down");
     };
     let content_type = parts
         .headers
@@ -154,7 +162,7 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
             )
         }
     };
-    drop(permit);
+    drop(deciding);
     report(&gate, peer, &route, &verdict);
     let body = match streamed_body {
         Some(streamed) => super::proxy::streamed(streamed),

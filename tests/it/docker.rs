@@ -61,7 +61,7 @@ pub(crate) fn docker() -> Option<MutexGuard<'static, ()>> {
 }
 
 /// `sh -c script` in the guest: its stdout, or Err with everything it printed.
-fn sh(script: &str) -> Result<String, String> {
+pub(crate) fn sh(script: &str) -> Result<String, String> {
     let run = Run::of(Command::new("sh").args(["-c", script]).stdin(Stdio::null()));
     if run.code == Some(0) {
         Ok(run.stdout)
@@ -71,7 +71,7 @@ fn sh(script: &str) -> Result<String, String> {
 }
 
 #[track_caller]
-fn sh_ok(script: &str) -> String {
+pub(crate) fn sh_ok(script: &str) -> String {
     sh(script).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use crate::docker::{sh, sh_ok};
 use crate::support::{wait_until, Run, Scratch, BIN};
 
 /// The busybox image the Docker tests import.
@@ -41,21 +42,6 @@ pub const ADMIN: &str = "gate-admin";
 pub const EVE: &str = "gate-eve";
 /// A uid with no account (but the docker group, as a process could have it).
 pub const NO_ACCOUNT_UID: u32 = 4242;
-
-/// `sh -c script` (as root, in the guest): stdout, or Err with everything it printed.
-pub fn sh(script: &str) -> Result<String, String> {
-    let run = Run::of(Command::new("sh").args(["-c", script]).stdin(Stdio::null()));
-    if run.code == Some(0) {
-        Ok(run.stdout)
-    } else {
-        Err(format!("{script}: {run}"))
-    }
-}
-
-#[track_caller]
-pub fn sh_ok(script: &str) -> String {
-    sh(script).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// `script` run by `user` with DOCKER_HOST on the gate's socket (`sh -c`, in the user's home).
 pub fn as_user(user: &str, script: &str) -> Run {
