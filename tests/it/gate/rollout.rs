@@ -119,11 +119,17 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
     let wrapper = dir.join("bin/ssh");
     fs::create_dir_all(dir.join("bin")).unwrap();
     let control = dir.join("cm");
+    // The real ssh by its path, with the fleet tests' configuration: the `ssh` this wrapper
+    // stands for is first on the CLI's PATH, so it must not call `ssh` by name.
+    let real_ssh = ["/usr/bin/ssh", "/bin/ssh"]
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok())
+        .expect("ssh (openssh-client)");
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec '{}' -o ControlMaster=auto -o ControlPath='{}' -o ControlPersist=yes \"$@\"\n",
-            ssh.program().display(),
+            "#!/bin/sh\nexec {real_ssh} -F '{}' -o ControlMaster=auto -o ControlPath='{}' -o ControlPersist=yes \"$@\"\n",
+            ssh.program().with_file_name("ssh_config").display(),
             control.display()
         ),
     )
@@ -157,14 +163,8 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
         "600",
     ]);
     let stop_master = || {
-        let _ = Command::new(ssh.program())
-            .args([
-                "-o",
-                &format!("ControlPath={}", control.display()),
-                "-O",
-                "exit",
-                &ssh.hosts[0],
-            ])
+        let _ = Command::new(&wrapper)
+            .args(["-O", "exit", &ssh.hosts[0]])
             .output();
     };
     if started.code != Some(0) {
