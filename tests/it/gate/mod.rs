@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use crate::docker::{sh, sh_ok};
+pub(crate) use crate::docker::{sh, sh_ok};
 use crate::support::{wait_until, Run, Scratch, BIN};
 
 /// The busybox image the Docker tests import.
