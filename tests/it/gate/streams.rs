@@ -107,7 +107,7 @@ fn the_docker_cli_runs_containers_in_the_callers_slice_through_the_gate() {
     // load of a large tarball: an image with a 32 MiB layer, saved, removed, loaded back.
     let load = as_user(
         ALICE,
-        &format!("mkdir -p big && head -c 33554432 /dev/urandom >big/blob && tar -C big -c . | docker import - gate-test/big >/dev/null && docker save gate-test/big >big.tar && docker rmi gate-test/big >/dev/null && docker load -i big.tar && docker rmi gate-test/big >/dev/null && rm -rf big big.tar"),
+        "mkdir -p big && head -c 33554432 /dev/urandom >big/blob && tar -C big -c . | docker import - gate-test/big >/dev/null && docker save gate-test/big >big.tar && docker rmi gate-test/big >/dev/null && docker load -i big.tar && docker rmi gate-test/big >/dev/null && rm -rf big big.tar",
     );
     assert_eq!(load.code, Some(0), "load: {load}");
     assert!(load.stdout.contains("Loaded image"), "{load}");
