@@ -44,6 +44,9 @@ struct Args {
     section_v2: bool,
 }
 
+/// Where benches/gate.rs's section starts; the v2 run keeps it.
+const GATE_MARKER: &str = "<!-- gate section: `cargo bench --bench gate` writes from here -->";
+
 /// Where BENCHMARKS.md's cgroup v2 section starts; the v1 run keeps what follows it.
 const V2_MARKER: &str =
     "<!-- cgroup v2 section: `cargo bench --bench scale -- --host vm ...` writes from here -->";
@@ -820,7 +823,14 @@ fn run_on_vm(args: &Args) {
     });
     let old = fs::read_to_string(&args.out).unwrap_or_default();
     let v1 = old.find(V2_MARKER).map(|i| &old[..i]).unwrap_or(&old);
-    fs::write(&args.out, format!("{v1}{V2_MARKER}\n\n{section}")).unwrap();
+    // The gate's section (benches/gate.rs) follows and stays.
+    let gate = old.find(GATE_MARKER).map_or("", |i| &old[i..]);
+    let gate = if gate.is_empty() {
+        String::new()
+    } else {
+        format!("\n{gate}")
+    };
+    fs::write(&args.out, format!("{v1}{V2_MARKER}\n\n{section}{gate}")).unwrap();
     println!("{section}");
     eprintln!(
         "benchmark on the VM: {:.0} s in all",

@@ -277,6 +277,15 @@ pub fn parse_daemon_json(text: &str) -> (DaemonJson, Runtimes) {
     )
 }
 
+/// Where clients find Docker: the users' socket (the daemon's own, or the gate's when the gate
+/// is switched on).
+pub const USERS_SOCKET: &str = "/run/docker.sock";
+/// Where the gate's docker.socket drop-in moves the daemon's own socket (root's only).
+pub const DAEMON_SOCKET: &str = "/run/ds01-slices/docker.sock";
+/// The header on the gate's answers to `/_ping`: the daemon's socket it forwards to. How
+/// `doctor` tells the gate from the daemon.
+pub const GATE_HEADER: &str = "ds01-slices-gate";
+
 #[cfg(test)]
 mod tests {
     use super::*;

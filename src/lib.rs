@@ -10,6 +10,8 @@
 //!   driver), [`atomic`] (the one way files are replaced), [`http`] (the one HTTP server:
 //!   `serve` and the Docker API gate);
 //! - the use cases in [`ops`], which return reports and print nothing;
+//! - [`gate`], the Docker API gate: its request rules (pure), served over [`http`], with the
+//!   hook's use case for each user's slice;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -22,6 +24,7 @@ pub mod diff;
 pub mod docker;
 pub mod dropin;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod model;
 pub mod ops;

@@ -8,6 +8,7 @@ pub mod docs;
 mod doctor;
 pub mod exit;
 mod fleet;
+mod gate;
 mod hook;
 mod inspect;
 mod metrics;
@@ -138,6 +139,17 @@ pub fn run(cli: Cli) -> CliResult {
             // every fresh answer reads it again.
             load(&cli)?;
             serve::serve(g, *listen, std::time::Duration::from_secs(*cache))
+        }
+        Command::Gate {
+            listen,
+            socket_group,
+            docker,
+            strict,
+        } => {
+            // Checked once here, so that a bad configuration stops the gate at its start; each
+            // request reads it again, as a hook does.
+            load(&cli)?;
+            gate::gate(g, listen.as_deref(), socket_group, docker, *strict)
         }
         Command::Verify {
             user,

@@ -9,6 +9,7 @@ mod docker;
 mod doctor;
 mod failsafe;
 mod fleet;
+mod gate;
 mod gpu;
 mod hook;
 mod metrics;

@@ -125,6 +125,7 @@ pub const V2_SUITE: &[&str] = &[
     "doctor::",
     "failsafe::",
     "fleet::",
+    "gate::",
     "gpu::",
     "hook::",
     "metrics::",

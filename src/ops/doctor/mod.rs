@@ -4,6 +4,7 @@
 //! [`judge`] say what each means. A check that cannot be made is itself a finding; no check
 //! stops the others.
 
+mod gate;
 pub mod judge;
 
 use std::path::Path;
@@ -104,6 +105,13 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
         &json_path,
         docker_driver.as_ref(),
     ));
+
+    // Bounded like `docker info`: a gate or daemon that hangs must not hang doctor.
+    let users = Path::new(docker::USERS_SOCKET);
+    let front = gate::front(users, docker::INFO_TIMEOUT);
+    let daemon_socket = gate::daemon_socket(&front);
+    let access = gate::access(Path::new(&daemon_socket));
+    findings.push(judge::gate(docker::USERS_SOCKET, &front, access.as_ref()));
 
     findings.push(judge::state_dir(
         opts.state_dir,

@@ -8,9 +8,11 @@ use serde::Serialize;
 
 mod cgroup;
 mod containers;
+mod gate;
 mod gpu;
 pub use cgroup::{cgroup, memory_high};
 pub use containers::containers;
+pub use gate::{gate, Access, Front};
 pub use gpu::gpu;
 
 use crate::cgroupfs::Layout;
@@ -41,6 +43,7 @@ pub enum Check {
     StateDir,
     Drift,
     Containers,
+    Gate,
 }
 
 impl Check {
@@ -57,6 +60,7 @@ impl Check {
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
             Check::Containers => "containers",
+            Check::Gate => "gate",
         }
     }
 }
