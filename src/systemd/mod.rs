@@ -4,6 +4,7 @@
 
 mod bus;
 pub mod client;
+mod ended;
 mod error;
 pub mod pipeline;
 pub mod proxies;
