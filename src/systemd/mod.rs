@@ -5,6 +5,7 @@
 mod bus;
 pub mod client;
 mod convert;
+mod ended;
 mod error;
 pub mod pipeline;
 pub mod proxies;
