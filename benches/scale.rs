@@ -44,6 +44,9 @@ struct Args {
     section_v2: bool,
 }
 
+/// Where benches/gate.rs's section starts; the v2 run keeps it.
+const GATE_MARKER: &str = "<!-- gate section: `cargo bench --bench gate` writes from here -->";
+
 /// Where BENCHMARKS.md's cgroup v2 section starts; the v1 run keeps what follows it.
 const V2_MARKER: &str =
     "<!-- cgroup v2 section: `cargo bench --bench scale -- --host vm ...` writes from here -->";
@@ -315,6 +318,12 @@ struct SizeResult {
     verify: Vec<f64>,
     status: Vec<f64>,
     metrics: Vec<f64>,
+    /// Container scopes running for the two figures below.
+    containers: usize,
+    /// `ops::containers::find` alone, in-process (ms).
+    discovery: Vec<f64>,
+    /// `verify` (whole process, s) with those containers running.
+    verify_busy: Vec<f64>,
     hook_ok: Vec<f64>,
     hook_write: Vec<f64>,
     hook_write_waiting: Vec<f64>,
@@ -398,6 +407,71 @@ fn systemd_floor(n: usize) -> f64 {
     });
     assert_systemd_on_bus(&sb, "systemd floor");
     secs
+}
+
+/// One scope named as a Docker container's in each of the first `k` users' slices, with one
+/// sleeping process each; started from a service of the sandbox, which systemd may move into
+/// each scope as `systemd-run --scope` asks (its arguments carry no `$`: 252 expands them).
+fn start_container_scopes(sb: &Sandbox, fx: &Fixture, k: usize) {
+    let config = ds01_slices::config::load(&fx.config()).unwrap();
+    let script: Vec<String> = fx.users[..k]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let user = ds01_slices::model::names::UserName::new(u).unwrap();
+            let slice = config.resolve(&user).unwrap().slice;
+            format!(
+                "systemd-run --quiet --scope --unit=docker-{i:064x}.scope --slice={slice} -- sh -c 'sleep infinity >/dev/null 2>&1 </dev/null &'"
+            )
+        })
+        .collect();
+    let out = sb.systemd_run(&[
+        "--collect",
+        "--unit=bench-containers.service",
+        "--",
+        "sh",
+        "-c",
+        &script.join("; "),
+    ]);
+    assert!(out.status.success(), "starting the containers: {out:?}");
+    rt().block_on(async {
+        let sd = connect(sb).await;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while sd.container_scopes().await.unwrap().len() < k {
+            assert!(
+                Instant::now() < deadline,
+                "{k} container scopes not started"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// `ops::containers::find` on its own (systemd's list of container scopes and the cgroup
+/// tree, from a connected client), median of 5, in ms.
+fn discovery_ms(sb: &Sandbox, config: &Path, k: usize) -> f64 {
+    use ds01_slices::ops::containers::{find, Sources};
+    let config = ds01_slices::config::load(config).unwrap();
+    let root = sb.host_path("/sys/fs/cgroup");
+    let sources = Sources {
+        cgroup_root: Some(&root),
+        docker: None,
+    };
+    rt().block_on(async {
+        let sd = connect(sb).await;
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let found = find(&sd, &config, ds01_slices::ops::Scope::All, sources).await;
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert!(
+                found.error.is_none() && found.outside.is_empty(),
+                "{found:?}"
+            );
+            assert_eq!(found.in_user_slices, k, "{found:?}");
+        }
+        median(samples)
+    })
 }
 
 fn bus_stats(stdout: &str) -> (usize, usize, u64) {
@@ -555,6 +629,17 @@ fn run_size(n: usize, args: &Args, version: &mut String) -> SizeResult {
         r.max_pinned = r.max_pinned.max(pinned);
         r.changed.push(changed.wall.as_secs_f64());
         assert_systemd_on_bus(&sb, "apply after changes");
+
+        // Last, as they leave slices active: containers in users' slices, found by verify,
+        // status and the metrics on every run.
+        r.containers = (n / 10).clamp(1, 100);
+        start_container_scopes(&sb, &fx, r.containers);
+        r.discovery
+            .push(discovery_ms(&sb, &fx.config(), r.containers));
+        let busy = measure(&["verify"], &fx.config(), Some(&sb), &state);
+        expect_code("verify with containers", &busy, 0);
+        r.verify_busy.push(busy.wall.as_secs_f64());
+        assert_systemd_on_bus(&sb, "containers");
         drop(sb);
 
         // Baseline: rendered files + one reload, on a fresh systemd.
@@ -738,7 +823,14 @@ fn run_on_vm(args: &Args) {
     });
     let old = fs::read_to_string(&args.out).unwrap_or_default();
     let v1 = old.find(V2_MARKER).map(|i| &old[..i]).unwrap_or(&old);
-    fs::write(&args.out, format!("{v1}{V2_MARKER}\n\n{section}")).unwrap();
+    // The gate's section (benches/gate.rs) follows and stays.
+    let gate = old.find(GATE_MARKER).map_or("", |i| &old[i..]);
+    let gate = if gate.is_empty() {
+        String::new()
+    } else {
+        format!("\n{gate}")
+    };
+    fs::write(&args.out, format!("{v1}{V2_MARKER}\n\n{section}{gate}")).unwrap();
     println!("{section}");
     eprintln!(
         "benchmark on the VM: {:.0} s in all",
@@ -875,6 +967,22 @@ fn report(
             "| {n} | {v:.3} | {st:.3} | {:.2}× | {m:.3} | {:.2}× |",
             st / v,
             m / v
+        );
+    }
+    let _ = writeln!(md, "\n*Finding every container* (what `verify`, `status` and the metrics add for issue 25): one container-like scope (`docker-ID.scope`) in each of N/10 users' slices (at most 100), then `ops::containers::find` alone, in-process (systemd's `ListUnitsByPatterns` and the cgroup tree walked; median of 5 per run, ms), and the whole `verify` with them running (s).\n");
+    let _ = writeln!(
+        md,
+        "| N | containers | finding them (ms) | verify with them (s) | finding / verify |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for (n, r) in rows {
+        let d = median(r.discovery.clone());
+        let v = median(r.verify_busy.clone());
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {d:.1} | {v:.3} | {:.1}% |",
+            r.containers,
+            d / 10.0 / v
         );
     }
     let _ = writeln!(md, "\n## Peak RSS (MiB, median)\n");

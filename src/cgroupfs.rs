@@ -4,6 +4,7 @@
 //! which controllers the kernel gives ds01.slice ([`controllers`]), and which processes run
 //! below it ([`procs`]).
 
+pub mod containers;
 pub mod controllers;
 pub mod procs;
 
@@ -151,21 +152,31 @@ fn v1_dir(root: &Path, controllers: &[&str], rel: &str) -> PathBuf {
 }
 
 /// What the kernel reports of the cgroup `control_group` that systemd has no property for:
-/// child cgroups, OOM kills, and (where the kernel tracks it) pressure. A file that cannot be
-/// read leaves its reading unknown.
+/// child cgroups, OOM kills, memory events and CPU throttling, and (where the kernel tracks
+/// it) pressure. A file that cannot be read leaves its reading unknown.
 pub fn readings(root: &Path, control_group: &str) -> CgroupReadings {
     let rel = control_group.trim_start_matches('/');
     let text = |file: PathBuf| std::fs::read_to_string(file).ok();
     match layout(root) {
         Layout::V2 => {
             let dir = root.join(rel);
+            let events = text(dir.join("memory.events"));
+            let event = |key: &str| events.as_deref().and_then(|t| keyed(t, key));
+            let cpu = text(dir.join("cpu.stat"));
+            let stat = |key: &str| cpu.as_deref().and_then(|t| keyed(t, key));
             CgroupReadings {
                 children: count_children(&dir),
-                oom_kills: text(dir.join("memory.events")).and_then(|t| keyed(&t, "oom_kill")),
+                oom_kills: event("oom_kill"),
                 memory_failcnt: None,
                 memory_pressure_avg10: text(dir.join("memory.pressure"))
                     .and_then(|t| some_avg10(&t)),
                 cpu_pressure_avg10: text(dir.join("cpu.pressure")).and_then(|t| some_avg10(&t)),
+                memory_high_events: event("high"),
+                memory_max_events: event("max"),
+                memory_oom_events: event("oom"),
+                cpu_periods: stat("nr_periods"),
+                cpu_throttled_periods: stat("nr_throttled"),
+                cpu_throttled_usec: stat("throttled_usec"),
             }
         }
         Layout::V1 => {
@@ -175,14 +186,23 @@ pub fn readings(root: &Path, control_group: &str) -> CgroupReadings {
             let tree = [root.join("systemd").join(rel), unified.clone()]
                 .into_iter()
                 .find(|d| d.is_dir());
+            let failcnt = text(memory.join("memory.failcnt")).and_then(|t| t.trim().parse().ok());
+            // The unified hierarchy's cpu.stat has no throttling: the v1 cpu controller's has.
+            let cpu = text(v1_dir(root, &["cpu", "cpu,cpuacct"], rel).join("cpu.stat"));
+            let stat = |key: &str| cpu.as_deref().and_then(|t| keyed(t, key));
             CgroupReadings {
                 children: tree.as_deref().and_then(count_children),
                 oom_kills: v1_oom_kills(&memory),
-                memory_failcnt: text(memory.join("memory.failcnt"))
-                    .and_then(|t| t.trim().parse().ok()),
+                memory_failcnt: failcnt,
                 memory_pressure_avg10: text(unified.join("memory.pressure"))
                     .and_then(|t| some_avg10(&t)),
                 cpu_pressure_avg10: text(unified.join("cpu.pressure")).and_then(|t| some_avg10(&t)),
+                memory_high_events: None,
+                memory_max_events: failcnt,
+                memory_oom_events: None,
+                cpu_periods: stat("nr_periods"),
+                cpu_throttled_periods: stat("nr_throttled"),
+                cpu_throttled_usec: stat("throttled_time").map(|ns| ns / 1000),
             }
         }
     }

@@ -1,9 +1,11 @@
-//! Docker's cgroup driver and runtimes, for `doctor`: asked of the running daemon (`docker
-//! info`, bounded in time), or read from the daemon's configuration (`etc/docker/daemon.json`
-//! under `--root`). Only facts: which driver that means, and whether it is good enough, is for
-//! the caller to judge. Containers land in a user's slice (`--cgroup-parent=ds01-...slice`)
-//! only with the `systemd` driver; NVIDIA's runtime makes a daemon-reload take running
-//! containers' GPUs away with that driver.
+//! Docker, as far as this tool asks it: its cgroup driver and runtimes for `doctor` (asked of
+//! the running daemon with `docker info`, bounded in time, or read from the daemon's
+//! configuration, `etc/docker/daemon.json` under `--root`), and the names and labels of
+//! containers ([`api`]). Only facts: what they mean is for the caller to judge. Containers land
+//! in a user's slice (`--cgroup-parent=ds01-...slice`) only with the `systemd` driver; NVIDIA's
+//! runtime makes a daemon-reload take running containers' GPUs away with that driver.
+
+pub mod api;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -274,6 +276,15 @@ pub fn parse_daemon_json(text: &str) -> (DaemonJson, Runtimes) {
         runtimes_of(object),
     )
 }
+
+/// Where clients find Docker: the users' socket (the daemon's own, or the gate's when the gate
+/// is switched on).
+pub const USERS_SOCKET: &str = "/run/docker.sock";
+/// Where the gate's docker.socket drop-in moves the daemon's own socket (root's only).
+pub const DAEMON_SOCKET: &str = "/run/ds01-slices/docker.sock";
+/// The header on the gate's answers to `/_ping`: the daemon's socket it forwards to. How
+/// `doctor` tells the gate from the daemon.
+pub const GATE_HEADER: &str = "ds01-slices-gate";
 
 #[cfg(test)]
 mod tests {

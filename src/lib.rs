@@ -11,6 +11,8 @@
 //!   `serve` and the Docker API gate), [`process`] (child programs in process groups of their
 //!   own, killed together);
 //! - the use cases in [`ops`], which return reports and print nothing;
+//! - [`gate`], the Docker API gate: its request rules (pure), served over [`http`], with the
+//!   hook's use case for each user's slice;
 //! - [`cli`], the only module that prints and that maps errors to exit codes ([`error`]).
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -23,6 +25,7 @@ pub mod diff;
 pub mod docker;
 pub mod dropin;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod model;
 pub mod ops;

@@ -161,7 +161,8 @@ pub enum Command {
     /// Hooks for the container runtime.
     #[command(subcommand)]
     Hook(HookCommand),
-    /// What each slice uses against its limits: memory, tasks, CPU, pressure, OOM kills.
+    /// What each slice uses against its limits (memory, tasks, CPU, pressure, OOM kills),
+    /// active slices first, then the containers running outside their user's slice.
     Status {
         /// Only this user's slice and its parents.
         user: Option<String>,
@@ -172,6 +173,10 @@ pub enum Command {
         /// Seconds between the two CPU readings a single run takes its rates from (0: none).
         #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         interval: f64,
+        /// List every slice: without it, inactive slices with nothing to report (no drift, no
+        /// error, no container outside) are summed up in one line. --json always has all.
+        #[arg(long)]
+        all: bool,
     },
     /// Print Prometheus metrics (text exposition format) of every managed slice.
     Metrics {
@@ -188,6 +193,29 @@ pub enum Command {
         /// Seconds a scrape's answer is reused for the next scrapes (0: never).
         #[arg(long, default_value_t = 5, value_name = "SECONDS")]
         cache: u64,
+    },
+    /// Serve the Docker Engine API on the users' socket, in front of the daemon's own: every
+    /// container a user creates lands in their slice, admitted against its limits; what would
+    /// leave a slice is refused; everything else passes through (docs/gate.md).
+    ///
+    /// Run by ds01-slices-gate.socket/.service, which hand it /run/docker.sock (not enabled
+    /// by default: switching it on moves the daemon's socket, see docs/gate.md). Each create
+    /// is one line on stderr (the journal): user, slice, decision.
+    Gate {
+        /// Bind this Unix socket (mode 0660, group --socket-group) instead of the one systemd
+        /// passes (LISTEN_FDS).
+        #[arg(long, value_name = "PATH")]
+        listen: Option<PathBuf>,
+        /// The group of the socket bound with --listen.
+        #[arg(long, default_value = "docker", value_name = "GROUP")]
+        socket_group: String,
+        /// The daemon's own socket, where requests go.
+        #[arg(long, default_value = crate::gate::DAEMON_SOCKET, value_name = "PATH")]
+        docker: PathBuf,
+        /// Refuse a container when the user's usage cannot be read (as `hook pre-create
+        /// --strict`; default: admit it with a warning in the journal).
+        #[arg(long)]
+        strict: bool,
     },
     /// Read every managed slice back (systemd and kernel) and report drift; exit 3 on drift.
     Verify {

@@ -7,9 +7,8 @@ use super::exit::{CliError, CliResult};
 use super::{out, parse_user, remember_validated};
 use crate::config::{self, HookTarget};
 use crate::error::{Exit, UsageError};
-use crate::model::admission::{Finding, Policy, Request};
-use crate::model::names::{SliceName, UserName};
-use crate::model::usage::human_bytes;
+use crate::model::admission::{Policy, Request};
+use crate::model::names::UserName;
 use crate::ops;
 use crate::ops::hook::HookError;
 use crate::systemd::{BusSystemd, WriteMode, SYSTEM_BUS_ADDRESS};
@@ -140,7 +139,7 @@ async fn hook_command(
             slice,
             finding,
         }) => {
-            out::stderr(&refusal_box(&user, &slice, &finding));
+            out::stderr(&ops::hook::refusal_box(&user, &slice, &finding));
             return Ok(Exit::Failure);
         }
         Err(e) => return Err(e.into()),
@@ -150,56 +149,4 @@ async fn hook_command(
     out::notes(&report.notes);
     out::stdout(&format!("{slice}\n"))?;
     Ok(Exit::Ok)
-}
-
-/// The refusal as DS01's wrapper showed it: what is in use, what was asked, the limit, and
-/// what to do.
-fn refusal_box(user: &str, slice: &SliceName, finding: &Finding) -> String {
-    let mut lines = vec![format!(
-        "Container refused: {user} would exceed their memory limit"
-    )];
-    match finding {
-        Finding::MemoryOver {
-            in_use,
-            requested,
-            limit,
-        } => {
-            lines.push(String::new());
-            lines.push(format!(
-                "  in use now   {:>8}  (all of {user}'s containers)",
-                human_bytes(*in_use)
-            ));
-            lines.push(format!(
-                "  requested    {:>8}  (--memory)",
-                human_bytes(*requested)
-            ));
-            lines.push(format!(
-                "  limit        {:>8}  (MemoryMax of {slice})",
-                human_bytes(*limit)
-            ));
-            lines.push(format!(
-                "  available    {:>8}",
-                human_bytes(limit.saturating_sub(*in_use))
-            ));
-            lines.push(String::new());
-            lines.push("Stop a container you no longer need (docker ps; docker stop NAME),".into());
-            lines.push("or start this one with less memory (--memory).".into());
-        }
-        other => {
-            lines.push(String::new());
-            lines.push(format!("  {}", ops::hook::finding_text(other)));
-            lines.push(String::new());
-            lines.push("The usage could not be read and --strict refuses then; retry, or".into());
-            lines.push(
-                "ask an admin to check 'ds01-slices status' and 'ds01-slices doctor'.".into(),
-            );
-        }
-    }
-    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    let mut out = format!("+{}+\n", "-".repeat(width + 2));
-    for l in &lines {
-        out.push_str(&format!("| {l:<width$} |\n"));
-    }
-    out.push_str(&format!("+{}+", "-".repeat(width + 2)));
-    out
 }

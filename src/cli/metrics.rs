@@ -57,5 +57,6 @@ pub async fn collect(
     )
     .await?;
     out::notes(&report.notes);
-    Ok(metrics::exposition(&report, ownership.last_applied()))
+    let apply = metrics::ApplyRecord::read(&ownership, config);
+    Ok(metrics::exposition(&report, &apply))
 }

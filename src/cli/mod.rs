@@ -3,10 +3,12 @@
 
 mod apply;
 pub mod args;
+mod containers;
 pub mod docs;
 mod doctor;
 pub mod exit;
 mod fleet;
+mod gate;
 mod hook;
 mod inspect;
 mod metrics;
@@ -71,17 +73,16 @@ pub fn run(cli: Cli) -> CliResult {
             allow_reload,
             watch,
         } => {
-            let opts = ApplyOptions {
-                mode: if *runtime {
-                    WriteMode::Runtime
-                } else {
-                    WriteMode::Persistent
-                },
-                dry_run: *dry_run,
-                force: *force,
-            };
             let opts = DeployOptions {
-                apply: opts,
+                apply: ApplyOptions {
+                    mode: if *runtime {
+                        WriteMode::Runtime
+                    } else {
+                        WriteMode::Persistent
+                    },
+                    dry_run: *dry_run,
+                    force: *force,
+                },
                 backend: (*backend).into(),
                 allow_reload: *allow_reload,
             };
@@ -90,14 +91,11 @@ pub fn run(cli: Cli) -> CliResult {
                 // refused like any later one, and the watcher goes on.
                 return block_on(watch::watch(g, opts));
             }
-            // A deploy also tells the hooks after it that this configuration is valid.
-            let config = if *dry_run {
-                load(&cli)?
-            } else {
-                load_remembered(&cli)?
-            };
-            let user = user.as_deref().map(parse_user).transpose()?;
-            block_on(apply::apply(g, &config, user.as_ref(), opts))
+            let result = apply_command(&cli, user.as_deref(), opts);
+            if user.is_none() && !*dry_run {
+                record_apply_attempt(g, matches!(result, Ok(crate::error::Exit::Ok)));
+            }
+            result
         }
         Command::Render {
             user,
@@ -126,10 +124,11 @@ pub fn run(cli: Cli) -> CliResult {
             user,
             watch,
             interval,
+            all,
         } => {
             let config = load(&cli)?;
             let user = user.as_deref().map(parse_user).transpose()?;
-            status::status(g, &config, user.as_ref(), *watch, *interval)
+            status::status(g, &config, user.as_ref(), *watch, *interval, *all)
         }
         Command::Metrics { output } => {
             let config = load(&cli)?;
@@ -140,6 +139,17 @@ pub fn run(cli: Cli) -> CliResult {
             // every fresh answer reads it again.
             load(&cli)?;
             serve::serve(g, *listen, std::time::Duration::from_secs(*cache))
+        }
+        Command::Gate {
+            listen,
+            socket_group,
+            docker,
+            strict,
+        } => {
+            // Checked once here, so that a bad configuration stops the gate at its start; each
+            // request reads it again, as a hook does.
+            load(&cli)?;
+            gate::gate(g, listen.as_deref(), socket_group, docker, *strict)
         }
         Command::Verify {
             user,
@@ -159,6 +169,30 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Doctor => block_on(doctor::doctor(g)),
         Command::Fleet(action) => fleet::fleet(g, action),
     }
+}
+
+fn apply_command(cli: &Cli, user: Option<&str>, opts: DeployOptions) -> CliResult {
+    // A deploy also tells the hooks after it that this configuration is valid.
+    let config = if opts.apply.dry_run {
+        load(cli)?
+    } else {
+        load_remembered(cli)?
+    };
+    let user = user.map(parse_user).transpose()?;
+    block_on(apply::apply(&cli.globals, &config, user.as_ref(), opts))
+}
+
+/// A full apply's outcome, whatever ended it (a refused configuration too), for the metrics an
+/// alert on a failed apply needs; `apply` and the watcher alike. Not for `--host`, whose
+/// records are another machine's.
+fn record_apply_attempt(globals: &args::Globals, succeeded: bool) {
+    if globals.host.is_some() {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    globals.ownership().record_apply_attempt(now, succeeded);
 }
 
 fn block_on<F: std::future::Future<Output = CliResult>>(f: F) -> CliResult {

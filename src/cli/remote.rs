@@ -51,6 +51,7 @@ pub fn check_allowed(globals: &Globals, host: &Host, command: &Command) -> Resul
         Command::Apply { .. } => "`apply` writes (only `apply --dry-run` reads)",
         Command::Render { .. } => "`render` writes files of this machine",
         Command::Hook(_) => "a hook writes and admits containers on this machine",
+        Command::Gate { .. } => "the gate serves this machine's Docker socket",
         Command::Metrics { .. } | Command::Serve { .. } => {
             "metrics are read from this machine's cgroup files"
         }

@@ -2,6 +2,7 @@
 //! on a terminal (green, yellow, red at the thresholds of `model::usage`), `--json` the same
 //! data, `--watch` again every few seconds with CPU rates over the last interval.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use super::exit::{CliError, CliResult};
 use super::out;
 use crate::config::Config;
 use crate::error::{Exit, UsageError};
+use crate::model::containers::OutsideContainer;
 use crate::model::names::{SliceKind, UserName};
 use crate::model::usage::human_bytes;
 use crate::model::usage::{Level, Meter};
@@ -31,6 +33,7 @@ pub fn status(
     user: Option<&UserName>,
     watch: Option<f64>,
     interval: f64,
+    all: bool,
 ) -> CliResult {
     let seconds = |v: f64, what: &str| {
         if v.is_finite() && (0.0..=86_400.0).contains(&v) {
@@ -56,6 +59,7 @@ pub fn status(
     let style = Style {
         bars: terminal,
         colour: terminal && std::env::var_os("NO_COLOR").is_none(),
+        all,
     };
     let rt = super::async_runtime()?;
     let Some(every) = watch else {
@@ -149,12 +153,60 @@ fn show(globals: &Globals, report: &StatusReport, style: Style) -> Result<(), Cl
 struct Style {
     bars: bool,
     colour: bool,
+    /// Every slice, the inactive ones with nothing to report too.
+    all: bool,
+}
+
+/// Inactive, its limits as configured, nothing to report: hundreds of these are one line.
+fn quiet(s: &SliceStatus) -> bool {
+    !s.active && s.error.is_none() && s.planned.is_some() && !s.drift.values().any(|d| *d)
 }
 
 fn text(report: &StatusReport, style: Style) -> String {
     let mut out = String::new();
+    let outside = report
+        .containers
+        .as_ref()
+        .map_or(&[][..], |c| c.outside.as_slice());
+    let mut quiet_by_group: BTreeMap<&str, u64> = BTreeMap::new();
     for s in &report.slices {
+        let theirs: Vec<&OutsideContainer> = outside
+            .iter()
+            .filter(|c| c.owner_slice.as_ref() == Some(&s.slice))
+            .collect();
+        if !style.all && quiet(s) && theirs.is_empty() {
+            *quiet_by_group
+                .entry(s.group.as_deref().unwrap_or("-"))
+                .or_default() += 1;
+            continue;
+        }
         slice_text(&mut out, s, style);
+        for c in theirs {
+            let _ = writeln!(
+                out,
+                "    outside {} (not under these limits)",
+                super::containers::line(c)
+            );
+        }
+    }
+    if !quiet_by_group.is_empty() {
+        let groups: Vec<String> = quiet_by_group
+            .iter()
+            .map(|(g, n)| format!("{g} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{} with their limits as configured ({}); 'ds01-slices status --all' lists them",
+            counted(
+                quiet_by_group.values().sum(),
+                "inactive slice",
+                "inactive slices"
+            ),
+            groups.join(", ")
+        );
+    }
+    if let Some(found) = &report.containers {
+        out.push_str(&super::containers::section(found));
     }
     let active = report.slices.iter().filter(|s| s.active).count();
     let level_count = |l: Level| {
@@ -178,11 +230,23 @@ fn text(report: &StatusReport, style: Style) -> String {
     if errors > 0 {
         let _ = write!(out, "; {errors} could not be read");
     }
+    if !outside.is_empty() {
+        let n = outside.len() as u64;
+        let _ = write!(
+            out,
+            "; {}",
+            counted(
+                n,
+                "container outside its user's slice",
+                "containers outside their user's slice"
+            )
+        );
+    }
     out.push('\n');
     out
 }
 
-fn counted(n: u64, one: &str, many: &str) -> String {
+pub(super) fn counted(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

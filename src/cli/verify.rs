@@ -10,7 +10,7 @@ use crate::error::Exit;
 use crate::model::names::UserName;
 use crate::model::property::Property;
 use crate::ops::verify::{self, KernelCheck, Status, VerifyReport};
-use crate::ops::Scope;
+use crate::ops::{containers, Scope};
 
 pub async fn verify(
     globals: &Globals,
@@ -33,6 +33,9 @@ pub async fn verify(
         Some(note) => report.notes.push(note),
         None => verify::explain(&mut report, &globals.root),
     }
+    let sources = containers::Sources::local(globals.kernel_root());
+    let found = containers::find(&sd, config, Scope::from(user), sources).await;
+    verify::account_containers(&mut report, found);
     out::notes(&report.notes);
     if json {
         out::json(&report)?;
@@ -132,6 +135,9 @@ fn text(report: &VerifyReport) -> String {
             let _ = writeln!(out, "    conflict {sh}");
         }
     }
+    if let Some(found) = &report.containers {
+        out.push_str(&super::containers::section(found));
+    }
     let c = &report.counts;
     let _ = writeln!(
         out,
@@ -156,6 +162,16 @@ fn text(report: &VerifyReport) -> String {
     }
     if c.kept > 0 {
         extra.push(format!("{} stale limits kept while their jobs run", c.kept));
+    }
+    if c.outside_containers > 0 {
+        extra.push(if c.outside_containers == 1 {
+            "1 container outside its user's slice (no per-user limit holds for it)".to_owned()
+        } else {
+            format!(
+                "{} containers outside their user's slice (no per-user limit holds for them)",
+                c.outside_containers
+            )
+        });
     }
     if !extra.is_empty() {
         out.truncate(out.trim_end().len());

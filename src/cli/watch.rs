@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::Globals;
 use super::exit::{CliError, CliResult};
-use super::{apply, out, remember_validated, with_warnings_shown};
+use super::{apply, out, record_apply_attempt, remember_validated, with_warnings_shown};
 use crate::config::{ConfigError, Digests, Sources};
 use crate::error::Exit;
 use crate::model::watch::{Outcome, Reason, Seen, Watcher, POLL, QUIET};
@@ -46,6 +46,7 @@ pub async fn watch(globals: &Globals, opts: DeployOptions) -> CliResult {
             });
             let started = Instant::now();
             let outcome = apply_once(globals, read, opts).await;
+            record_apply_attempt(globals, outcome == Outcome::Applied);
             let took = started.elapsed().as_secs_f64();
             let retry = watcher.finished(Instant::now(), files, outcome);
             out::say(&match (outcome, retry) {

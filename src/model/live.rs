@@ -46,3 +46,12 @@ pub struct UnitState {
     pub active_state: String,
     pub drop_in_paths: Vec<String>,
 }
+
+/// What systemd reports of a running container's scope (`docker-ID.scope`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeState {
+    /// Its cgroup; `None` once it has stopped.
+    pub control_group: Option<String>,
+    pub memory_current: Option<u64>,
+    pub tasks_current: Option<u64>,
+}

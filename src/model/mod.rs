@@ -3,6 +3,7 @@
 //! `tests/it/architecture.rs`).
 
 pub mod admission;
+pub mod containers;
 pub mod diagnostics;
 pub mod fleet;
 pub mod live;

@@ -109,6 +109,22 @@ pub struct CgroupReadings {
     pub memory_pressure_avg10: Option<f64>,
     /// ... waited for CPU (v2 PSI).
     pub cpu_pressure_avg10: Option<f64>,
+    /// Times the slice's memory went over MemoryHigh and was throttled (v2 `memory.events`
+    /// `high`; v1 has no MemoryHigh).
+    pub memory_high_events: Option<u64>,
+    /// Times the slice's memory reached MemoryMax (v2 `memory.events` `max`; v1
+    /// `memory.failcnt`, the charges that failed against the limit).
+    pub memory_max_events: Option<u64>,
+    /// Times the kernel's OOM killer was invoked for the slice (v2 `memory.events` `oom`; v1
+    /// has no such count).
+    pub memory_oom_events: Option<u64>,
+    /// CPU bandwidth periods in which the slice had tasks to run (`cpu.stat` `nr_periods`).
+    pub cpu_periods: Option<u64>,
+    /// ... in which it was throttled for its CPUQuota (`nr_throttled`).
+    pub cpu_throttled_periods: Option<u64>,
+    /// Time its tasks were held back for its CPUQuota, in µs (v2 `throttled_usec`; v1
+    /// `throttled_time` in ns, converted).
+    pub cpu_throttled_usec: Option<u64>,
 }
 
 /// One slice's usage against its limits.

@@ -371,6 +371,59 @@ async fn start_stopped_parents<S: Systemd>(
     Ok(())
 }
 
+/// The refusal as DS01's wrapper showed it: what is in use, what was asked, the limit, and
+/// what to do. The hook prints it; the gate answers the client with it (the docker CLI shows
+/// it verbatim).
+pub fn refusal_box(user: &str, slice: &SliceName, finding: &Finding) -> String {
+    let mut lines = vec![format!(
+        "Container refused: {user} would exceed their memory limit"
+    )];
+    match finding {
+        Finding::MemoryOver {
+            in_use,
+            requested,
+            limit,
+        } => {
+            lines.push(String::new());
+            lines.push(format!(
+                "  in use now   {:>8}  (all of {user}'s containers)",
+                human_bytes(*in_use)
+            ));
+            lines.push(format!(
+                "  requested    {:>8}  (--memory)",
+                human_bytes(*requested)
+            ));
+            lines.push(format!(
+                "  limit        {:>8}  (MemoryMax of {slice})",
+                human_bytes(*limit)
+            ));
+            lines.push(format!(
+                "  available    {:>8}",
+                human_bytes(limit.saturating_sub(*in_use))
+            ));
+            lines.push(String::new());
+            lines.push("Stop a container you no longer need (docker ps; docker stop NAME),".into());
+            lines.push("or start this one with less memory (--memory).".into());
+        }
+        other => {
+            lines.push(String::new());
+            lines.push(format!("  {}", finding_text(other)));
+            lines.push(String::new());
+            lines.push("The usage could not be read and --strict refuses then; retry, or".into());
+            lines.push(
+                "ask an admin to check 'ds01-slices status' and 'ds01-slices doctor'.".into(),
+            );
+        }
+    }
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let mut out = format!("+{}+\n", "-".repeat(width + 2));
+    for l in &lines {
+        out.push_str(&format!("| {l:<width$} |\n"));
+    }
+    out.push_str(&format!("+{}+", "-".repeat(width + 2)));
+    out
+}
+
 #[cfg(test)]
 #[path = "hook_tests.rs"]
 mod tests;

@@ -6,7 +6,12 @@
 
 use std::fmt::Write as _;
 
+use std::path::Path;
+
 use super::status::{SliceStatus, StatusReport};
+use crate::config::{Config, OVERRIDES_FILE};
+use crate::model::containers::{ContainerReport, OutsideContainer};
+use crate::state::ownership::Ownership;
 
 /// The exposition format's content type (version 0.0.4), for `serve`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -76,8 +81,44 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ds01_slice_oom_kills_total",
         kind: "counter",
-        help: "Processes OOM-killed in the slice since its cgroup was made.",
+        help: "Processes OOM-killed in the slice since its cgroup was made (cgroup v2 memory.events oom_kill). On cgroup v1: the sum of memory.oom_control's oom_kill over the slice and the cgroups below it that exist now, so a kill in a container since removed drops out.",
         value: |s| s.cgroup.oom_kills.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_memory_high_events_total",
+        kind: "counter",
+        help: "Times the slice's memory went over MemoryHigh and the kernel throttled and reclaimed it (cgroup v2 memory.events high). No sample on cgroup v1, which has no MemoryHigh.",
+        value: |s| s.cgroup.memory_high_events.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_memory_max_events_total",
+        kind: "counter",
+        help: "Times the slice's memory reached MemoryMax (cgroup v2 memory.events max). On cgroup v1: memory.failcnt, the charges that failed against the limit.",
+        value: |s| s.cgroup.memory_max_events.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_memory_oom_events_total",
+        kind: "counter",
+        help: "Times the slice was at MemoryMax and the OOM killer was invoked (cgroup v2 memory.events oom). No sample on cgroup v1, which does not count it (ds01_slice_oom_kills_total counts the kills).",
+        value: |s| s.cgroup.memory_oom_events.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_cpu_periods_total",
+        kind: "counter",
+        help: "CPU bandwidth periods (100 ms each) in which the slice had tasks to run under its CPUQuota (cpu.stat nr_periods; on cgroup v1 the cpu hierarchy's cpu.stat).",
+        value: |s| s.cgroup.cpu_periods.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_cpu_throttled_periods_total",
+        kind: "counter",
+        help: "CPU bandwidth periods in which the slice used up its CPUQuota and its tasks were held back (cpu.stat nr_throttled).",
+        value: |s| s.cgroup.cpu_throttled_periods.map(|n| n as f64),
+    },
+    Family {
+        name: "ds01_slice_cpu_throttled_seconds_total",
+        kind: "counter",
+        help: "Time the slice's tasks were held back by its CPUQuota (cgroup v2 cpu.stat throttled_usec; on cgroup v1 throttled_time, in ns).",
+        value: |s| s.cgroup.cpu_throttled_usec.map(|n| n as f64 / 1e6),
     },
     Family {
         name: "ds01_slice_pressure_memory_some_avg10_ratio",
@@ -125,22 +166,64 @@ fn number(v: f64) -> String {
     }
 }
 
-/// The whole exposition: the status of every slice, drift, when apply last completed, and
-/// whether every slice could be read.
-pub fn exposition(report: &StatusReport, last_apply_unix: Option<u64>) -> String {
+/// What the state directory and the configuration's files say of applying it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyRecord {
+    /// When a full apply last brought every slice to its limits (Unix time).
+    pub last_complete: Option<u64>,
+    /// When a full apply last ended, and whether it was complete.
+    pub last_attempt: Option<(u64, bool)>,
+    /// The newest modification time of the configuration's files.
+    pub config_modified: Option<u64>,
+}
+
+impl ApplyRecord {
+    pub fn read(ownership: &Ownership, config: &Config) -> ApplyRecord {
+        ApplyRecord {
+            last_complete: ownership.last_applied(),
+            last_attempt: ownership.last_apply_attempt(),
+            config_modified: config_modified(config),
+        }
+    }
+}
+
+/// The newest modification time of the main file (a symbolic link's target too), the
+/// overrides beside it and the members files.
+fn config_modified(config: &Config) -> Option<u64> {
+    let main = std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone());
+    let dir = main.parent().map(Path::to_path_buf).unwrap_or_default();
+    let files = [config.path.clone(), main, dir.join(OVERRIDES_FILE)]
+        .into_iter()
+        .chain(config.groups.iter().map(|g| g.members_file.clone()));
+    files
+        .filter_map(|f| std::fs::metadata(f).ok()?.modified().ok())
+        .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .max()
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The whole exposition: the status of every slice, drift, the containers outside their
+/// user's slice, when apply last ran and completed, and whether every slice could be read.
+pub fn exposition(report: &StatusReport, apply: &ApplyRecord) -> String {
     let mut out = String::new();
     for f in FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        header(&mut out, f.name, f.kind, f.help);
         for s in report.slices.iter().filter(|s| s.error.is_none()) {
             if let Some(v) = (f.value)(s) {
                 let _ = writeln!(out, "{}{{{}}} {}", f.name, labels(s), number(v));
             }
         }
     }
-    out.push_str(
-        "# HELP ds01_slices_drift 1 when the property does not hold what the configuration asks (verify's comparison), else 0.\n\
-         # TYPE ds01_slices_drift gauge\n",
+    header(
+        &mut out,
+        "ds01_slices_drift",
+        "gauge",
+        "1 when the property does not hold what the configuration asks (verify's comparison), else 0.",
     );
     for s in &report.slices {
         for (property, drifted) in &s.drift {
@@ -153,20 +236,127 @@ pub fn exposition(report: &StatusReport, last_apply_unix: Option<u64>) -> String
             );
         }
     }
-    out.push_str(
-        "# HELP ds01_slices_read_errors Slices whose properties could not be read in this scrape.\n\
-         # TYPE ds01_slices_read_errors gauge\n",
+    header(
+        &mut out,
+        "ds01_slices_read_errors",
+        "gauge",
+        "Slices whose properties could not be read in this scrape.",
     );
     let errors = report.slices.iter().filter(|s| s.error.is_some()).count();
     let _ = writeln!(out, "ds01_slices_read_errors {errors}");
-    if let Some(t) = last_apply_unix {
-        out.push_str(
-            "# HELP ds01_slices_last_apply_timestamp_seconds When a full apply last brought every slice to its limits (Unix time).\n\
-             # TYPE ds01_slices_last_apply_timestamp_seconds gauge\n",
-        );
-        let _ = writeln!(out, "ds01_slices_last_apply_timestamp_seconds {t}");
+    if let Some(found) = &report.containers {
+        containers(&mut out, found);
     }
+    apply_families(&mut out, apply);
     out
+}
+
+/// One reading of a container.
+type Reading = fn(&OutsideContainer) -> Option<u64>;
+
+/// The containers outside their user's slice: how many, and one series of each family per
+/// container (`id` joins them).
+fn containers(out: &mut String, found: &ContainerReport) {
+    header(
+        out,
+        "ds01_containers_accounted",
+        "gauge",
+        "1 when every container on the host could be placed (systemd's scopes and the cgroup tree read), else 0: then ds01_containers_outside_user_slice has no sample.",
+    );
+    let _ = writeln!(
+        out,
+        "ds01_containers_accounted {}",
+        u8::from(found.error.is_none())
+    );
+    header(
+        out,
+        "ds01_containers_outside_user_slice",
+        "gauge",
+        "Containers (Docker or podman scopes, BuildKit build steps) running outside every user's slice, where no per-user limit holds for them.",
+    );
+    if found.error.is_none() {
+        let _ = writeln!(
+            out,
+            "ds01_containers_outside_user_slice {}",
+            found.outside.len()
+        );
+    }
+    let id_labels = |c: &OutsideContainer| {
+        format!(
+            "id=\"{}\",kind=\"{}\",slice=\"{}\",owner=\"{}\"",
+            escape(&c.id),
+            c.kind.name(),
+            escape(&c.slice),
+            escape(c.owner_or_unknown())
+        )
+    };
+    header(
+        out,
+        "ds01_container_outside_user_slice_info",
+        "gauge",
+        "1 for each container outside every user's slice: its id, kind (docker, podman, buildkit, docker-cgroupfs), Docker name, the slice and cgroup it runs in, its unit, and its owner (the ds01.user label, else unknown).",
+    );
+    for c in &found.outside {
+        let _ = writeln!(
+            out,
+            "ds01_container_outside_user_slice_info{{{},name=\"{}\",unit=\"{}\",cgroup=\"{}\"}} 1",
+            id_labels(c),
+            escape(c.name.as_deref().unwrap_or("")),
+            escape(c.unit.as_deref().unwrap_or("")),
+            escape(&c.cgroup)
+        );
+    }
+    let per_container: [(&str, &str, Reading); 2] = [
+        (
+            "ds01_container_outside_user_slice_memory_bytes",
+            "Memory in use by a container outside every user's slice.",
+            |c| c.memory_bytes,
+        ),
+        (
+            "ds01_container_outside_user_slice_tasks",
+            "Tasks in a container outside every user's slice.",
+            |c| c.tasks,
+        ),
+    ];
+    for (name, help, value) in per_container {
+        header(out, name, "gauge", help);
+        for c in &found.outside {
+            if let Some(v) = value(c) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", id_labels(c));
+            }
+        }
+    }
+}
+
+fn apply_families(out: &mut String, apply: &ApplyRecord) {
+    let families = [
+        (
+            "ds01_slices_last_apply_timestamp_seconds",
+            "When a full apply last brought every slice to its limits (Unix time).",
+            apply.last_complete,
+        ),
+        (
+            "ds01_slices_last_apply_attempt_timestamp_seconds",
+            "When a full apply last ended, complete or not (Unix time).",
+            apply.last_attempt.map(|(t, _)| t),
+        ),
+        (
+            "ds01_slices_last_apply_success",
+            "1 when the last full apply brought every slice to its limits, 0 when it failed (a configuration refused, a slice not written).",
+            apply.last_attempt.map(|(_, ok)| u64::from(ok)),
+        ),
+        (
+            "ds01_slices_config_timestamp_seconds",
+            "The newest modification time of the configuration's files (Unix time): newer than the last complete apply means edits not in force.",
+            apply.config_modified,
+        ),
+    ];
+    for (name, help, value) in families {
+        if let Some(v) = value {
+            header(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,9 +406,14 @@ mod tests {
                 slice("ds01-student-alice.slice", "alice", limited),
                 slice("ds01-student-bob.slice", "b\"o\\b", Limits::default()),
             ],
+            containers: None,
             notes: Vec::new(),
         };
-        let text = exposition(&report, Some(1_700_000_000));
+        let apply = ApplyRecord {
+            last_complete: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let text = exposition(&report, &apply);
         let alice = r#"slice="ds01-student-alice.slice",group="student",user="alice""#;
         assert!(
             text.contains(&format!(
@@ -239,6 +434,68 @@ mod tests {
         assert_eq!(
             text.matches("# TYPE ds01_slice_memory_bytes gauge").count(),
             1
+        );
+    }
+
+    #[test]
+    fn containers_outside_and_the_apply_record() {
+        use crate::model::containers::{ContainerKind, ContainerReport, OutsideContainer};
+        let mut report = StatusReport::default();
+        let none = exposition(&report, &ApplyRecord::default());
+        assert!(
+            !none.contains("ds01_containers") && !none.contains("last_apply"),
+            "{none}"
+        );
+        report.containers = Some(ContainerReport {
+            outside: vec![OutsideContainer {
+                kind: ContainerKind::BuildStep,
+                id: "k2x4".into(),
+                name: None,
+                unit: None,
+                slice: "system.slice".into(),
+                cgroup: "/system.slice/system.slice:docker:k2x4".into(),
+                owner: None,
+                owner_slice: None,
+                memory_bytes: Some(4096),
+                tasks: None,
+            }],
+            ..ContainerReport::default()
+        });
+        let apply = ApplyRecord {
+            last_complete: Some(100),
+            last_attempt: Some((200, false)),
+            config_modified: Some(150),
+        };
+        let text = exposition(&report, &apply);
+        let labels = r#"id="k2x4",kind="buildkit",slice="system.slice",owner="unknown""#;
+        for line in [
+            "ds01_containers_accounted 1".to_owned(),
+            "ds01_containers_outside_user_slice 1".to_owned(),
+            format!("ds01_container_outside_user_slice_info{{{labels},name=\"\",unit=\"\",cgroup=\"/system.slice/system.slice:docker:k2x4\"}} 1"),
+            format!("ds01_container_outside_user_slice_memory_bytes{{{labels}}} 4096"),
+            "ds01_slices_last_apply_timestamp_seconds 100".to_owned(),
+            "ds01_slices_last_apply_attempt_timestamp_seconds 200".to_owned(),
+            "ds01_slices_last_apply_success 0".to_owned(),
+            "ds01_slices_config_timestamp_seconds 150".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(
+            !text.contains("ds01_container_outside_user_slice_tasks{"),
+            "{text}"
+        );
+        // A search that failed: no count that could read as "none outside".
+        if let Some(c) = report.containers.as_mut() {
+            c.error = Some("neither could be read".into());
+        }
+        let failed = exposition(&report, &apply);
+        assert!(
+            failed.contains("\nds01_containers_accounted 0\n"),
+            "{failed}"
+        );
+        assert!(
+            !failed.contains("\nds01_containers_outside_user_slice "),
+            "{failed}"
         );
     }
 }

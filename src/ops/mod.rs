@@ -4,6 +4,7 @@
 //! means.
 
 pub mod apply;
+pub mod containers;
 pub mod deploy;
 pub mod doctor;
 pub mod fleet;

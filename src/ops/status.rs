@@ -1,5 +1,5 @@
 //! `status` (and the metrics built on it): what each managed slice uses against the limits in
-//! force. Properties come over D-Bus, one uncached `GetAll` per slice pipelined as verify
+//! force, and the containers that run outside their user's slice (`super::containers`). Properties come over D-Bus, one uncached `GetAll` per slice pipelined as verify
 //! reads; the kernel's cgroup files only for what systemd has no property for (child
 //! cgroups, OOM kills, pressure). CPU use is a rate, so it takes two readings of
 //! `CPUUsageNSec`: the second one a small `Get` per active slice after the interval.
@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::verify::{check_slice, Status};
-use super::{desired_in_scope, hold, release, ApplyError, Notes, Scope};
+use super::{containers, desired_in_scope, hold, release, ApplyError, Notes, Scope};
 use crate::cgroupfs;
 use crate::config::Config;
+use crate::model::containers::ContainerReport;
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceIdentity, SliceKind, SliceName};
 use crate::model::property::Property;
@@ -56,7 +57,10 @@ pub struct SliceStatus {
 pub struct StatusReport {
     /// Seconds between the two CPU readings the rates come from (`None`: no rate taken).
     pub cpu_interval_secs: Option<f64>,
+    /// Active slices first, each group closest to a limit first.
     pub slices: Vec<SliceStatus>,
+    /// The containers outside their user's slice (for one user: theirs).
+    pub containers: Option<ContainerReport>,
     #[serde(skip)]
     pub notes: Vec<String>,
 }
@@ -109,9 +113,13 @@ pub async fn status<S: Systemd>(
         })
         .collect();
     slices.sort_by(|a, b| {
-        usage::by_closeness(a.closeness, b.closeness)
+        (b.error.is_some(), b.active)
+            .cmp(&(a.error.is_some(), a.active))
+            .then_with(|| usage::by_closeness(a.closeness, b.closeness))
             .then_with(|| (a.kind, &a.slice).cmp(&(b.kind, &b.slice)))
     });
+    let sources = containers::Sources::local(cgroup_root);
+    let mut found = containers::find(sd, config, scope, sources).await;
     let report = StatusReport {
         cpu_interval_secs: interval,
         slices,
@@ -119,7 +127,9 @@ pub async fn status<S: Systemd>(
             .take_notes()
             .into_iter()
             .chain(notes.into_vec())
+            .chain(std::mem::take(&mut found.notes))
             .collect(),
+        containers: Some(found),
     };
     Ok((report, samples))
 }

@@ -1,5 +1,6 @@
 //! `verify`: every managed slice read back from systemd (and, for active slices, from the
-//! kernel's cgroup files) and compared with the plan.
+//! kernel's cgroup files) and compared with the plan; and every container that runs outside
+//! its user's slice, where the limits do not hold for it ([`account_containers`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,6 +12,7 @@ use crate::cgroupfs::{self, KernelValue};
 use crate::config::Config;
 use crate::diff;
 use crate::dropin::explain::{self, Shadowing};
+use crate::model::containers::ContainerReport;
 use crate::model::live::LiveSlice;
 use crate::model::names::{SliceKind, SliceName};
 use crate::model::property::{BusValue, Property};
@@ -87,6 +89,8 @@ pub struct Counts {
     pub kept: usize,
     pub errors: usize,
     pub contradictions: usize,
+    /// Containers running outside their user's slice: no per-user limit holds for them.
+    pub outside_containers: usize,
     /// Everything above that means the limits do not hold as configured ([`Counts::settle`]):
     /// `holds` is this being zero, and `fleet` shows it as a host's `drift N`.
     pub not_holding: usize,
@@ -102,7 +106,8 @@ impl Counts {
             + self.kernel_mismatch
             + self.kernel_unreadable
             + self.errors
-            + self.contradictions;
+            + self.contradictions
+            + self.outside_containers;
         self.not_holding == 0
     }
 }
@@ -112,6 +117,9 @@ pub struct VerifyReport {
     pub holds: bool,
     pub counts: Counts,
     pub slices: Vec<SliceCheck>,
+    /// The containers outside their user's slice ([`account_containers`]); `None`: not looked
+    /// for.
+    pub containers: Option<ContainerReport>,
     #[serde(skip)]
     pub notes: Vec<String>,
 }
@@ -202,6 +210,7 @@ pub async fn verify<S: Systemd>(
         holds,
         counts,
         slices,
+        containers: None,
         notes: ownership
             .take_notes()
             .into_iter()
@@ -344,6 +353,18 @@ pub fn explain(report: &mut VerifyReport, root: &Path) {
     report.holds = report.counts.settle();
 }
 
+/// Adds what runs outside the users' slices: each such container does not hold, and so does
+/// a search that could not be made (nothing can then be said of any container).
+pub fn account_containers(report: &mut VerifyReport, mut containers: ContainerReport) {
+    report.counts.outside_containers = containers.outside.len();
+    if containers.error.is_some() {
+        report.counts.errors += 1;
+    }
+    report.notes.append(&mut containers.notes);
+    report.containers = Some(containers);
+    report.holds = report.counts.settle();
+}
+
 #[cfg(test)]
 mod tests {
     use super::Counts;
@@ -361,5 +382,8 @@ mod tests {
         counts.kernel_unreadable = 1;
         assert!(!counts.settle());
         assert_eq!(counts.not_holding, 2);
+        counts.outside_containers = 2;
+        assert!(!counts.settle());
+        assert_eq!(counts.not_holding, 4);
     }
 }

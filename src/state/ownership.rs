@@ -23,6 +23,7 @@ use crate::model::property::Property;
 const VALIDATED_CONFIG: &str = "validated-config";
 /// Holds when the last full apply brought every slice to its limits (Unix seconds).
 const LAST_APPLY: &str = "last-apply";
+const LAST_APPLY_ATTEMPT: &str = "last-apply-attempt";
 
 #[derive(Debug, Clone)]
 pub struct Ownership {
@@ -260,6 +261,36 @@ impl Ownership {
             Ok(Capped::Text(text)) => text.trim().parse().ok(),
             _ => None,
         }
+    }
+
+    /// Notes that a full apply has just ended, and whether it brought every slice to its
+    /// limits (a configuration refused, a slice that failed: not), for the metrics
+    /// `ds01_slices_last_apply_attempt_timestamp_seconds` and `ds01_slices_last_apply_success`.
+    /// Best effort, as [`Ownership::record_applied`].
+    pub fn record_apply_attempt(&self, unix_secs: u64, complete: bool) {
+        if !self.records {
+            return;
+        }
+        let text = format!("{unix_secs} {}\n", if complete { "ok" } else { "failed" });
+        let _ = fs::create_dir_all(&self.dir)
+            .and_then(|()| atomic::replace(&self.dir.join(LAST_APPLY_ATTEMPT), text.as_bytes()));
+    }
+
+    /// When the last full apply ended, and whether it was complete, if it is recorded.
+    pub fn last_apply_attempt(&self) -> Option<(u64, bool)> {
+        if !self.records {
+            return None;
+        }
+        let Ok(Capped::Text(text)) = read_capped(&self.dir.join(LAST_APPLY_ATTEMPT), 64) else {
+            return None;
+        };
+        let (when, outcome) = text.trim().split_once(' ')?;
+        let complete = match outcome {
+            "ok" => true,
+            "failed" => false,
+            _ => return None,
+        };
+        Some((when.parse().ok()?, complete))
     }
 
     /// Records the full set of properties owned on `slice` (empty: forget the slice).

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use zbus::zvariant::{OwnedValue, Value};
 
+use super::convert::{as_bool, as_string, as_strings, as_u64, to_value};
+use super::ended::Ended;
 use super::pipeline::MAX_IN_FLIGHT;
 use super::proxies::{self, ManagerProxy};
 use super::stats::{BusStats, BusStatsSnapshot, CallSlot};
 use super::{BusError, Systemd, WriteMode};
-use crate::model::live::{LiveSlice, UnitState};
+use crate::model::containers::SCOPE_PATTERNS;
+use crate::model::live::{LiveSlice, ScopeState, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 
@@ -43,10 +46,7 @@ pub struct BusSystemd {
     address: String,
     slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<BusStats>,
-    /// The first error that ended the connection for us ([`BusError::ends_connection`]):
-    /// every later call fails with it at once, so a lost connection or a stopped systemd is
-    /// one error, not one per slice, and nothing more goes on the wire.
-    ended: Arc<std::sync::Mutex<Option<BusError>>>,
+    ended: Arc<Ended>,
     /// What carries the connection and must live as long as it (the ssh of `--host`), if
     /// anything: dropped with the last clone.
     _carrier: Option<Arc<dyn Send + Sync>>,
@@ -118,14 +118,14 @@ impl BusSystemd {
             .await
             .map_err(unreachable)?;
         Ok(BusSystemd {
-            connection,
             manager,
             timeout,
             address: shown,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             stats: Arc::new(BusStats::default()),
-            ended: Arc::default(),
+            ended: Arc::new(Ended::new(connection.clone(), timeout)),
             _carrier: carrier,
+            connection,
         })
     }
 
@@ -133,15 +133,8 @@ impl BusSystemd {
         self.stats.snapshot()
     }
 
-    fn ended(&self) -> std::sync::MutexGuard<'_, Option<BusError>> {
-        // Plain data: a panic elsewhere cannot leave it half-written.
-        self.ended
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     async fn slot(&self) -> Result<CallSlot<'_>, BusError> {
-        if let Some(e) = self.ended().clone() {
+        if let Some(e) = self.ended.get().await {
             return Err(e);
         }
         // Invariant: this struct owns the semaphore and never closes it, so acquire cannot
@@ -150,7 +143,7 @@ impl BusSystemd {
             Ok(p) => p,
             Err(_) => unreachable_semaphore(),
         };
-        if let Some(e) = self.ended().clone() {
+        if let Some(e) = self.ended.get().await {
             return Err(e);
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -169,64 +162,61 @@ impl BusSystemd {
         &self.address
     }
 
-    fn err(&self, what: impl Into<String>, e: zbus::Error) -> BusError {
-        let e = BusError::from_zbus(what, e, self.timeout, &self.address);
-        if e.ends_connection() {
-            let mut ended = self.ended();
-            if ended.is_none() {
-                *ended = Some(e.clone());
+    /// A call's result: an answer shows systemd on the bus; an error is classified, and one
+    /// that ends the connection becomes the run's one error (ended.rs names its cause).
+    async fn settle<T>(
+        &self,
+        what: impl Into<String>,
+        result: zbus::Result<T>,
+    ) -> Result<T, BusError> {
+        match result {
+            Ok(v) => {
+                self.ended.answered();
+                Ok(v)
+            }
+            Err(e) => {
+                let e = BusError::from_zbus(what, e, self.timeout, &self.address);
+                Err(if e.ends_connection() {
+                    self.ended.end(e).await
+                } else {
+                    e
+                })
             }
         }
-        e
     }
 
     /// Checks that systemd answers, returning its version.
     pub async fn version(&self) -> Result<String, BusError> {
-        self.manager
-            .version()
-            .await
-            .map_err(|e| self.err("reading systemd's Version", e))
+        let r = self.manager.version().await;
+        self.settle("reading systemd's Version", r).await
     }
 
     /// systemd's `DefaultCPUAccounting`, `DefaultMemoryAccounting` and
     /// `DefaultTasksAccounting` (system.conf), read now: the proxy caches nothing.
     pub async fn accounting_defaults(&self) -> Result<AccountingDefaults, BusError> {
-        let read = |what: &'static str, e| self.err(format!("reading systemd's {what}"), e);
-        Ok(AccountingDefaults {
-            cpu: self
-                .manager
-                .default_cpu_accounting()
-                .await
-                .map_err(|e| read("DefaultCPUAccounting", e))?,
-            memory: self
-                .manager
-                .default_memory_accounting()
-                .await
-                .map_err(|e| read("DefaultMemoryAccounting", e))?,
-            tasks: self
-                .manager
-                .default_tasks_accounting()
-                .await
-                .map_err(|e| read("DefaultTasksAccounting", e))?,
-        })
+        let read = |what: &str| format!("reading systemd's {what}");
+        let cpu = self.manager.default_cpu_accounting().await;
+        let cpu = self.settle(read("DefaultCPUAccounting"), cpu).await?;
+        let memory = self.manager.default_memory_accounting().await;
+        let memory = self.settle(read("DefaultMemoryAccounting"), memory).await?;
+        let tasks = self.manager.default_tasks_accounting().await;
+        let tasks = self.settle(read("DefaultTasksAccounting"), tasks).await?;
+        Ok(AccountingDefaults { cpu, memory, tasks })
     }
 
     pub async fn system_state(&self) -> Result<String, BusError> {
-        self.manager
-            .system_state()
-            .await
-            .map_err(|e| self.err("reading systemd's SystemState", e))
+        let r = self.manager.system_state().await;
+        self.settle("reading systemd's SystemState", r).await
     }
 
     /// Every process in `unit`'s cgroup tree as systemd sees it: (cgroup path, PID in
     /// systemd's PID namespace). A unit that is not loaded is NoSuchUnit.
     pub async fn unit_processes(&self, unit: &str) -> Result<Vec<(String, u32)>, BusError> {
         let _slot = self.slot().await?;
+        let listed = self.manager.get_unit_processes(unit).await;
         let listed = self
-            .manager
-            .get_unit_processes(unit)
-            .await
-            .map_err(|e| self.err(format!("listing the processes of {unit}"), e))?;
+            .settle(format!("listing the processes of {unit}"), listed)
+            .await?;
         Ok(listed.into_iter().map(|(cg, pid, _)| (cg, pid)).collect())
     }
 
@@ -257,8 +247,8 @@ impl BusSystemd {
                 "Get",
                 &(interface, prop),
             )
-            .await
-            .map_err(|e| self.err(what.clone(), e))?;
+            .await;
+        let reply = self.settle(what.clone(), reply).await?;
         reply
             .body()
             .deserialize::<OwnedValue>()
@@ -284,8 +274,8 @@ impl BusSystemd {
                 "GetAll",
                 &(interface,),
             )
-            .await
-            .map_err(|e| self.err(what, e))?;
+            .await;
+        let reply = self.settle(what, reply).await?;
         reply
             .body()
             .deserialize::<HashMap<String, OwnedValue>>()
@@ -308,47 +298,6 @@ fn plain_unix_path(address: &str) -> Option<&str> {
 fn unreachable_semaphore() -> ! {
     // BusSystemd owns the semaphore and never closes it.
     panic!("the bus call semaphore was closed")
-}
-
-fn as_u64(v: Option<&OwnedValue>) -> Option<u64> {
-    match v.map(|v| &**v) {
-        Some(Value::U64(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn as_bool(v: Option<&OwnedValue>) -> Option<bool> {
-    match v.map(|v| &**v) {
-        Some(Value::Bool(b)) => Some(*b),
-        _ => None,
-    }
-}
-
-fn as_string(v: Option<&OwnedValue>) -> Option<String> {
-    match v.map(|v| &**v) {
-        Some(Value::Str(s)) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-fn as_strings(v: Option<&OwnedValue>) -> Vec<String> {
-    match v.map(|v| &**v) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|item| match item {
-                Value::Str(s) => Some(s.to_string()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn to_value(v: BusValue) -> Value<'static> {
-    match v {
-        BusValue::Bool(b) => Value::Bool(b),
-        BusValue::U64(n) => Value::U64(n),
-    }
 }
 
 impl Systemd for BusSystemd {
@@ -412,11 +361,8 @@ impl Systemd for BusSystemd {
 
     async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {
         let _slot = self.slot().await?;
-        self.manager
-            .start_unit(slice.as_str(), "fail")
-            .await
-            .map(drop)
-            .map_err(|e| self.err(format!("starting {slice}"), e))
+        let r = self.manager.start_unit(slice.as_str(), "fail").await;
+        self.settle(format!("starting {slice}"), r).await.map(drop)
     }
 
     async fn set_properties(
@@ -431,10 +377,12 @@ impl Systemd for BusSystemd {
             .collect();
         let names: Vec<&str> = props.iter().map(|(p, _)| p.bus_name()).collect();
         let _slot = self.slot().await?;
-        self.manager
+        let r = self
+            .manager
             .set_unit_properties(slice.as_str(), mode == WriteMode::Runtime, &values)
+            .await;
+        self.settle(format!("setting {} on {slice}", names.join(", ")), r)
             .await
-            .map_err(|e| self.err(format!("setting {} on {slice}", names.join(", ")), e))
     }
 
     async fn loaded_slices(&self) -> Result<Vec<SliceName>, BusError> {
@@ -442,8 +390,8 @@ impl Systemd for BusSystemd {
         let rows = self
             .manager
             .list_units_by_patterns(&[], &["ds01.slice", "ds01-*.slice"])
-            .await
-            .map_err(|e| self.err("listing loaded ds01 slices", e))?;
+            .await;
+        let rows = self.settle("listing loaded ds01 slices", rows).await?;
         Ok(rows
             .into_iter()
             .filter_map(|row| SliceName::parse(&row.0).ok())
@@ -452,10 +400,8 @@ impl Systemd for BusSystemd {
 
     async fn pin(&self, slice: &SliceName) -> Result<(), BusError> {
         let _slot = self.slot().await?;
-        self.manager
-            .ref_unit(slice.as_str())
-            .await
-            .map_err(|e| self.err(format!("pinning {slice}"), e))?;
+        let r = self.manager.ref_unit(slice.as_str()).await;
+        self.settle(format!("pinning {slice}"), r).await?;
         let now = self.stats.pinned.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_pinned.fetch_max(now, Ordering::Relaxed);
         Ok(())
@@ -463,20 +409,16 @@ impl Systemd for BusSystemd {
 
     async fn unpin(&self, slice: &SliceName) -> Result<(), BusError> {
         let _slot = self.slot().await?;
-        self.manager
-            .unref_unit(slice.as_str())
-            .await
-            .map_err(|e| self.err(format!("releasing {slice}"), e))?;
+        let r = self.manager.unref_unit(slice.as_str()).await;
+        self.settle(format!("releasing {slice}"), r).await?;
         self.stats.pinned.fetch_sub(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn reload(&self) -> Result<(), BusError> {
         let _slot = self.slot().await?;
-        self.manager
-            .reload()
-            .await
-            .map_err(|e| self.err("reloading systemd (Manager.Reload)", e))
+        let r = self.manager.reload().await;
+        self.settle("reloading systemd (Manager.Reload)", r).await
     }
 
     async fn hold_loaded(&self, slices: &[SliceName]) -> Result<String, BusError> {
@@ -502,25 +444,48 @@ impl Systemd for BusSystemd {
             ("CollectMode", Value::from("inactive-or-failed")),
         ];
         let _slot = self.slot().await?;
-        self.manager
+        let r = self
+            .manager
             .start_transient_unit(&name, "fail", &props, &[])
-            .await
-            .map_err(|e| {
-                self.err(
-                    format!("starting holder unit {name} for {} slices", slices.len()),
-                    e,
-                )
-            })?;
+            .await;
+        let what = format!("starting holder unit {name} for {} slices", slices.len());
+        self.settle(what, r).await?;
         Ok(name)
     }
 
     async fn release(&self, holder: &str) -> Result<(), BusError> {
         let _slot = self.slot().await?;
-        self.manager
-            .stop_unit(holder, "replace")
+        let r = self.manager.stop_unit(holder, "replace").await;
+        self.settle(format!("stopping holder unit {holder}"), r)
             .await
             .map(drop)
-            .map_err(|e| self.err(format!("stopping holder unit {holder}"), e))
+    }
+
+    async fn container_scopes(&self) -> Result<Vec<String>, BusError> {
+        let _slot = self.slot().await?;
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &SCOPE_PATTERNS)
+            .await;
+        let rows = self.settle("listing container scopes", rows).await?;
+        // A stopped scope has no cgroup left to run anything in.
+        Ok(rows
+            .into_iter()
+            .filter(|r| !matches!(r.3.as_str(), "inactive" | "failed"))
+            .map(|r| r.0)
+            .collect())
+    }
+
+    async fn read_scope(&self, unit: &str) -> Result<ScopeState, BusError> {
+        let path = proxies::unit_object_path(unit);
+        let what = format!("reading scope {unit}");
+        let props = self.get_all(&path, proxies::SCOPE_INTERFACE, &what).await?;
+        let known = |name: &str| as_u64(props.get(name)).filter(|n| *n != u64::MAX);
+        Ok(ScopeState {
+            control_group: as_string(props.get("ControlGroup")).filter(|s| !s.is_empty()),
+            memory_current: known("MemoryCurrent"),
+            tasks_current: known("TasksCurrent"),
+        })
     }
 
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
@@ -529,8 +494,8 @@ impl Systemd for BusSystemd {
         let rows = self
             .manager
             .list_units_by_patterns(&[], &[pattern.as_str()])
-            .await
-            .map_err(|e| self.err("listing holder units", e))?;
+            .await;
+        let rows = self.settle("listing holder units", rows).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }

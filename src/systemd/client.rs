@@ -2,7 +2,7 @@
 //! tested against a real systemd and reasoned about without the bus. [`super::BusSystemd`]
 //! implements it over D-Bus.
 
-use crate::model::live::{LiveSlice, UnitState};
+use crate::model::live::{LiveSlice, ScopeState, UnitState};
 use crate::model::names::SliceName;
 use crate::model::property::{BusValue, Property};
 
@@ -58,6 +58,21 @@ pub trait Systemd {
     /// Holders left by an earlier run that died before releasing them.
     async fn stale_holders(&self) -> Result<Vec<String>, BusError> {
         Ok(Vec::new())
+    }
+    /// The container scopes systemd has loaded that are not stopped: Docker's
+    /// `docker-ID.scope` and podman's `libpod-ID.scope`, wherever they run.
+    async fn container_scopes(&self) -> Result<Vec<String>, BusError> {
+        Err(BusError::Other {
+            what: "listing container scopes".into(),
+            detail: "not supported by this client".into(),
+        })
+    }
+    /// A scope's cgroup and usage (one call), for a scope the cgroup tree cannot show.
+    async fn read_scope(&self, unit: &str) -> Result<ScopeState, BusError> {
+        Err(BusError::Other {
+            what: format!("reading scope {unit}"),
+            detail: "not supported by this client".into(),
+        })
     }
     /// Starts a slice (a job; returns once systemd has queued it).
     async fn start_slice(&self, slice: &SliceName) -> Result<(), BusError> {

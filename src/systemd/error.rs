@@ -10,7 +10,7 @@ pub enum BusError {
     #[error("cannot connect to the system bus at {address}: {reason}; is dbus running? (pass --bus ADDRESS or set DBUS_SYSTEM_BUS_ADDRESS to use another bus, or `--backend files` to render drop-ins instead)")]
     Unreachable { address: String, reason: String },
     #[error("systemd is not on the bus at {address} (nobody owns the name org.freedesktop.systemd1 there); is systemd PID 1 and connected to dbus? `systemctl status dbus` and `busctl status org.freedesktop.systemd1` tell")]
-    ServiceUnknown { address: String },
+    ServiceUnknown { what: String, address: String },
     #[error(
         "{what}: access denied by systemd ({detail}); run ds01-slices as root (e.g. with sudo)"
     )]
@@ -99,6 +99,7 @@ impl BusError {
     ) -> BusError {
         if names_absent_systemd(name) {
             return BusError::ServiceUnknown {
+                what,
                 address: address.to_owned(),
             };
         }
@@ -155,6 +156,7 @@ impl BusError {
                 let detail = other.to_string();
                 if names_absent_systemd(&detail) {
                     BusError::ServiceUnknown {
+                        what,
                         address: address.to_owned(),
                     }
                 } else if detail.contains("timed out") || detail.contains("Timeout") {
@@ -202,13 +204,27 @@ impl BusError {
             )
     }
 
+    /// This error (systemd gone from the bus) followed by the bus closing the connection: the
+    /// bus itself went away (dbus stopped or restarted), and systemd with it (ended.rs).
+    pub(super) fn then_bus_closed(self) -> BusError {
+        match self {
+            BusError::SystemdLeft { what, address }
+            | BusError::ServiceUnknown { what, address } => BusError::Disconnected {
+                what,
+                address,
+                detail: "systemd left the bus, then the bus closed this connection".to_owned(),
+            },
+            other => other,
+        }
+    }
+
     /// Why systemd counts as absent, for the message of a fallback to files.
     pub fn absence(&self) -> Option<String> {
         match self {
             BusError::Unreachable { address, reason } => {
                 Some(format!("systemd is not reachable at {address} ({reason})"))
             }
-            BusError::ServiceUnknown { address } => Some(format!(
+            BusError::ServiceUnknown { address, .. } => Some(format!(
                 "systemd is not reachable at {address} (org.freedesktop.systemd1 is not on that bus)"
             )),
             _ => None,
@@ -237,7 +253,7 @@ mod tests {
         ] {
             let e = BusError::from_error_name("x".into(), name, "d".into(), T, "unix:path=/b");
             assert!(
-                matches!(&e, BusError::ServiceUnknown { address } if address == "unix:path=/b"),
+                matches!(&e, BusError::ServiceUnknown { address, .. } if address == "unix:path=/b"),
                 "{name}: {e:?}"
             );
             assert!(e.is_absent() && e.is_fatal());
@@ -250,6 +266,34 @@ mod tests {
             "a",
         );
         assert!(matches!(failed, BusError::Refused { .. }) && !failed.is_fatal());
+    }
+
+    #[test]
+    fn systemd_leaving_then_the_bus_closing_is_the_bus_going_away() {
+        for left in [
+            BusError::SystemdLeft {
+                what: "setting MemoryMax on ds01.slice".into(),
+                address: "unix:path=/b".into(),
+            },
+            BusError::ServiceUnknown {
+                what: "setting MemoryMax on ds01.slice".into(),
+                address: "unix:path=/b".into(),
+            },
+        ] {
+            let e = left.then_bus_closed();
+            assert!(e.ends_connection() && !e.is_absent(), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with("setting MemoryMax on ds01.slice: lost the connection to the system bus at unix:path=/b")
+                    && text.contains("was dbus restarted?"),
+                "{text}"
+            );
+        }
+        let slow = BusError::Timeout {
+            what: "x".into(),
+            secs: 1,
+        };
+        assert!(matches!(slow.then_bus_closed(), BusError::Timeout { .. }));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 mod bus;
 pub mod client;
+mod convert;
+mod ended;
 mod error;
 pub mod pipeline;
 pub mod proxies;

@@ -10,6 +10,7 @@ pub const SERVICE: &str = "org.freedesktop.systemd1";
 pub const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 pub const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 pub const SLICE_INTERFACE: &str = "org.freedesktop.systemd1.Slice";
+pub const SCOPE_INTERFACE: &str = "org.freedesktop.systemd1.Scope";
 
 /// One row of `ListUnitsByPatterns`.
 pub type UnitRow = (

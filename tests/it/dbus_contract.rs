@@ -17,11 +17,16 @@ use crate::support::{sandbox_or_skip, Sandbox};
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const UNIT: &str = "org.freedesktop.systemd1.Unit";
 const SLICE: &str = "org.freedesktop.systemd1.Slice";
+const SCOPE: &str = "org.freedesktop.systemd1.Scope";
 const DBUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dbus");
 const MANAGER_XML: &str = "org.freedesktop.systemd1.Manager.xml";
 const SLICE_XML: &str = "org.freedesktop.systemd1.Slice.xml";
+const SCOPE_XML: &str = "org.freedesktop.systemd1.Scope.xml";
 /// Any slice will do: every slice object serves the same interfaces.
 const PROBE: &str = "ds01-contract.slice";
+/// Any scope will do (a container's, named as Docker names them).
+const SCOPE_PROBE: &str =
+    "docker-0000000000000000000000000000000000000000000000000000000000c0ffee.scope";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Member {
@@ -96,6 +101,10 @@ fn used() -> Vec<(&'static str, &'static str, Member)> {
         (UNIT, "DropInPaths", read("as")),
         (SLICE, "ControlGroup", read("s")),
         (SLICE, "MemoryCurrent", read("t")),
+        // Containers' scopes (ops::containers).
+        (SCOPE, "ControlGroup", read("s")),
+        (SCOPE, "MemoryCurrent", read("t")),
+        (SCOPE, "TasksCurrent", read("t")),
     ];
     for p in Property::ACCOUNTING {
         v.push((SLICE, p.bus_name(), read("b")));
@@ -240,15 +249,20 @@ fn systemd_serves_every_member_we_use_as_committed_in_dbus_dir() {
     let Some(sb) = sandbox_or_skip() else { return };
     let manager_xml = introspect(&sb, proxies::MANAGER_PATH);
     let slice_xml = introspect(&sb, &proxies::unit_object_path(PROBE));
+    let scope_xml = introspect(&sb, &proxies::unit_object_path(SCOPE_PROBE));
     if std::env::var("DS01_BLESS_DBUS").is_ok_and(|v| v == "1") {
         fs::create_dir_all(DBUS_DIR).unwrap();
         fs::write(format!("{DBUS_DIR}/{MANAGER_XML}"), &manager_xml).unwrap();
         fs::write(format!("{DBUS_DIR}/{SLICE_XML}"), &slice_xml).unwrap();
+        fs::write(format!("{DBUS_DIR}/{SCOPE_XML}"), &scope_xml).unwrap();
     }
     let mut live = parse(&manager_xml);
     live.extend(parse(&slice_xml));
+    live.extend(parse(&scope_xml).into_iter().filter(|(i, _)| i == SCOPE));
     assert!(
-        [MANAGER, UNIT, SLICE].iter().all(|i| live.contains_key(*i)),
+        [MANAGER, UNIT, SLICE, SCOPE]
+            .iter()
+            .all(|i| live.contains_key(*i)),
         "interfaces missing from the introspection: {:?}",
         live.keys().collect::<Vec<_>>()
     );
@@ -261,6 +275,11 @@ fn systemd_serves_every_member_we_use_as_committed_in_dbus_dir() {
     };
     let mut saved = parse(&committed(MANAGER_XML));
     saved.extend(parse(&committed(SLICE_XML)));
+    saved.extend(
+        parse(&committed(SCOPE_XML))
+            .into_iter()
+            .filter(|(i, _)| i == SCOPE),
+    );
     problems.extend(mismatches(&saved, "dbus/"));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
@@ -385,6 +404,21 @@ fn our_proxies_and_client_round_trip_against_systemd() {
         assert_eq!(state.active_state, "active");
         assert!(state.drop_in_paths.contains(&dropin), "{state:?}");
         assert!(sd.loaded_slices().await.unwrap().contains(&slice));
+
+        // A container's scope: listed wherever it runs, its cgroup and usage read.
+        sb.start_sleeping_scope(SCOPE_PROBE, PROBE).unwrap();
+        assert!(sd
+            .container_scopes()
+            .await
+            .unwrap()
+            .contains(&SCOPE_PROBE.to_owned()));
+        let state = sd.read_scope(SCOPE_PROBE).await.unwrap();
+        assert_eq!(
+            state.control_group.as_deref(),
+            Some(format!("/ds01.slice/{PROBE}/{SCOPE_PROBE}").as_str()),
+            "{state:?}"
+        );
+        assert_eq!(state.tasks_current, Some(1), "{state:?}");
 
         let holder = sd.hold_loaded(std::slice::from_ref(&slice)).await.unwrap();
         assert_eq!(

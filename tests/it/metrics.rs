@@ -8,20 +8,10 @@ use std::time::Duration;
 
 use crate::support::prometheus::{self, free_port, get, Prometheus};
 use crate::support::vm::in_vm_guest;
-use crate::support::{skip, wait_until, World, EXAMPLE};
+use crate::support::{wait_until, World, EXAMPLE};
 
 const ALICE: &str = "ds01-student-alice.slice";
 const ALICE_LABELS: &str = r#"slice="ds01-student-alice.slice",group="student",user="alice""#;
-
-fn prometheus_or_skip() -> bool {
-    if in_vm_guest() {
-        return false;
-    }
-    match prometheus::unavailable() {
-        Some(reason) => skip("Prometheus (.ci/prometheus)", &reason),
-        None => true,
-    }
-}
 
 /// The sample of `family` for alice in an exposition.
 fn alice_sample(text: &str, family: &str) -> Option<String> {
@@ -33,7 +23,7 @@ fn alice_sample(text: &str, family: &str) -> Option<String> {
 
 #[test]
 fn the_exposition_passes_promtool_and_carries_the_plan() {
-    if !prometheus_or_skip() {
+    if !prometheus::available_or_skip() {
         return;
     }
     let Some(w) = World::new(EXAMPLE) else {
@@ -110,7 +100,7 @@ fn the_exposition_passes_promtool_and_carries_the_plan() {
 
 #[test]
 fn a_real_prometheus_scrapes_serve() {
-    if !prometheus_or_skip() {
+    if !prometheus::available_or_skip() {
         return;
     }
     let Some(w) = World::new(EXAMPLE) else {

@@ -151,6 +151,23 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
     assert!(vm
         .sh_ok("systemctl show -p Before ds01-slices-apply.service")
         .contains("docker.service"));
+    // The Docker API gate is shipped switched off: its units disabled, its docker drop-ins
+    // where systemd does not read them, the daemon's socket where it was (docs/gate.md).
+    let gate = vm.sh_ok(
+        "systemctl is-enabled ds01-slices-gate.socket ds01-slices-gate.service || true; \
+         ls /usr/share/ds01-slices/gate/docker.socket.d/ds01-slices-gate.conf /usr/share/ds01-slices/gate/docker.service.d/ds01-slices-gate.conf /usr/share/doc/ds01-slices/gate.md; \
+         ls /etc/systemd/system/docker.socket.d /etc/systemd/system/docker.service.d 2>&1 || true; \
+         systemctl show -p Listen docker.socket",
+    );
+    let mut states = gate.lines();
+    assert_eq!(states.next(), Some("disabled"), "the gate's socket: {gate}");
+    // The service has only `Also=` in its [Install]: systemd calls that "indirect".
+    assert!(
+        matches!(states.next(), Some("disabled" | "indirect")),
+        "the gate's service: {gate}"
+    );
+    assert!(gate.contains("Listen=/run/docker.sock (Stream)"), "{gate}");
+    assert!(!gate.contains("ds01-slices-gate.conf\n/etc"), "{gate}");
 
     // The configuration appears (root's, as the reader requires), then the machine reboots.
     install_example_config(&vm);
@@ -215,6 +232,8 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .sh_ok("MANPAGER=cat man 8 ds01-slices-verify 2>&1")
         .contains("verify"));
     vm.sh_ok("test -s /usr/share/bash-completion/completions/ds01-slices && test -s /usr/share/zsh/vendor-completions/_ds01-slices && test -s /usr/share/fish/vendor_completions.d/ds01-slices.fish && test -x /usr/share/ds01-slices/ds01-docker-run");
+    // The alert rules and the dashboard (docs/monitoring.md), as shipped.
+    vm.sh_ok("grep -q 'alert: DS01ContainerOutsideUserSlice' /usr/share/ds01-slices/ds01-slices.rules.yml && grep -q '\"uid\": \"ds01-slices\"' /usr/share/ds01-slices/ds01-slices.dashboard.json");
 
     // The exporter, as installed and hardened.
     until(

@@ -1,8 +1,10 @@
 //! `doctor`: whether this host can enforce what the configuration asks. It gathers the facts
 //! (the configuration, the cgroup file system, systemd over D-Bus, Docker and its runtimes,
-//! the state directory, verify's answer) and has [`judge`] say what each means. A check that cannot be
-//! made is itself a finding; no check stops the others.
+//! the state directory, verify's answer, the containers outside their user's slice) and has
+//! [`judge`] say what each means. A check that cannot be made is itself a finding; no check
+//! stops the others.
 
+mod gate;
 pub mod judge;
 
 use std::path::Path;
@@ -12,7 +14,7 @@ use serde::Serialize;
 
 use self::judge::{ConfigSummary, DockerDriver, DriftSummary, Finding, Status};
 use super::verify::{self, Status as VerifyStatus, VerifyReport};
-use super::Scope;
+use super::{containers, Scope};
 use crate::cgroupfs::{self, controllers, Layout};
 use crate::config::{self, Config};
 use crate::docker;
@@ -104,6 +106,13 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
         docker_driver.as_ref(),
     ));
 
+    // Bounded like `docker info`: a gate or daemon that hangs must not hang doctor.
+    let users = Path::new(docker::USERS_SOCKET);
+    let front = gate::front(users, docker::INFO_TIMEOUT);
+    let daemon_socket = gate::daemon_socket(&front);
+    let access = gate::access(Path::new(&daemon_socket));
+    findings.push(judge::gate(docker::USERS_SOCKET, &front, access.as_ref()));
+
     findings.push(judge::state_dir(
         opts.state_dir,
         &state::inspect_dir(opts.state_dir),
@@ -115,6 +124,16 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
         (_, Err(_)) => Err("the configuration cannot be loaded".to_owned()),
     };
     findings.push(judge::drift(&drift));
+
+    let found = match (&sd, &loaded) {
+        (Some(sd), Ok(config)) => {
+            let sources = containers::Sources::local(Some(opts.cgroup_root));
+            Ok(containers::find(sd, config, Scope::All, sources).await)
+        }
+        (None, _) => Err("systemd cannot be asked".to_owned()),
+        (_, Err(_)) => Err("the configuration cannot be loaded".to_owned()),
+    };
+    findings.push(judge::containers(&found));
 
     let count = |s: Status| findings.iter().filter(|f| f.status == s).count();
     let failures = count(Status::Fail);

@@ -8,6 +8,7 @@
 //! - [`world`]: a sandbox plus a configuration copy and a state directory.
 //! - [`report`]: `verify`'s text and JSON.
 //! - [`cgroup`]: what the kernel enforces, from cgroup control files.
+//! - [`prometheus`], [`promql`]: Debian's Prometheus and promtool, and PromQL's selectors.
 
 // Each test module (and the benchmark) uses its own part of the harness; what one of them
 // leaves unused, item or re-export, is not dead.
@@ -17,6 +18,7 @@ pub mod cgroup;
 pub mod cmd;
 pub mod docker_api;
 pub mod prometheus;
+pub mod promql;
 pub mod report;
 pub mod sandbox;
 pub mod scratch;

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,6 +27,18 @@ pub fn unavailable() -> Option<String> {
         .map(|b| bin(b))
         .find(|p| !p.is_file())
         .map(|p| format!("{} is missing (run .ci/prometheus)", p.display()))
+}
+
+/// Whether the Prometheus tests run here: not inside the VM (it has no Prometheus), and
+/// elsewhere only with the binaries (else "SKIPPED", or a failure where skips are forbidden).
+pub fn available_or_skip() -> bool {
+    if super::vm::in_vm_guest() {
+        return false;
+    }
+    match unavailable() {
+        Some(reason) => super::skip("Prometheus (.ci/prometheus)", &reason),
+        None => true,
+    }
 }
 
 /// `promtool check metrics` on `text`: Ok(its output) when it finds nothing wrong.
@@ -107,11 +119,20 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: &str) -> Result<Prometheus, String> {
+        Prometheus::start_with(target, "ds01", &[])
+    }
+
+    /// Scraping `target` as job `job`, and evaluating the rule files `rules` every second.
+    pub fn start_with(target: &str, job: &str, rules: &[&Path]) -> Result<Prometheus, String> {
         let dir = Scratch::new("prometheus");
+        let rule_files: String = rules
+            .iter()
+            .map(|r| format!("  - '{}'\n", r.display()))
+            .collect();
         dir.write(
             "prometheus.yml",
             &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: ds01\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n{rule_files}scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         );
         let addr = format!("127.0.0.1:{}", free_port());
@@ -136,16 +157,21 @@ impl Prometheus {
 
     /// An instant query's `data.result` (None while the server does not answer yet).
     pub fn query(&self, q: &str) -> Option<serde_json::Value> {
+        self.query_result(q).ok()
+    }
+
+    /// An instant query's `data.result`, or what Prometheus (or the connection) said instead.
+    pub fn query_result(&self, q: &str) -> Result<serde_json::Value, String> {
         let (status, body) = get(
             &self.addr,
             &format!("/api/v1/query?query={}", url_encode(q)),
-        )
-        .ok()?;
-        if status != 200 {
-            return None;
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("{status}: {body}"));
         }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(v["data"]["result"].clone())
+        Ok(v["data"]["result"].clone())
     }
 
     /// The first sample's value of an instant query, once it has one.

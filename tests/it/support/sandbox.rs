@@ -389,6 +389,33 @@ impl Sandbox {
         ok_stdout(&format!("systemd-run {unit} (memory hog)"), out).map(drop)
     }
 
+    /// Starts scope `unit` (e.g. named as a Docker container's, `docker-ID.scope`) in `slice`,
+    /// with one sleeping process, and waits until it runs. systemd moves the process that asks
+    /// for a scope into it, so the scope is asked for from a service of the sandbox: on cgroup
+    /// v2 the sandbox's systemd cannot move a process of the test's own cgroup ("Job failed").
+    pub fn start_sleeping_scope(&self, unit: &str, slice: &str) -> Result<(), String> {
+        let out = self.systemd_run(&[
+            "--collect",
+            "--",
+            "systemd-run",
+            "--scope",
+            &format!("--unit={unit}"),
+            &format!("--slice={slice}"),
+            "--",
+            "sh",
+            "-c",
+            "sleep infinity >/dev/null 2>&1 </dev/null &",
+        ]);
+        ok_stdout(&format!("systemd-run --scope {unit}"), out)?;
+        super::wait_until(Duration::from_secs(30), &format!("{unit} running"), || {
+            let out = self.systemctl(&["show", "--property=ActiveState,TasksCurrent", unit]);
+            let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<&str> = shown.lines().collect();
+            (lines.contains(&"ActiveState=active") && lines.contains(&"TasksCurrent=1"))
+                .then_some(())
+        })
+    }
+
     /// The unit's ControlGroup, relative to the sandbox's cgroup root (e.g.
     /// "/ds01.slice/ds01-student.slice/ds01-student-alice.slice"); empty while inactive.
     pub fn control_group(&self, unit: &str) -> Result<String, String> {

@@ -362,15 +362,27 @@ impl Vm {
         Ok(vm)
     }
 
-    /// The work tree and the build directory, read-only at their host paths.
+    /// The work tree and the build directory, read-only at their host paths; and the bus ports
+    /// that no test has taken quietened.
+    ///
+    /// The image starts a bridge on every bus port at boot (tests/vm/guest/ds01-bus-bridge), and
+    /// while no host client is connected each starts a systemd-stdio-bridge, which connects to
+    /// the bus, five times a second: 20 bus clients a second that PID 1 and dbus-daemon serve
+    /// through every test. [`Vm::bus_address`] starts the bridge of the port it hands out.
     fn mount_shares(&self) -> Result<(), String> {
         let mount = |tag: &str, path: &str| {
             format!(
                 "mkdir -p '{path}' && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 {tag} '{path}'\n"
             )
         };
-        let script =
+        let idle: Vec<String> = (self.next_bus.load(Ordering::Relaxed)..BUS_PORTS)
+            .map(|i| format!("ds01-bus@bus{i}.service"))
+            .collect();
+        let mut script =
             mount("repo", MANIFEST_DIR) + &mount("bin", &self.bin_dir.display().to_string());
+        if !idle.is_empty() {
+            script += &format!("systemctl stop {}\n", idle.join(" "));
+        }
         let mounted = self.sh(&script, Duration::from_secs(60))?;
         if mounted.code != Some(0) {
             return Err(format!("mounting the shares in the guest:\n{mounted}"));
@@ -425,6 +437,20 @@ impl Vm {
     /// From QEMU's start until the agent answered and the shares were mounted.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// The CPU time QEMU has used so far (user and system, every thread): what the guest's
+    /// work cost, which depends far less than wall time on what else the machine runs.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = fs::read_to_string(self.workdir.join("qemu.pid")).ok()?;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+        // After the command name (in parentheses, which may hold spaces) come the state
+        // (field 3), ..., utime (14) and stime (15), in clock ticks.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        (hz > 0).then(|| Duration::from_millis(ticks * 1000 / hz))
     }
 
     /// Runs `script` with `sh` as root in the guest (cwd: its job directory, stdin empty) and
@@ -498,6 +524,13 @@ impl Vm {
         let i = self.next_bus.fetch_add(1, Ordering::Relaxed);
         if i >= BUS_PORTS {
             return Err(format!("all {BUS_PORTS} bus ports of the VM are taken"));
+        }
+        let started = self.sh(
+            &format!("systemctl start ds01-bus@bus{i}.service"),
+            Duration::from_secs(60),
+        )?;
+        if started.code != Some(0) {
+            return Err(format!("starting the bridge of bus port {i}:\n{started}"));
         }
         Ok(format!(
             "unixexec:path=/usr/bin/socat,argv1=-lf/dev/null,argv2=-,argv3=UNIX-CONNECT:{}",
@@ -617,6 +650,27 @@ pub fn run_test_binary(
     args: &[&str],
     timeout: Duration,
 ) -> Result<Run, String> {
+    run_in_guest(vm, exe, args, timeout, false)
+}
+
+/// [`run_test_binary`] with each line of the binary's output led by the time it was written
+/// (seconds, as bash's $EPOCHREALTIME): see [`test_times`].
+pub fn run_test_binary_timed(
+    vm: &Vm,
+    exe: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Run, String> {
+    run_in_guest(vm, exe, args, timeout, true)
+}
+
+fn run_in_guest(
+    vm: &Vm,
+    exe: &Path,
+    args: &[&str],
+    timeout: Duration,
+    timed: bool,
+) -> Result<Run, String> {
     // Every 5 minutes (DS01_VM_WATCH seconds), what runs in the guest: a test that hangs there
     // shows in the log.
     let mut tick = || {
@@ -631,16 +685,23 @@ pub fn run_test_binary(
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
         .collect();
+    let run = format!("'{}' {}", exe.display(), quoted.join(" "));
+    let run = if timed {
+        // $EPOCHREALTIME costs no process per line.
+        format!(
+            "set -o pipefail; {run} | while IFS= read -r l; do printf '%s %s\\n' \"$EPOCHREALTIME\" \"$l\"; done"
+        )
+    } else {
+        format!("exec {run}")
+    };
     let inner = format!(
         r#"cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
 mkdir "$cg/runner" && echo 0 >"$cg/runner/cgroup.procs"
 for c in $(cat "$cg/cgroup.controllers"); do echo "+$c" >"$cg/cgroup.subtree_control"; done
 export {GUEST_MARK}=vm-guest {sandbox}="$cg" CI=true TMPDIR=/var/tmp RUST_BACKTRACE=1
-cd '{MANIFEST_DIR}' && exec '{exe}' {args}
+cd '{MANIFEST_DIR}' && {run}
 "#,
         sandbox = super::sandbox::SANDBOX_CGROUP,
-        exe = exe.display(),
-        args = quoted.join(" "),
     );
     let (host_dir, guest_dir) = vm.shared_dir(&format!(
         "runner-{}",
@@ -650,7 +711,7 @@ cd '{MANIFEST_DIR}' && exec '{exe}' {args}
         .map_err(|e| format!("{}: {e}", host_dir.display()))?;
     // systemd-run expands $VAR in its arguments (252): the script is a file.
     vm.sh_watched(
-        &format!("exec systemd-run --quiet --scope -p Delegate=yes -- sh {guest_dir}/inner.sh\n"),
+        &format!("exec systemd-run --quiet --scope -p Delegate=yes -- bash {guest_dir}/inner.sh\n"),
         timeout,
         Duration::from_secs(
             std::env::var("DS01_VM_WATCH")
@@ -660,4 +721,52 @@ cd '{MANIFEST_DIR}' && exec '{exe}' {args}
         ),
         &mut tick,
     )
+}
+
+/// The time of each test of a `timed` run of [`run_test_binary`] with one test thread (libtest
+/// prints "test NAME ... ok" as each ends, and the next starts right then): (name, seconds),
+/// slowest first; and `stdout` without the times.
+pub fn test_times(stdout: &str) -> (Vec<(String, f64)>, String) {
+    let mut times = Vec::new();
+    let mut plain = String::new();
+    let mut previous: Option<f64> = None;
+    for line in stdout.lines() {
+        let (at, text) = match line.split_once(' ') {
+            Some((t, rest)) => match t.parse::<f64>() {
+                Ok(t) => (Some(t), rest),
+                Err(_) => (None, line),
+            },
+            None => (line.parse::<f64>().ok(), ""),
+        };
+        plain.push_str(text);
+        plain.push('\n');
+        let Some(at) = at else { continue };
+        if text.starts_with("running ") {
+            previous = Some(at);
+        } else if let Some(name) = text
+            .strip_prefix("test ")
+            .and_then(|t| t.split(" ... ").next())
+        {
+            if text.contains(" ... ") {
+                times.push((name.to_owned(), at - previous.unwrap_or(at)));
+                previous = Some(at);
+            }
+        }
+    }
+    times.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (times, plain)
+}
+
+#[test]
+fn test_times_are_the_gaps_between_results() {
+    let out = "10.0 running 3 tests\n12.5 test a ... ok\n20.0 test b ... FAILED\n20.25 test c ... ignored\n21.0 \n21.0 test result: ok.\n";
+    let (times, plain) = test_times(out);
+    assert_eq!(
+        times,
+        [("b".into(), 7.5), ("a".into(), 2.5), ("c".into(), 0.25)]
+    );
+    assert_eq!(
+        plain,
+        "running 3 tests\ntest a ... ok\ntest b ... FAILED\ntest c ... ignored\n\ntest result: ok.\n"
+    );
 }

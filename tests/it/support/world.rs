@@ -74,6 +74,17 @@ impl World {
         self.dir.write(&format!("config/{rel}"), text);
     }
 
+    /// Appends `names` to the members file of `group`.
+    pub fn add_members<S: AsRef<str>>(&self, group: &str, names: &[S]) {
+        let file = format!("groups/{group}.members");
+        let mut members = self.read(&file);
+        for n in names {
+            members.push_str(n.as_ref());
+            members.push('\n');
+        }
+        self.write(&file, &members);
+    }
+
     /// The ownership record of `slice`, if there is one.
     pub fn record(&self, slice: &str) -> Option<String> {
         fs::read_to_string(self.state().join("owned").join(slice)).ok()

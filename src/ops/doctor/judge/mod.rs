@@ -7,8 +7,12 @@ use std::path::Path;
 use serde::Serialize;
 
 mod cgroup;
+mod containers;
+mod gate;
 mod gpu;
 pub use cgroup::{cgroup, memory_high};
+pub use containers::containers;
+pub use gate::{gate, Access, Front};
 pub use gpu::gpu;
 
 use crate::cgroupfs::Layout;
@@ -38,6 +42,8 @@ pub enum Check {
     Gpu,
     StateDir,
     Drift,
+    Containers,
+    Gate,
 }
 
 impl Check {
@@ -53,6 +59,8 @@ impl Check {
             Check::Gpu => "gpu",
             Check::StateDir => "state_dir",
             Check::Drift => "drift",
+            Check::Containers => "containers",
+            Check::Gate => "gate",
         }
     }
 }

@@ -1,0 +1,232 @@
+//! The gate's cost, in the cgroup v2 test VM (Debian 12 under QEMU/TCG, Docker 20.10): the
+//! latency of `POST /containers/create` through the gate against the daemon's own socket, and
+//! the throughput of `docker load` and `docker cp` both ways, in the same run, the two paths
+//! interleaved sample by sample. Writes BENCHMARKS.md's gate section (after GATE_MARKER).
+//!
+//!     cargo bench --bench gate                      # 40 creates, 3 loads and cps each way
+//!     cargo bench --bench gate -- --creates 80 --runs 5 --mib 128
+//!
+//! Needs root and what the VM needs (tests/it/support/vm.rs).
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::vm::Vm;
+use support::BIN;
+
+/// Where BENCHMARKS.md's gate section starts; the scale benchmark keeps what follows it.
+const GATE_MARKER: &str = "<!-- gate section: `cargo bench --bench gate` writes from here -->";
+
+const SOCKET: &str = "/run/ds01-gate-bench/docker.sock";
+
+/// Measured by the guest's python3 as the user `bench`: each create on a new connection, as
+/// the CLI makes it; the container removed (untimed) after each.
+const MEASURE: &str = r#"
+import http.client, json, socket, subprocess, sys, time
+creates, runs, mib = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+paths = {"direct": "/run/docker.sock", "gate": "/run/ds01-gate-bench/docker.sock"}
+class C(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("docker"); self.unix = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(self.unix)
+body = json.dumps({"Image": "local/busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}})
+def create(path):
+    c = C(path)
+    t = time.perf_counter()
+    c.request("POST", "/v1.41/containers/create", body=body, headers={"Content-Type": "application/json"})
+    r = c.getresponse(); data = r.read()
+    dt = time.perf_counter() - t
+    assert r.status == 201, data
+    c.close()
+    c = C(path); c.request("DELETE", "/v1.41/containers/%s?force=1" % json.loads(data)["Id"]); c.getresponse().read(); c.close()
+    return dt * 1000
+def docker(path, *args):
+    t = time.perf_counter()
+    subprocess.run(["docker", "-H", "unix://" + path] + list(args), check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+out = {k: {"create_ms": [], "load_s": [], "cp_in_s": [], "cp_out_s": []} for k in paths}
+for i in range(3):
+    for k, p in paths.items(): create(p)
+for i in range(creates):
+    for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
+        out[k]["create_ms"].append(create(p))
+box = subprocess.run(["docker", "-H", "unix:///run/docker.sock", "run", "-d", "--network", "none", "local/busybox", "sleep", "3600"], check=True, capture_output=True, text=True).stdout.strip()
+for i in range(runs):
+    for k, p in paths.items():
+        out[k]["load_s"].append(docker(p, "load", "-q", "-i", "big.tar"))
+        subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rmi", "bench/big"], check=True, stdout=subprocess.DEVNULL)
+        out[k]["cp_in_s"].append(docker(p, "cp", "blob", box + ":/tmp/blob"))
+        out[k]["cp_out_s"].append(docker(p, "cp", box + ":/tmp/blob", "back"))
+        subprocess.run(["rm", "-rf", "back"], check=True)
+subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rm", "-f", box], check=True, stdout=subprocess.DEVNULL)
+print(json.dumps(out))
+"#;
+
+struct Args {
+    creates: usize,
+    runs: usize,
+    mib: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        creates: 40,
+        runs: 3,
+        mib: 64,
+        out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} takes a value"));
+        match arg.as_str() {
+            "--creates" => a.creates = value().parse().expect("--creates N"),
+            "--runs" => a.runs = value().parse().expect("--runs N"),
+            "--mib" => a.mib = value().parse().expect("--mib N"),
+            "--out" => a.out = PathBuf::from(value()),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(why) = support::vm::unavailable() {
+        eprintln!("cannot run the gate benchmark: {why}");
+        std::process::exit(1);
+    }
+    let started = Instant::now();
+    let vm = Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
+    let (host_dir, guest_dir) = vm.shared_dir("gate-bench");
+    fs::write(host_dir.join("measure.py"), MEASURE).unwrap();
+    let mib = args.mib;
+    let setup = format!(
+        r#"set -e
+useradd -m -G docker -s /bin/sh bench
+mkdir -p /var/tmp/gate-bench/config/groups /var/tmp/gate-bench/state
+printf 'enforcement:\n  aggregate_limits: true\n  cgroup_driver: systemd\ngroups:\n  student:\n    aggregate:\n      memory_max: "4G"\n      tasks_max: 4096\n' >/var/tmp/gate-bench/config/resource-limits.yaml
+echo bench >/var/tmp/gate-bench/config/groups/student.members
+chmod -R go-w /var/tmp/gate-bench
+systemctl start docker.service
+for i in $(seq 1 240); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+docker import /usr/local/share/ds01/busybox-root.tar local/busybox >/dev/null
+mkdir -p /var/tmp/big && head -c {mib}M /dev/urandom >/var/tmp/big/blob
+tar -C /var/tmp/big -c . | docker import - bench/big >/dev/null
+cd /home/bench && docker save bench/big >big.tar && docker rmi bench/big >/dev/null && cp /var/tmp/big/blob blob && chown bench big.tar blob
+mkdir -p -m 0755 /run/ds01-gate-bench
+systemd-run --quiet --unit=ds01-gate-bench -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
+for i in $(seq 1 100); do [ -S {SOCKET} ] && break; sleep 0.2; done
+cp {guest_dir}/measure.py /home/bench/measure.py
+"#
+    );
+    let done = vm.sh(&setup, Duration::from_secs(1800)).unwrap();
+    assert_eq!(done.code, Some(0), "setting up the VM: {done}");
+    let run = vm
+        .sh(
+            &format!(
+                "cd /home/bench && runuser -u bench -- env HOME=/home/bench python3 measure.py {} {} {mib}",
+                args.creates, args.runs
+            ),
+            Duration::from_secs(6 * 3600),
+        )
+        .unwrap();
+    assert_eq!(run.code, Some(0), "measuring: {run}");
+    let figures: Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
+    let placed =
+        vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
+    let section = report(&args, &vm, &figures, placed.trim());
+    let old = fs::read_to_string(&args.out).unwrap_or_default();
+    let kept = old.find(GATE_MARKER).map_or(old.as_str(), |i| &old[..i]);
+    fs::write(
+        &args.out,
+        format!("{}\n\n{GATE_MARKER}\n\n{section}", kept.trim_end()),
+    )
+    .unwrap();
+    println!("{section}");
+    eprintln!(
+        "gate benchmark: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn report(args: &Args, vm: &Vm, f: &Value, placed: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## The Docker API gate: its cost per request\n");
+    let _ = writeln!(
+        md,
+        "Produced by `cargo bench --bench gate -- --creates {} --runs {} --mib {}` (benches/gate.rs); do not edit by hand.\n",
+        args.creates, args.runs, args.mib
+    );
+    let _ = writeln!(
+        md,
+        "- Host: the cgroup v2 test VM ({}), QEMU under TCG (software emulation, 2 vCPUs on a shared 2-core machine): every figure is several times a real server's; compare the two columns, measured in the same run.",
+        vm.image.versions().trim().replace('\n', ", ")
+    );
+    let _ = writeln!(md, "- *direct*: the daemon's own socket; *gate*: `ds01-slices gate` (release build) in front of it, the caller a capped user whose slice is in sync (each create reads the user's three slices over D-Bus, admits the request and places it: {placed} creates placed).");
+    let _ = writeln!(md, "- Create: `POST /v1.41/containers/create` from python3 (a new connection each, as the CLI makes it), {} samples each way, interleaved, after 3 warm-up creates each; the container removed (untimed) after each.", args.creates);
+    let _ = writeln!(md, "- Throughput: `docker load -i` of a {0} MiB image and `docker cp` of a {0} MiB file into and out of a running container, {1} runs each way, whole CLI process; MiB/s of the median.\n", args.mib, args.runs);
+    let c = |k: &str| numbers(&f[k]["create_ms"]);
+    let (d50, d95) = (percentile(c("direct"), 0.5), percentile(c("direct"), 0.95));
+    let (g50, g95) = (percentile(c("gate"), 0.5), percentile(c("gate"), 0.95));
+    let _ = writeln!(md, "| create (ms) | p50 | p95 |\n|---|---|---|");
+    let _ = writeln!(md, "| direct | {d50:.1} | {d95:.1} |");
+    let _ = writeln!(md, "| gate | {g50:.1} | {g95:.1} |");
+    let _ = writeln!(
+        md,
+        "| gate − direct | {:+.1} | {:+.1} |\n",
+        g50 - d50,
+        g95 - d95
+    );
+    let _ = writeln!(
+        md,
+        "| throughput (MiB/s, median) | direct | gate | gate / direct |\n|---|---|---|---|"
+    );
+    let mut ratios = Vec::new();
+    for (key, name) in [
+        ("load_s", "docker load"),
+        ("cp_in_s", "docker cp into"),
+        ("cp_out_s", "docker cp out of"),
+    ] {
+        let d = args.mib as f64 / percentile(numbers(&f["direct"][key]), 0.5);
+        let g = args.mib as f64 / percentile(numbers(&f["gate"][key]), 0.5);
+        ratios.push(g / d);
+        let _ = writeln!(md, "| {name} | {d:.1} | {g:.1} | {:.2}× |", g / d);
+    }
+    let _ = writeln!(md, "\n## Targets\n");
+    let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
+    let _ = writeln!(
+        md,
+        "- {} create through the gate at most +10 ms p50: {:+.1} ms",
+        mark(g50 - d50 <= 10.0),
+        g50 - d50
+    );
+    let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let _ = writeln!(
+        md,
+        "- {} load and cp through the gate at least 0.9× direct: worst {worst:.2}×",
+        mark(worst >= 0.9)
+    );
+    md
+}
