@@ -14,10 +14,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// How long `docker info` may take before it is killed: a daemon that hangs (or a
-/// `DOCKER_HOST` nobody answers on) must not hang `doctor`.
-pub const INFO_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The three facts `doctor` needs, tab-separated, rather than the whole answer (`{{json .}}`,
 /// a few KiB): the runtimes' map is JSON, the other two are plain words.
 const INFO_FORMAT: &str = "{{.CgroupDriver}}\t{{.DefaultRuntime}}\t{{json .Runtimes}}";

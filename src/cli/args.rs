@@ -64,7 +64,8 @@ pub struct Globals {
     #[arg(long, global = true, value_name = "[USER@]HOST")]
     pub host: Option<Host>,
 
-    /// Seconds to wait for any one answer from systemd.
+    /// Seconds to wait for any one answer from systemd (and, for doctor, from Docker: a
+    /// loaded daemon can take seconds to answer `docker info`).
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
 

@@ -89,7 +89,7 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
 
     // A blocking wait on the runtime's only thread, harmless here: no bus call is in flight,
     // and docker::info bounds its own wait.
-    let info = docker::info(docker::INFO_TIMEOUT);
+    let info = docker::info(opts.timeout);
     let json_path = docker::daemon_json_path(opts.root);
     let (daemon_json, json_runtimes) = docker::daemon_json(opts.root);
     let (docker_finding, docker_driver) =
@@ -106,9 +106,9 @@ pub async fn doctor(opts: Options<'_>) -> DoctorReport {
         docker_driver.as_ref(),
     ));
 
-    // Bounded like `docker info`: a gate or daemon that hangs must not hang doctor.
+    // Bounded by --timeout like `docker info`: a gate or daemon that hangs must not hang doctor.
     let users = Path::new(docker::USERS_SOCKET);
-    let front = gate::front(users, docker::INFO_TIMEOUT);
+    let front = gate::front(users, opts.timeout);
     let daemon_socket = gate::daemon_socket(&front);
     let access = gate::access(Path::new(&daemon_socket));
     findings.push(judge::gate(docker::USERS_SOCKET, &front, access.as_ref()));
