@@ -214,7 +214,7 @@ fn load(cli: &Cli) -> Result<Config, CliError> {
 
 /// [`load`], keeping the record of the validated configuration for later hooks.
 fn load_remembered(cli: &Cli) -> Result<Config, CliError> {
-    let (config, record) = config::load_recorded(&cli.globals.config)?;
+    let (config, record) = crate::state::cache::load_recorded(&cli.globals.config)?;
     remember_validated(&cli.globals.ownership(), record);
     Ok(with_warnings_shown(config))
 }

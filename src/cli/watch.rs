@@ -86,7 +86,7 @@ async fn apply_once(
     read: Result<Sources, ConfigError>,
     opts: DeployOptions,
 ) -> Outcome {
-    let validated = read.and_then(Sources::validate_recorded);
+    let validated = read.and_then(crate::state::cache::validate_recorded);
     let config = match validated {
         Ok((config, record)) => {
             remember_validated(&globals.ownership(), record);

@@ -12,11 +12,11 @@
 //! replacing it touches no other file.
 //!
 //! A hook runs before every container start, and at thousands of users it cannot afford to
-//! parse and validate everything each time. [`cache`] keeps what the last full validation
-//! answered for every user, and [`for_hook`] uses that answer while every file is byte for
-//! byte the one it was computed from.
+//! parse and validate everything each time. Its record of what the last full validation
+//! answered for every user is state the hook keeps (`crate::state::cache`); this module gives
+//! it the [`Digests`] of the files, which say whether that answer still holds.
 
-pub mod cache;
+mod digest;
 mod files;
 mod lines;
 mod nesting;
@@ -42,8 +42,8 @@ use crate::model::diagnostics::{Diagnostic, Diagnostics, Location};
 use crate::model::names::{GroupName, SanitizedUser, SliceName, UserName};
 use crate::model::values::{CpuQuota, MemoryLimit, TasksLimit};
 
-pub use cache::{Digest, Digests, HookTarget, Record};
-pub use read::Sources;
+pub use digest::{Digest, Digests};
+pub use read::{current_digests, Sources};
 pub use validate::MembersFile;
 pub use yaml::RawConfig;
 
@@ -66,7 +66,7 @@ pub enum ConfigError {
     },
     #[error("{}", render_invalid(.0))]
     Invalid(Diagnostics),
-    /// Only from [`for_hook`]: the configuration is valid but gives the hook's user no slice.
+    /// Only from `state::cache::for_hook`: the configuration is valid but gives the hook's user no slice.
     #[error(transparent)]
     Resolve(#[from] ResolveError),
 }
@@ -222,9 +222,9 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
     member_index: MemberIndex,
     // Resolution runs once per user in a plan: indexed, not scanned. The hook's record
-    // (`cache`) reproduces exactly these two maps, so it reads them rather than rebuild them.
-    override_by_name: HashMap<String, usize>,
-    override_by_sanitized: HashMap<String, usize>,
+    // (`state::cache`) reproduces exactly these two maps, so it reads them rather than rebuild them.
+    pub(crate) override_by_name: HashMap<String, usize>,
+    pub(crate) override_by_sanitized: HashMap<String, usize>,
 }
 
 /// Finds members by name, then by sanitized name (the first listed wins). Built on the first
@@ -307,7 +307,11 @@ impl Config {
         self.members.get(index)
     }
 
-    fn override_for(&self, user: &UserName, sanitized: &SanitizedUser) -> Option<&UserOverride> {
+    pub(crate) fn override_for(
+        &self,
+        user: &UserName,
+        sanitized: &SanitizedUser,
+    ) -> Option<&UserOverride> {
         let index = self
             .override_by_name
             .get(user.as_str())
@@ -317,7 +321,11 @@ impl Config {
 
     /// The limits of a user of `group` whose override is `over`: the one merge rule that both
     /// [`Config::resolve`] and the hook's record apply.
-    fn effective(&self, group: &GroupName, over: Option<&UserOverride>) -> Option<Aggregate> {
+    pub(crate) fn effective(
+        &self,
+        group: &GroupName,
+        over: Option<&UserOverride>,
+    ) -> Option<Aggregate> {
         let base = self.group(group).and_then(|g| g.aggregate.clone());
         match over.and_then(|o| o.aggregate.as_ref()) {
             None => base,
@@ -378,39 +386,6 @@ pub fn checks_trust() -> bool {
 /// Reads the configuration rooted at `path` (the YAML; members and overrides beside it).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Sources::read(path)?.validate()
-}
-
-/// [`load`], with the record of the validated configuration for later hooks ([`for_hook`]);
-/// `None` when it cannot be written down (see [`cache::encode`]).
-pub fn load_recorded(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
-    Sources::read(path)?.validate_recorded()
-}
-
-/// What the hook needs for `user`, from `record` (what [`load_recorded`] or an earlier hook
-/// returned) when every file it names is unchanged — then no YAML is parsed at all — and
-/// from a full validation otherwise, as every other command does it. Whoever runs it, the
-/// files are held to the trust rule (`trust.rs`): a hook's answer places a container. The second value is
-/// the record to keep for the hooks after this one (`None`: keep the one there is).
-pub fn for_hook(
-    path: &Path,
-    record: Option<&str>,
-    user: &UserName,
-) -> Result<(HookTarget, Option<String>), ConfigError> {
-    let mut in_sync = false;
-    if let Some(record) = record.and_then(Record::parse) {
-        // Digests of a stable read of every file: a torn file never matches the record.
-        if let Some(current) = read::current_digests(path, record.members_groups())? {
-            in_sync = current == *record.sources();
-            if let Some(target) = record.lookup(&current, user) {
-                return Ok((target, None));
-            }
-        }
-    }
-    // The record is missing, stale, or cannot answer for this user (who then most likely
-    // fails to resolve, which only the full validation reports in full).
-    let (config, record) = Sources::read_held(path, true)?.validate_recorded()?;
-    let target = HookTarget::from_config(&config, user)?;
-    Ok((target, if in_sync { None } else { record }))
 }
 
 /// Pure entry point for tests and tools: the whole configuration from in-memory texts.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::model::values::CpuQuota;
+use crate::state::cache::for_hook;
 
 /// The main file in two versions. Each is written in two writes, the first ending after
 /// `aggregate:`: that prefix is valid YAML in which the student group is uncapped.

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use super::cache::{self, Digests, HookTarget};
 use super::lines::LineIndex;
 use super::*;
 use crate::model::diagnostics::Diagnostic;
 use crate::model::values::{CpuQuota, MemoryLimit};
 use crate::plan;
+use crate::plan::HookTarget;
+use crate::state::cache::{self, for_hook};
 
 const MAIN: &str = "\
 default_group: student
