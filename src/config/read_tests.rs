@@ -90,7 +90,7 @@ fn read_while_rewritten<T>(
     let (writes, stalled) = writer.join().unwrap();
     // A writer stalled between its two writes for longer than `SETTLE` (a busy machine
     // can do that to this test's thread) leaves a prefix that no reader can tell from a
-    // finished file: that is why the README asks for `mv`. Any other torn read is a bug.
+    // finished file: that is why docs/operations.md asks for `mv`. Any other torn read is a bug.
     let overlaps = |(a, b): Window| stalled.iter().any(|(s, e)| *s < b && *e > a);
     let unexplained: Vec<&String> = torn
         .iter()
