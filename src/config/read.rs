@@ -5,7 +5,8 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::files::{self, Kind, Problem, ReadError, Snapshot};
+use super::files::{self, Problem, ReadError, Snapshot};
+use super::types::Kind;
 use super::validate::{self, MembersFile};
 use super::yaml::{self, RawConfig};
 use super::{Config, ConfigError, GROUPS_DIR, OVERRIDES_FILE};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::model::names::UserName;
 use crate::model::values::CpuQuota;
 use crate::state::cache::for_hook;
 
