@@ -31,7 +31,8 @@ pub fn fleet(globals: &Globals, action: &FleetAction) -> CliResult {
     };
     let runner = SshRunner::new(remote::ssh_program(), opts.host_timeout);
     let remote_args = run::remote_command(remote_bin, &opts);
-    let report = super::async_runtime()?.block_on(run::fleet(&runner, &hosts, &remote_args, opts));
+    let report =
+        super::setup::async_runtime()?.block_on(run::fleet(&runner, &hosts, &remote_args, opts));
     if globals.json {
         out::json(&report)?;
     } else {

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use super::args::{Globals, HookCli, HookCommand, HookOnly};
 use super::exit::{CliError, CliResult};
-use super::{out, parse_user, remember_validated};
+use super::out;
+use super::setup::{async_runtime, parse_user, remember_validated};
 use crate::config;
 use crate::error::{Exit, UsageError};
 use crate::model::admission::{Policy, Request};
@@ -59,7 +60,7 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
     }
     let (target, record) = hook_config(globals, &user, as_root)?;
     let t = trace::phase("hook: load configuration", t);
-    let rt = super::async_runtime()?;
+    let rt = async_runtime()?;
     let sd = rt.block_on(BusSystemd::connect(
         globals.bus.as_deref(),
         globals.timeout(),

@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::Globals;
 use super::exit::{CliError, CliResult};
-use super::{apply, out, record_apply_attempt, remember_validated, with_warnings_shown};
+use super::setup::{record_apply_attempt, remember_validated, with_warnings_shown};
+use super::{apply, out};
 use crate::config::{ConfigError, Digests, Sources};
 use crate::error::Exit;
 use crate::model::watch::{Outcome, Reason, Seen, Watcher, POLL, QUIET};

@@ -1,5 +1,6 @@
 //! The architecture as rules a test can check: the pure domain does no I/O, only the command
-//! line prints, each layer imports only the layers below it, and files stay small.
+//! line prints, each layer imports only the layers below it, no file imports itself through
+//! other files (imports.rs), and files stay small.
 
 mod imports;
 
