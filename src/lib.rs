@@ -1,6 +1,6 @@
 //! ds01-slices: per-user aggregate resource limits on DS01's systemd slices.
 //!
-//! The layers, from the inside out (README, "Development", has a line per module):
+//! The layers, from the inside out (docs/development.md, "The module map", has a line per module):
 //! - the pure domain: [`model`] (names, values, properties, live state), [`config`] (files →
 //!   raw YAML → validated configuration; only `config::read` touches files), [`plan`] and
 //!   [`diff`]. None of them imports zbus, tokio or `std::fs` (`tests/it/architecture.rs`);

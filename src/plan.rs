@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Aggregate, Config, HookTarget, ResolveError, ResolvedUser};
+use crate::config::{Aggregate, Config, ResolveError, ResolvedUser};
 use crate::model::names::SliceKind;
 use crate::model::names::{GroupName, SliceName, UserName};
 use crate::model::property::Properties;
@@ -99,6 +99,34 @@ pub fn plan_resolved(config: &Config, resolved: &ResolvedUser) -> Plan {
             group_spec(&resolved.group),
             user_spec(resolved),
         ],
+    }
+}
+
+/// Everything a hook does with the configuration: the user's slice, its parents, and the
+/// properties the user's slice must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookTarget {
+    pub user: UserName,
+    pub group: GroupName,
+    pub slice: SliceName,
+    pub listed: bool,
+    pub properties: Properties,
+    pub aggregate_limits: bool,
+}
+
+impl HookTarget {
+    /// The answer of a full validation, which the record must reproduce.
+    pub fn from_config(config: &Config, user: &UserName) -> Result<HookTarget, ResolveError> {
+        let resolved = config.resolve(user)?;
+        let properties = user_spec(&resolved).properties;
+        Ok(HookTarget {
+            user: resolved.name,
+            group: resolved.group,
+            slice: resolved.slice,
+            listed: resolved.listed,
+            properties,
+            aggregate_limits: config.aggregate_limits,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::out;
 use crate::model::containers::{ContainerKind, ContainerReport, OutsideContainer};
 use crate::model::usage::human_bytes;
 
@@ -51,7 +52,7 @@ pub fn line(c: &OutsideContainer) -> String {
         usage.push(human_bytes(m));
     }
     if let Some(t) = c.tasks {
-        usage.push(super::status::counted(t, "task", "tasks"));
+        usage.push(out::counted(t, "task", "tasks"));
     }
     let usage = if usage.is_empty() {
         String::new()

@@ -31,7 +31,7 @@ pub fn fleet(globals: &Globals, action: &FleetAction) -> CliResult {
     };
     let runner = SshRunner::new(remote::ssh_program(), opts.host_timeout);
     let remote_args = run::remote_command(remote_bin, &opts);
-    let report = super::async_runtime()?.block_on(async {
+    let report = super::setup::async_runtime()?.block_on(async {
         // Each host's ssh runs in a process group of its own, out of reach of a terminal's
         // Ctrl-C: a signal that ends the fleet kills them first.
         let signals = remote::exit_on_signals();

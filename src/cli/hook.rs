@@ -4,13 +4,16 @@ use std::time::Instant;
 
 use super::args::{Globals, HookCli, HookCommand, HookOnly};
 use super::exit::{CliError, CliResult};
-use super::{out, parse_user, remember_validated};
-use crate::config::{self, HookTarget};
+use super::out;
+use super::setup::{async_runtime, parse_user, remember_validated};
+use crate::config;
 use crate::error::{Exit, UsageError};
 use crate::model::admission::{Policy, Request};
 use crate::model::names::UserName;
 use crate::ops;
 use crate::ops::hook::HookError;
+use crate::plan::HookTarget;
+use crate::state::cache;
 use crate::systemd::{BusSystemd, WriteMode, SYSTEM_BUS_ADDRESS};
 use crate::trace;
 
@@ -57,7 +60,7 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
     }
     let (target, record) = hook_config(globals, &user, as_root)?;
     let t = trace::phase("hook: load configuration", t);
-    let rt = super::async_runtime()?;
+    let rt = async_runtime()?;
     let sd = rt.block_on(BusSystemd::connect(
         globals.bus.as_deref(),
         globals.timeout(),
@@ -89,7 +92,7 @@ pub fn run_hook(globals: &Globals, command: &HookCommand) -> CliResult {
 ///
 /// Run by a user other than root, the hook neither reads nor keeps a record: the state
 /// directory is the caller's to name, and a record written there could answer anything for
-/// the user (a full validation instead, whose files are root's: [`config::for_hook`]).
+/// the user (a full validation instead, whose files are root's: [`cache::for_hook`]).
 fn hook_config(
     globals: &Globals,
     user: &UserName,
@@ -98,7 +101,7 @@ fn hook_config(
     let record = as_root
         .then(|| globals.ownership().validated_config())
         .flatten();
-    let (target, keep) = config::for_hook(&globals.config, record.as_deref(), user)?;
+    let (target, keep) = cache::for_hook(&globals.config, record.as_deref(), user)?;
     Ok((target, keep.filter(|_| as_root)))
 }
 

@@ -4,7 +4,8 @@ use serde::Serialize;
 
 use super::args::Globals;
 use super::exit::CliResult;
-use super::{out, parse_user, pyjson};
+use super::setup::parse_user;
+use super::{out, pyjson};
 use crate::config::{self, Config};
 use crate::error::Exit;
 use crate::model::diagnostics::{Diagnostic, Location, Severity};

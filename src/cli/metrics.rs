@@ -17,7 +17,7 @@ use crate::ops::{metrics, Scope};
 use crate::systemd::BusSystemd;
 
 pub fn metrics(globals: &Globals, config: &Config, output: Option<&Path>) -> CliResult {
-    let text = super::async_runtime()?.block_on(async {
+    let text = super::setup::async_runtime()?.block_on(async {
         let sd = BusSystemd::connect(globals.bus.as_deref(), globals.timeout()).await?;
         collect(globals, config, &sd).await
     })?;

@@ -17,24 +17,22 @@ pub mod pyjson;
 mod remote;
 mod render;
 mod serve;
+mod setup;
 mod status;
 mod verify;
 mod watch;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 
-use crate::config::{self, Config};
-use crate::model::names::UserName;
 use crate::ops::apply::ApplyOptions;
 use crate::ops::deploy::DeployOptions;
 use crate::ops::render::RenderOptions;
-use crate::state::ownership::Ownership;
 use crate::systemd::WriteMode;
 use args::{Cli, Command, Format};
-use exit::{CliError, CliResult};
+use exit::CliResult;
+use setup::{async_runtime, block_on, load, load_remembered, parse_user, record_apply_attempt};
 
 /// The program: the hook's own fast parser first, the full one otherwise.
 pub fn main() -> ExitCode {
@@ -180,59 +178,4 @@ fn apply_command(cli: &Cli, user: Option<&str>, opts: DeployOptions) -> CliResul
     };
     let user = user.map(parse_user).transpose()?;
     block_on(apply::apply(&cli.globals, &config, user.as_ref(), opts))
-}
-
-/// A full apply's outcome, whatever ended it (a refused configuration too), for the metrics an
-/// alert on a failed apply needs; `apply` and the watcher alike. Not for `--host`, whose
-/// records are another machine's.
-fn record_apply_attempt(globals: &args::Globals, succeeded: bool) {
-    if globals.host.is_some() {
-        return;
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    globals.ownership().record_apply_attempt(now, succeeded);
-}
-
-fn block_on<F: std::future::Future<Output = CliResult>>(f: F) -> CliResult {
-    async_runtime()?.block_on(f)
-}
-
-fn async_runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::failure)
-}
-
-/// Loads the configuration and prints its warnings on stderr.
-fn load(cli: &Cli) -> Result<Config, CliError> {
-    Ok(with_warnings_shown(config::load(&cli.globals.config)?))
-}
-
-/// [`load`], keeping the record of the validated configuration for later hooks.
-fn load_remembered(cli: &Cli) -> Result<Config, CliError> {
-    let (config, record) = config::load_recorded(&cli.globals.config)?;
-    remember_validated(&cli.globals.ownership(), record);
-    Ok(with_warnings_shown(config))
-}
-
-/// Keeps the record of a full validation for later hooks.
-fn remember_validated(ownership: &Ownership, record: Option<String>) {
-    if let Some(record) = record {
-        ownership.record_validated_config(&record);
-    }
-}
-
-fn with_warnings_shown(config: Config) -> Config {
-    for w in &config.warnings {
-        out::stderr(&w.to_string());
-    }
-    config
-}
-
-fn parse_user(raw: &str) -> Result<UserName, CliError> {
-    UserName::new(raw).map_err(|e| CliError::context(e, format!("invalid user name {raw:?}")))
 }

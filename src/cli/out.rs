@@ -44,3 +44,8 @@ pub fn notes(notes: &[String]) {
         say(n);
     }
 }
+
+/// `n` with its noun: "1 task", "2 tasks".
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

@@ -61,7 +61,7 @@ pub fn status(
         colour: terminal && std::env::var_os("NO_COLOR").is_none(),
         all,
     };
-    let rt = super::async_runtime()?;
+    let rt = super::setup::async_runtime()?;
     let Some(every) = watch else {
         let sd = rt.block_on(globals.connect())?;
         let opts = StatusOptions {
@@ -197,7 +197,7 @@ fn text(report: &StatusReport, style: Style) -> String {
         let _ = writeln!(
             out,
             "{} with their limits as configured ({}); 'ds01-slices status --all' lists them",
-            counted(
+            out::counted(
                 quiet_by_group.values().sum(),
                 "inactive slice",
                 "inactive slices"
@@ -235,7 +235,7 @@ fn text(report: &StatusReport, style: Style) -> String {
         let _ = write!(
             out,
             "; {}",
-            counted(
+            out::counted(
                 n,
                 "container outside its user's slice",
                 "containers outside their user's slice"
@@ -244,10 +244,6 @@ fn text(report: &StatusReport, style: Style) -> String {
     }
     out.push('\n');
     out
-}
-
-pub(super) fn counted(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
@@ -263,22 +259,23 @@ fn slice_text(out: &mut String, s: &SliceStatus, style: Style) {
     let mut state = vec![if s.active { "active" } else { "inactive" }.to_owned()];
     if s.active {
         if let Some(t) = s.tasks {
-            state.push(counted(t, "task", "tasks"));
+            state.push(out::counted(t, "task", "tasks"));
         }
         if let Some(c) = s.cgroup.children {
             // Below a user slice, its containers; below the others, the slices under them.
             state.push(if s.kind == SliceKind::User {
-                counted(c, "container", "containers")
+                out::counted(c, "container", "containers")
             } else {
-                counted(c, "child cgroup", "child cgroups")
+                out::counted(c, "child cgroup", "child cgroups")
             });
         }
     }
     match (s.cgroup.oom_kills, s.cgroup.memory_failcnt) {
-        (Some(k), _) if k > 0 => state.push(counted(k, "OOM kill", "OOM kills")),
-        (_, Some(f)) if f > 0 => {
-            state.push(format!("memory limit hit {}", counted(f, "time", "times")))
-        }
+        (Some(k), _) if k > 0 => state.push(out::counted(k, "OOM kill", "OOM kills")),
+        (_, Some(f)) if f > 0 => state.push(format!(
+            "memory limit hit {}",
+            out::counted(f, "time", "times")
+        )),
         _ => {}
     }
     if s.planned.is_none() {

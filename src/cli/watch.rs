@@ -9,7 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::Globals;
 use super::exit::{CliError, CliResult};
-use super::{apply, out, record_apply_attempt, remember_validated, with_warnings_shown};
+use super::setup::{record_apply_attempt, remember_validated, with_warnings_shown};
+use super::{apply, out};
 use crate::config::{ConfigError, Digests, Sources};
 use crate::error::Exit;
 use crate::model::watch::{Outcome, Reason, Seen, Watcher, POLL, QUIET};
@@ -86,7 +87,7 @@ async fn apply_once(
     read: Result<Sources, ConfigError>,
     opts: DeployOptions,
 ) -> Outcome {
-    let validated = read.and_then(Sources::validate_recorded);
+    let validated = read.and_then(crate::state::cache::validate_recorded);
     let config = match validated {
         Ok((config, record)) => {
             remember_validated(&globals.ownership(), record);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::trust::{self, Verdicts};
+use super::types::{Kind, MIB};
 use super::ConfigError;
 
 /// A file changed less than this long ago may be between two writes of one edit: it is
@@ -42,35 +43,6 @@ pub(super) fn waits() -> impl Iterator<Item = Duration> {
 /// before the kernel has freed its blocks and stamped the change (measured: a reader can
 /// see size 0 with the old times), so an empty file may be one being rewritten.
 const EMPTY_RECHECK: Duration = Duration::from_millis(5);
-
-const MIB: u64 = 1 << 20;
-
-/// Which file of the configuration, for its size cap and its name in messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Main,
-    Members,
-    Overrides,
-}
-
-impl Kind {
-    /// The largest file accepted: the production file is 14 KiB, a members file of 10,000
-    /// users ~300 KiB. Anything far larger is a mistake (a link to a log, to /dev/zero).
-    pub(super) const fn cap(self) -> u64 {
-        match self {
-            Kind::Main => MIB,
-            Kind::Members | Kind::Overrides => 4 * MIB,
-        }
-    }
-
-    pub(super) const fn noun(self) -> &'static str {
-        match self {
-            Kind::Main => "configuration file",
-            Kind::Members => "members file",
-            Kind::Overrides => "overrides file",
-        }
-    }
-}
 
 /// What one version of a file is: a write, a truncation, a `chmod` (ctime) or a
 /// replacement (device and inode) changes it.

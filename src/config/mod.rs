@@ -12,16 +12,17 @@
 //! replacing it touches no other file.
 //!
 //! A hook runs before every container start, and at thousands of users it cannot afford to
-//! parse and validate everything each time. [`cache`] keeps what the last full validation
-//! answered for every user, and [`for_hook`] uses that answer while every file is byte for
-//! byte the one it was computed from.
+//! parse and validate everything each time. Its record of what the last full validation
+//! answered for every user is state the hook keeps (`crate::state::cache`); this module gives
+//! it the [`Digests`] of the files, which say whether that answer still holds.
 
-pub mod cache;
+mod digest;
 mod files;
 mod lines;
 mod nesting;
 mod read;
 mod trust;
+mod types;
 mod validate;
 mod yaml;
 
@@ -30,344 +31,16 @@ mod read_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
-use serde_json::Value as Json;
-
-use crate::error::{Exit, ExitStatus};
-use crate::model::diagnostics::{Diagnostic, Diagnostics, Location};
-use crate::model::names::{GroupName, SanitizedUser, SliceName, UserName};
-use crate::model::values::{CpuQuota, MemoryLimit, TasksLimit};
-
-pub use cache::{Digest, Digests, HookTarget, Record};
-pub use read::Sources;
+pub use digest::{Digest, Digests};
+pub use read::{current_digests, Sources};
+pub use types::{
+    Aggregate, Config, ConfigError, Group, Member, OverrideAggregate, ResolveError, ResolvedUser,
+    UserOverride, Written, DEFAULT_CONFIG_PATH, GROUPS_DIR, OVERRIDES_FILE,
+};
 pub use validate::MembersFile;
 pub use yaml::RawConfig;
-
-pub const DEFAULT_CONFIG_PATH: &str = "/opt/ds01-infra/config/resource-limits.yaml";
-pub const OVERRIDES_FILE: &str = "user-overrides.yaml";
-pub const GROUPS_DIR: &str = "groups";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {reason}; pass --config PATH or set DS01_CONFIG to the resource-limits.yaml to use")]
-    Unreadable { path: PathBuf, reason: String },
-    #[error("refusing configuration file {path}: {reason}; nothing was changed")]
-    Untrusted { path: PathBuf, reason: String },
-    /// Every attempt found a file changing: a non-atomic write, or a writer that never stops.
-    #[error("{path} changed while it was read ({attempts} reads in {millis} ms); rerun, and replace configuration files atomically (write a copy, then `mv` it over); nothing was changed")]
-    Changed {
-        path: PathBuf,
-        attempts: usize,
-        millis: u128,
-    },
-    #[error("{}", render_invalid(.0))]
-    Invalid(Diagnostics),
-    /// Only from [`for_hook`]: the configuration is valid but gives the hook's user no slice.
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
-}
-
-impl ExitStatus for ConfigError {
-    fn exit_code(&self) -> Exit {
-        Exit::Usage
-    }
-}
-
-fn render_invalid(d: &Diagnostics) -> String {
-    let mut out = String::new();
-    for item in &d.items {
-        let _ = writeln!(out, "{item}");
-    }
-    let n = d.errors().count();
-    let _ = write!(
-        out,
-        "configuration has {n} error{}; nothing was changed",
-        if n == 1 { "" } else { "s" }
-    );
-    out
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error(transparent)]
-    Name(#[from] crate::model::names::NameError),
-    #[error("user {0:?} is in no members file and the configuration has no default_group; add the user to a groups/<group>.members file or set default_group")]
-    NoGroup(String),
-}
-
-impl ExitStatus for ResolveError {
-    fn exit_code(&self) -> Exit {
-        Exit::Usage
-    }
-}
-
-/// Limits of one aggregate section, or of a user's effective (merged) aggregate.
-/// `None` means the key is not set; `Infinity` values lift a limit explicitly.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Aggregate {
-    pub cpu_quota: Option<CpuQuota>,
-    pub memory_max: Option<MemoryLimit>,
-    pub memory_high: Option<MemoryLimit>,
-    pub tasks_max: Option<TasksLimit>,
-    pub gpu_limit: Option<Written>,
-    /// The section as written (keys in file order, values as in the YAML), for `show`.
-    pub raw: Vec<(String, Written)>,
-}
-
-/// A value as the YAML wrote it, for `show`: JSON, or the infinite float YAML writes `.inf`
-/// (a `gpu_limit` may be one), which JSON cannot hold and Python's `json.dumps` prints as
-/// `Infinity`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Written {
-    Json(Json),
-    Infinity,
-}
-
-impl Written {
-    /// As strict JSON: `Infinity` has no JSON form and becomes null, as serde_json makes it.
-    pub fn to_json(&self) -> Json {
-        match self {
-            Written::Json(v) => v.clone(),
-            Written::Infinity => Json::Null,
-        }
-    }
-}
-
-impl std::fmt::Display for Written {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Written::Json(v) => write!(f, "{v}"),
-            Written::Infinity => f.write_str("Infinity"),
-        }
-    }
-}
-
-impl Aggregate {
-    /// Key-by-key merge: every key the override sets replaces the base's.
-    fn merged_with(&self, over: &Aggregate) -> Aggregate {
-        let mut raw = self.raw.clone();
-        for (key, value) in &over.raw {
-            match raw.iter_mut().find(|(k, _)| k == key) {
-                Some(slot) => slot.1 = value.clone(),
-                None => raw.push((key.clone(), value.clone())),
-            }
-        }
-        Aggregate {
-            cpu_quota: over.cpu_quota.or(self.cpu_quota),
-            memory_max: over.memory_max.or(self.memory_max),
-            memory_high: over.memory_high.or(self.memory_high),
-            tasks_max: over.tasks_max.or(self.tasks_max),
-            gpu_limit: over.gpu_limit.clone().or_else(|| self.gpu_limit.clone()),
-            raw,
-        }
-    }
-
-    /// The section as strict JSON (see [`Written::to_json`]).
-    pub fn raw_json(&self) -> Json {
-        Json::Object(
-            self.raw
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_json()))
-                .collect(),
-        )
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Group {
-    pub name: GroupName,
-    /// `None`: the group has no aggregate section, so its users are uncapped.
-    pub aggregate: Option<Aggregate>,
-    pub members_file: PathBuf,
-    pub location: Location,
-}
-
-/// A user listed in a members file, with the group that file gives them.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub name: UserName,
-    pub sanitized: SanitizedUser,
-    pub group: GroupName,
-    pub location: Location,
-}
-
-#[derive(Debug, Clone)]
-pub enum OverrideAggregate {
-    /// `aggregate: null`: this user is uncapped.
-    Uncapped,
-    Merge(Aggregate),
-}
-
-#[derive(Debug, Clone)]
-pub struct UserOverride {
-    pub user: UserName,
-    pub aggregate: Option<OverrideAggregate>,
-    pub location: Location,
-}
-
-/// The whole configuration, validated: every value parsed, every name checked.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub path: PathBuf,
-    pub aggregate_limits: bool,
-    pub default_group: Option<GroupName>,
-    pub groups: Vec<Group>,
-    /// Every listed user once, in group order then file order.
-    pub members: Vec<Member>,
-    pub overrides: Vec<UserOverride>,
-    pub warnings: Vec<Diagnostic>,
-    member_index: MemberIndex,
-    // Resolution runs once per user in a plan: indexed, not scanned. The hook's record
-    // (`cache`) reproduces exactly these two maps, so it reads them rather than rebuild them.
-    override_by_name: HashMap<String, usize>,
-    override_by_sanitized: HashMap<String, usize>,
-}
-
-/// Finds members by name, then by sanitized name (the first listed wins). Built on the first
-/// lookup: `check-config` never needs it, and building it for 1,000 members is not free.
-#[derive(Debug, Default, Clone)]
-struct MemberIndex(OnceLock<(HashMap<String, usize>, HashMap<String, usize>)>);
-
-impl MemberIndex {
-    fn find(&self, members: &[Member], user: &UserName) -> Option<usize> {
-        let (by_name, by_sanitized) = self.0.get_or_init(|| {
-            let mut by_name = HashMap::with_capacity(members.len());
-            let mut by_sanitized = HashMap::with_capacity(members.len());
-            for (i, m) in members.iter().enumerate() {
-                by_name.entry(m.name.as_str().to_owned()).or_insert(i);
-                by_sanitized
-                    .entry(m.sanitized.as_str().to_owned())
-                    .or_insert(i);
-            }
-            (by_name, by_sanitized)
-        });
-        by_name
-            .get(user.as_str())
-            .or_else(|| by_sanitized.get(user.sanitized().ok()?.as_str()))
-            .copied()
-    }
-}
-
-/// A user as every command sees them: group, slice and effective limits.
-#[derive(Debug, Clone)]
-pub struct ResolvedUser {
-    pub name: UserName,
-    pub group: GroupName,
-    pub slice: SliceName,
-    /// Listed in a members file (otherwise: the default group's user).
-    pub listed: bool,
-    /// `None`: uncapped.
-    pub aggregate: Option<Aggregate>,
-}
-
-impl Config {
-    fn new(
-        path: PathBuf,
-        aggregate_limits: bool,
-        default_group: Option<GroupName>,
-        groups: Vec<Group>,
-        members: Vec<Member>,
-        overrides: Vec<UserOverride>,
-    ) -> Config {
-        let mut override_by_name = HashMap::new();
-        let mut override_by_sanitized = HashMap::new();
-        for (i, o) in overrides.iter().enumerate() {
-            override_by_name.insert(o.user.as_str().to_owned(), i);
-            if let Ok(s) = o.user.sanitized() {
-                override_by_sanitized
-                    .entry(s.as_str().to_owned())
-                    .or_insert(i);
-            }
-        }
-        Config {
-            path,
-            aggregate_limits,
-            default_group,
-            groups,
-            members,
-            overrides,
-            warnings: Vec::new(),
-            member_index: MemberIndex::default(),
-            override_by_name,
-            override_by_sanitized,
-        }
-    }
-
-    pub fn group(&self, name: &GroupName) -> Option<&Group> {
-        self.groups.iter().find(|g| &g.name == name)
-    }
-
-    /// The member entry for a name: by the name as listed, then by its sanitized form.
-    pub fn member(&self, user: &UserName) -> Option<&Member> {
-        let index = self.member_index.find(&self.members, user)?;
-        self.members.get(index)
-    }
-
-    fn override_for(&self, user: &UserName, sanitized: &SanitizedUser) -> Option<&UserOverride> {
-        let index = self
-            .override_by_name
-            .get(user.as_str())
-            .or_else(|| self.override_by_sanitized.get(sanitized.as_str()))?;
-        self.overrides.get(*index)
-    }
-
-    /// The limits of a user of `group` whose override is `over`: the one merge rule that both
-    /// [`Config::resolve`] and the hook's record apply.
-    fn effective(&self, group: &GroupName, over: Option<&UserOverride>) -> Option<Aggregate> {
-        let base = self.group(group).and_then(|g| g.aggregate.clone());
-        match over.and_then(|o| o.aggregate.as_ref()) {
-            None => base,
-            Some(OverrideAggregate::Uncapped) => None,
-            Some(OverrideAggregate::Merge(over)) => {
-                Some(base.unwrap_or_default().merged_with(over))
-            }
-        }
-    }
-
-    /// Group, slice and effective limits of any user, listed or not.
-    pub fn resolve(&self, user: &UserName) -> Result<ResolvedUser, ResolveError> {
-        let (name, sanitized, group, slice, listed) = match self.member(user) {
-            Some(m) => (
-                m.name.clone(),
-                m.sanitized.clone(),
-                m.group.clone(),
-                SliceName::user(&m.group, &m.sanitized),
-                true,
-            ),
-            None => {
-                let sanitized = user.sanitized()?;
-                let group = self
-                    .default_group
-                    .clone()
-                    .ok_or_else(|| ResolveError::NoGroup(user.to_string()))?;
-                let slice = SliceName::user(&group, &sanitized);
-                (user.clone(), sanitized, group, slice, false)
-            }
-        };
-        let aggregate = self.effective(&group, self.override_for(&name, &sanitized));
-        Ok(ResolvedUser {
-            name,
-            group,
-            slice,
-            listed,
-            aggregate,
-        })
-    }
-
-    /// Users named only in overrides (not in any members file): they belong to the default
-    /// group, and the configuration still names their limits.
-    pub fn override_only_users(&self) -> Vec<UserName> {
-        self.overrides
-            .iter()
-            .filter(|o| self.member(&o.user).is_none())
-            .map(|o| o.user.clone())
-            .collect()
-    }
-}
 
 /// Whether [`load`] holds the files to the trust rule (`trust.rs`): only when run as root,
 /// which alone acts on them.
@@ -378,39 +51,6 @@ pub fn checks_trust() -> bool {
 /// Reads the configuration rooted at `path` (the YAML; members and overrides beside it).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Sources::read(path)?.validate()
-}
-
-/// [`load`], with the record of the validated configuration for later hooks ([`for_hook`]);
-/// `None` when it cannot be written down (see [`cache::encode`]).
-pub fn load_recorded(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
-    Sources::read(path)?.validate_recorded()
-}
-
-/// What the hook needs for `user`, from `record` (what [`load_recorded`] or an earlier hook
-/// returned) when every file it names is unchanged — then no YAML is parsed at all — and
-/// from a full validation otherwise, as every other command does it. Whoever runs it, the
-/// files are held to the trust rule (`trust.rs`): a hook's answer places a container. The second value is
-/// the record to keep for the hooks after this one (`None`: keep the one there is).
-pub fn for_hook(
-    path: &Path,
-    record: Option<&str>,
-    user: &UserName,
-) -> Result<(HookTarget, Option<String>), ConfigError> {
-    let mut in_sync = false;
-    if let Some(record) = record.and_then(Record::parse) {
-        // Digests of a stable read of every file: a torn file never matches the record.
-        if let Some(current) = read::current_digests(path, record.members_groups())? {
-            in_sync = current == *record.sources();
-            if let Some(target) = record.lookup(&current, user) {
-                return Ok((target, None));
-            }
-        }
-    }
-    // The record is missing, stale, or cannot answer for this user (who then most likely
-    // fails to resolve, which only the full validation reports in full).
-    let (config, record) = Sources::read_held(path, true)?.validate_recorded()?;
-    let target = HookTarget::from_config(&config, user)?;
-    Ok((target, if in_sync { None } else { record }))
 }
 
 /// Pure entry point for tests and tools: the whole configuration from in-memory texts.

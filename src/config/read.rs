@@ -5,11 +5,12 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, Digest, Digests};
-use super::files::{self, Kind, Problem, ReadError, Snapshot};
+use super::files::{self, Problem, ReadError, Snapshot};
+use super::types::Kind;
 use super::validate::{self, MembersFile};
 use super::yaml::{self, RawConfig};
 use super::{Config, ConfigError, GROUPS_DIR, OVERRIDES_FILE};
+use super::{Digest, Digests};
 use crate::model::diagnostics::{Diagnostics, Location};
 use crate::model::names::GroupName;
 
@@ -116,7 +117,7 @@ fn dir_of(path: &Path) -> &Path {
 /// its record: the main file, the members files of `groups` (those the record was computed
 /// from) and the overrides file, as bytes, not parsed, read as stably as a full read. `None`
 /// when one of them cannot be read: only a full validation can say why.
-pub(super) fn current_digests<'g>(
+pub fn current_digests<'g>(
     path: &Path,
     groups: impl Iterator<Item = &'g GroupName> + Clone,
 ) -> Result<Option<Digests>, ConfigError> {
@@ -276,13 +277,5 @@ impl Sources {
             None => Vec::new(),
         };
         validate::validate(raw, &self.members, file_overrides, diags)
-    }
-
-    /// [`Sources::validate`], and the record of its answer for later hooks.
-    pub fn validate_recorded(self) -> Result<(Config, Option<String>), ConfigError> {
-        let digests = self.digests();
-        let config = self.validate()?;
-        let record = cache::encode(&config, &digests);
-        Ok((config, record))
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::model::names::UserName;
 use crate::model::values::CpuQuota;
+use crate::state::cache::for_hook;
 
 /// The main file in two versions. Each is written in two writes, the first ending after
 /// `aggregate:`: that prefix is valid YAML in which the student group is uncapped.
@@ -89,7 +91,7 @@ fn read_while_rewritten<T>(
     let (writes, stalled) = writer.join().unwrap();
     // A writer stalled between its two writes for longer than `SETTLE` (a busy machine
     // can do that to this test's thread) leaves a prefix that no reader can tell from a
-    // finished file: that is why the README asks for `mv`. Any other torn read is a bug.
+    // finished file: that is why docs/operations.md asks for `mv`. Any other torn read is a bug.
     let overlaps = |(a, b): Window| stalled.iter().any(|(s, e)| *s < b && *e > a);
     let unexplained: Vec<&String> = torn
         .iter()

@@ -1,14 +1,17 @@
 //! The configuration's unit tests: each stage on texts, and the hook's record held to the
 //! answer of a full validation.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-use super::cache::{self, Digests, HookTarget};
 use super::lines::LineIndex;
 use super::*;
-use crate::model::diagnostics::Diagnostic;
+use crate::model::diagnostics::{Diagnostic, Location};
+use crate::model::names::{GroupName, UserName};
 use crate::model::values::{CpuQuota, MemoryLimit};
 use crate::plan;
+use crate::plan::HookTarget;
+use crate::state::cache::{self, for_hook};
 
 const MAIN: &str = "\
 default_group: student

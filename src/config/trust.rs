@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use super::files::Kind;
+use super::types::Kind;
 
 /// At most this many symbolic links on the way to one file, as the kernel allows.
 const MAX_LINKS: usize = 40;

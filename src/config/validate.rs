@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Aggregate, Config, ConfigError, Member, RawConfig, UserOverride};
+use super::types::check_high_below_max;
+use super::{Config, ConfigError, Member, RawConfig, UserOverride};
 use crate::model::diagnostics::{Diagnostics, Location};
 use crate::model::names::{GroupName, SanitizedUser, SliceName, UserName};
-use crate::model::values::MemoryLimit;
 
 /// One members file's content.
 #[derive(Debug, Clone)]
@@ -42,25 +42,6 @@ fn merge_overrides(inline: Vec<UserOverride>, file: Vec<UserOverride>) -> Vec<Us
         overrides.push(o);
     }
     overrides
-}
-
-pub(super) fn check_high_below_max(
-    agg: &Aggregate,
-    location: &Location,
-    owner: &str,
-    diags: &mut Diagnostics,
-) {
-    if let (Some(MemoryLimit::Bytes(high)), Some(MemoryLimit::Bytes(max))) =
-        (agg.memory_high, agg.memory_max)
-    {
-        if high > max {
-            diags.error(location.clone(), format!(
-                "memory_high of {owner} ({}) is above its memory_max ({}): the soft limit must not exceed the hard limit; lower memory_high or raise memory_max",
-                MemoryLimit::Bytes(high),
-                MemoryLimit::Bytes(max)
-            ));
-        }
-    }
 }
 
 /// Groups that list no one: most likely the members files are not where they are looked

@@ -9,7 +9,7 @@ use serde_yaml::Value as Yaml;
 
 use super::lines::LineIndex;
 use super::nesting;
-use super::validate::check_high_below_max;
+use super::types::check_high_below_max;
 use super::{Aggregate, Group, OverrideAggregate, UserOverride, Written, GROUPS_DIR};
 use crate::model::diagnostics::{Diagnostics, Location};
 use crate::model::names::{GroupName, UserName};

@@ -21,7 +21,7 @@ pub enum RenderError {
     Sync { path: PathBuf, source: io::Error },
     #[error("cannot remove {path}: {source}; make its directory writable and rerun")]
     Remove { path: PathBuf, source: io::Error },
-    /// A symlink below `--root` (README, "Rendering drop-in files"): refused before anything
+    /// A symlink below `--root` (docs/rendering.md): refused before anything
     /// is read through it, so the whole run is.
     #[error("{} is a symlink (to {}); ds01-slices follows no symlink below --root {}, so that nothing it writes or removes can land outside it. Nothing was changed: replace it with a real directory, or pass --root the target itself", .link.display(), .target.display(), .root.display())]
     Symlink {

@@ -2,7 +2,7 @@
 //! (or images) whose systemd cannot be reached over D-Bus, and the rules that keep that world
 //! and the D-Bus world from contradicting each other.
 //!
-//! Two worlds, one rule each way (README, "Rendering drop-in files"):
+//! Two worlds, one rule each way (docs/rendering.md, "Two worlds"):
 //! - systemd applies drop-ins in file-name order, so a D-Bus write
 //!   (`system.control/<slice>.d/50-<Setting>.conf`) always shadows our `10-resource-limits.conf`.
 //!   `render` therefore removes the D-Bus drop-ins that the ownership records say we wrote.

@@ -16,10 +16,11 @@ use tokio::runtime::Handle;
 use super::identity::{self, Caller, IdentityError};
 use super::rules::create::{self, Escape, Malformed, Protected};
 use super::rules::route::{self, Route};
-use crate::config::{ConfigError, HookTarget};
+use crate::config::ConfigError;
 use crate::model::admission::{Policy, Request};
 use crate::model::names::SliceName;
 use crate::ops::hook::{self, HookError, HookOptions};
+use crate::plan::HookTarget;
 use crate::state::ownership::Ownership;
 use crate::systemd::{BusError, BusSystemd, WriteMode};
 

@@ -5,8 +5,10 @@
 
 use std::path::Path;
 
-use crate::config::{self, ConfigError, HookTarget};
+use crate::config::ConfigError;
 use crate::model::names::UserName;
+use crate::plan::HookTarget;
+use crate::state::cache;
 use crate::state::ownership::Ownership;
 
 /// The peer of a connection, as the kernel reported it when the connection was made.
@@ -73,7 +75,7 @@ pub fn target(
     user: &UserName,
 ) -> Result<HookTarget, ConfigError> {
     let record = ownership.validated_config();
-    let (target, record) = config::for_hook(config_path, record.as_deref(), user)?;
+    let (target, record) = cache::for_hook(config_path, record.as_deref(), user)?;
     if let Some(record) = record {
         ownership.record_validated_config(&record);
     }

@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::BoxError;
+/// An error a service or a body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The open connections, for the cap and for closing the idlest.
 pub(super) struct Registry {

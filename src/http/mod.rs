@@ -43,10 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener};
 
 use conn::{Admission, Registry, Tracked, Watched};
-pub use conn::{Answer, Busy};
-
-/// An error a service or a body may end with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use conn::{Answer, BoxError, Busy};
 
 /// What one process lets its clients cost. Each bound is explained in the module's doc.
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ pub struct Allowed {
     pub tasks_max: Option<u64>,
 }
 
-/// What to do when a reading the decision needs is missing (documented in the README).
+/// What to do when a reading the decision needs is missing (documented in docs/containers.md, "Admission").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Admit with a warning, as DS01's wrapper did.

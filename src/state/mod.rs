@@ -2,6 +2,7 @@
 //! it set on which slice), the writer lock, and the hook's cache of the last validated
 //! configuration. Every write goes through [`crate::atomic`].
 
+pub mod cache;
 pub mod lock;
 pub mod ownership;
 

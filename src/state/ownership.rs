@@ -213,7 +213,7 @@ impl Ownership {
     }
 
     /// The record of the last configuration a full validation accepted (see
-    /// `crate::config::cache`); `None` when there is none or it cannot be read.
+    /// `crate::state::cache`); `None` when there is none or it cannot be read.
     /// Read like the ownership records (no symlink, no FIFO, capped): anything else is no
     /// record, and the hook validates in full.
     pub fn validated_config(&self) -> Option<String> {

@@ -9,7 +9,7 @@ use zbus::zvariant::{OwnedValue, Value};
 
 use super::convert::{as_bool, as_string, as_strings, as_u64, to_value};
 use super::ended::Ended;
-use super::pipeline::MAX_IN_FLIGHT;
+use super::pipeline::{HOLDER_PREFIX, MAX_IN_FLIGHT};
 use super::proxies::{self, ManagerProxy};
 use super::stats::{BusStats, BusStatsSnapshot, CallSlot};
 use super::{BusError, Systemd, WriteMode};
@@ -22,8 +22,6 @@ use crate::model::property::{BusValue, Property};
 /// specification's default; /var/run is a link to /run on every current distribution).
 pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
 
-/// Transient services that keep slices loaded during an apply are named with this prefix.
-pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
 /// A holder outlives a crashed run by at most this long: its process then exits and
 /// systemd collects it.
 const HOLDER_LIFETIME_SECS: &str = "900";

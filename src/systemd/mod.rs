@@ -11,9 +11,10 @@ pub mod pipeline;
 pub mod proxies;
 pub mod stats;
 
-pub use bus::{AccountingDefaults, BusSystemd, HOLDER_PREFIX, SYSTEM_BUS_ADDRESS};
+pub use bus::{AccountingDefaults, BusSystemd, SYSTEM_BUS_ADDRESS};
 pub use client::{Systemd, WriteMode};
 pub use error::BusError;
+pub use pipeline::HOLDER_PREFIX;
 pub use stats::BusStatsSnapshot;
 
 #[cfg(test)]

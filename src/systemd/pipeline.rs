@@ -4,7 +4,7 @@
 
 use futures_util::stream::{self, StreamExt};
 
-use super::{BusError, Systemd, HOLDER_PREFIX};
+use super::{BusError, Systemd};
 use crate::model::live::LiveSlice;
 use crate::model::names::SliceName;
 
@@ -12,6 +12,9 @@ use crate::model::names::SliceName;
 /// pending replies per connection; half of that leaves room for anything else the
 /// connection does.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Transient services that keep slices loaded during an apply are named with this prefix.
+pub const HOLDER_PREFIX: &str = "ds01-slices-hold-";
 
 /// Units pinned (Unit.Ref) at once while writing. Each pin costs systemd a bus match rule
 /// (512 allowed per connection); ~500 at once knocked systemd off the bus here.

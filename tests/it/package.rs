@@ -257,7 +257,7 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
                 && l.ends_with(" 103079215104")),
         "{metrics}"
     );
-    // Its caps, in force on the running process and its cgroup (README, "serve").
+    // Its caps, in force on the running process and its cgroup (docs/monitoring.md, "`metrics` and `serve`").
     let caps = vm.sh_ok(
         "u=ds01-slices-exporter.service; systemctl show -p LimitNOFILE,MemoryMax,TasksMax $u; \
          pid=$(systemctl show -p MainPID --value $u); grep '^Max open files' /proc/$pid/limits; \

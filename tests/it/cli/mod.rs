@@ -8,6 +8,7 @@
 mod bad_input;
 mod command_line;
 mod docs;
+mod guide;
 mod production;
 mod safety;
 mod warnings;

@@ -19,92 +19,27 @@
 //! ```
 //!
 //! A lookup goes as [`Config::resolve`] does: the first `m` line with the user's name, else
-//! the first with their sanitized name (listed users: [`MemberIndex`] keeps the first), else
+//! the first with their sanitized name (listed users: the configuration's member index keeps the first), else
 //! the user is the default group's, with the `o` line that holds the override
-//! [`Config::override_for`] finds by name (`n`), else by sanitized name (`s`). The slice is
+//! `Config::override_for` finds by name (`n`), else by sanitized name (`s`). The slice is
 //! not stored: it is [`SliceName::user`] of the group and the sanitized name, as in resolve.
 //!
-//! [`MemberIndex`]: super::MemberIndex
+//! It lives with the state the tool keeps, not with the configuration: it is the hook's, and
+//! it needs the plan (the properties), which itself builds on the configuration.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
+use std::path::Path;
 
-use md5::{Digest as _, Md5};
-
-use super::{Config, ResolveError};
+use crate::config::{self, Config, ConfigError, Digest, Digests, Sources};
 use crate::model::names::{GroupName, SliceName, UserName};
 use crate::model::property::{BusValue, Properties, Property};
-use crate::plan;
+use crate::plan::{self, HookTarget};
 
 /// Another header (an older format) means no record: the hook validates in full.
 const HEADER: &str = "ds01-slices validated-config format 3 md5 ";
 const ABSENT: &str = "absent";
 const UNCAPPED: &str = "uncapped";
-
-/// What a file's bytes were: its MD5 in hex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digest(String);
-
-impl Digest {
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(hex(&Md5::digest(bytes)))
-    }
-
-    fn parse(text: &str) -> Option<Digest> {
-        let ok = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        ok.then(|| Digest(text.to_owned()))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(32), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// The files a configuration is made of, as digests; `None`: the file does not exist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    pub main: Digest,
-    /// Every group the main file names, in its order, with its members file.
-    pub members: Vec<(GroupName, Option<Digest>)>,
-    pub overrides: Option<Digest>,
-}
-
-/// Everything a hook does with the configuration: the user's slice, its parents, and the
-/// properties the user's slice must have.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookTarget {
-    pub user: UserName,
-    pub group: GroupName,
-    pub slice: SliceName,
-    pub listed: bool,
-    pub properties: Properties,
-    pub aggregate_limits: bool,
-}
-
-impl HookTarget {
-    /// The answer of a full validation, which the record must reproduce.
-    pub fn from_config(config: &Config, user: &UserName) -> Result<HookTarget, ResolveError> {
-        let resolved = config.resolve(user)?;
-        let properties = plan::user_spec(&resolved).properties;
-        Ok(HookTarget {
-            user: resolved.name,
-            group: resolved.group,
-            slice: resolved.slice,
-            listed: resolved.listed,
-            properties,
-            aggregate_limits: config.aggregate_limits,
-        })
-    }
-}
 
 /// The record of `config`, validated from files with `sources` digests. `None` when a name
 /// cannot be written on a line of its own: a tab or a line break would split it. A
@@ -390,4 +325,46 @@ fn properties_by_id(properties: &[&str], id: &str) -> Option<Properties> {
 /// [`Record::lookup`] from the text of a record.
 pub fn lookup(record: &str, current: &Digests, user: &UserName) -> Option<HookTarget> {
     Record::parse(record)?.lookup(current, user)
+}
+
+/// [`config::load`], with the record of the validated configuration for later hooks
+/// ([`for_hook`]); `None` when it cannot be written down (see [`encode`]).
+pub fn load_recorded(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
+    validate_recorded(Sources::read(path)?)
+}
+
+/// [`Sources::validate`], and the record of its answer for later hooks.
+pub fn validate_recorded(sources: Sources) -> Result<(Config, Option<String>), ConfigError> {
+    let digests = sources.digests();
+    let config = sources.validate()?;
+    let record = encode(&config, &digests);
+    Ok((config, record))
+}
+
+/// What the hook needs for `user`, from `record` (what [`load_recorded`] or an earlier hook
+/// returned) when every file it names is unchanged — then no YAML is parsed at all — and
+/// from a full validation otherwise, as every other command does it. Whoever runs it, the
+/// files are held to the trust rule (`config/trust.rs`): a hook's answer places a container.
+/// The second value is the record to keep for the hooks after this one (`None`: keep the one
+/// there is).
+pub fn for_hook(
+    path: &Path,
+    record: Option<&str>,
+    user: &UserName,
+) -> Result<(HookTarget, Option<String>), ConfigError> {
+    let mut in_sync = false;
+    if let Some(record) = record.and_then(Record::parse) {
+        // Digests of a stable read of every file: a torn file never matches the record.
+        if let Some(current) = config::current_digests(path, record.members_groups())? {
+            in_sync = current == *record.sources();
+            if let Some(target) = record.lookup(&current, user) {
+                return Ok((target, None));
+            }
+        }
+    }
+    // The record is missing, stale, or cannot answer for this user (who then most likely
+    // fails to resolve, which only the full validation reports in full).
+    let (config, record) = validate_recorded(Sources::read_held(path, true)?)?;
+    let target = HookTarget::from_config(&config, user)?;
+    Ok((target, if in_sync { None } else { record }))
 }
