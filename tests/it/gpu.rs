@@ -423,3 +423,59 @@ fn a_containers_device_program_is_left_alone_and_a_reload_waits_for_the_admins_w
     eprintln!("gpu: device programs of {scope}: {}", seen.join("; "));
 }
 
+/// `daemon-reload`, through which the Debian package's scripts reload: refused while a unit
+/// runs in a user's slice (its device rules stay), done with `--allow-reload`, done when
+/// nothing runs, refused when what runs cannot be told.
+#[test]
+fn daemon_reload_reloads_only_when_nothing_runs_or_the_admin_says_so() {
+    let Some(w) = World::new(EXAMPLE) else { return };
+    w.expect(&["apply"], 0);
+    let job = Job::start(&w);
+    let before = job.rules();
+    let refused = w.run(&["daemon-reload"]);
+    eprintln!("gpu: daemon-reload while {JOB} runs: {refused}");
+    assert_eq!(refused.code, Some(1), "{refused}");
+    for said in [
+        "ds01-slices: systemd not reloaded: 1 unit runs in ds01 slices",
+        &format!("{JOB} in {ALICE}: 1 process"),
+        "Failed to initialize NVML",
+        "Run 'systemctl daemon-reload' once no containers run in ds01 slices",
+    ] {
+        assert!(refused.stderr.contains(said), "no {said:?} in: {refused}");
+    }
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused}");
+    assert_eq!(job.rules(), before, "daemon-reload reloaded systemd");
+
+    let allowed = w.expect(&["daemon-reload", "--allow-reload"], 0);
+    assert!(
+        allowed
+            .stderr
+            .contains("systemd reloaded with --allow-reload while 1 unit ran"),
+        "{allowed}"
+    );
+    let reloaded = job.rules();
+    assert_ne!(
+        reloaded, before,
+        "daemon-reload --allow-reload did not reload"
+    );
+    if !w.sb.unified() {
+        assert!(!reloaded.contains(GPU_RULE), "{reloaded}");
+    }
+
+    job.stop();
+    let idle = w.expect(&["daemon-reload"], 0);
+    assert!(
+        idle.stderr
+            .contains("systemd reloaded (nothing ran in ds01 slices)"),
+        "{idle}"
+    );
+    let nowhere = crate::support::Scratch::new("no-cgroups");
+    let unknown = Run::of(&mut w.cmd_on_cgroups(&["daemon-reload"], nowhere.path()));
+    assert_eq!(unknown.code, Some(1), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("systemd not reloaded: whether containers run in ds01 slices cannot be told"),
+        "{unknown}"
+    );
+}
