@@ -44,8 +44,13 @@ fn device_programs(dir: &Path) -> Vec<u64> {
         "bpftool cgroup show {}: {run}",
         dir.display()
     );
-    let listed: Value = serde_json::from_str(run.stdout.trim())
-        .unwrap_or_else(|e| panic!("bpftool printed no JSON ({e}): {run}"));
+    device_program_ids(&run.stdout)
+}
+
+/// The ids of the BPF device programs in what `bpftool --json cgroup show` printed.
+pub(crate) fn device_program_ids(printed: &str) -> Vec<u64> {
+    let listed: Value = serde_json::from_str(printed.trim())
+        .unwrap_or_else(|e| panic!("bpftool printed no JSON ({e}): {printed}"));
     listed
         .as_array()
         .into_iter()

@@ -8,8 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::gpu::device_program_ids;
 use crate::package::{install, ALICE_MEMORY_MAX};
 use crate::support::guest_deadline;
 use crate::support::vm::Vm;
@@ -22,18 +21,9 @@ const WITNESS: &str = "ds01-package-reload-witness.service";
 
 /// The ids of the BPF device programs attached to `unit`'s cgroup in the guest.
 fn device_programs(vm: &Vm, unit: &str) -> Vec<u64> {
-    let listed = vm.sh_ok(&format!(
+    device_program_ids(&vm.sh_ok(&format!(
         "bpftool --json cgroup show /sys/fs/cgroup$(systemctl show -p ControlGroup --value {unit})"
-    ));
-    let listed: Value = serde_json::from_str(listed.trim())
-        .unwrap_or_else(|e| panic!("bpftool printed no JSON ({e}): {listed}"));
-    listed
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["attach_type"] == "cgroup_device")
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+    )))
 }
 
 /// The exporter's main PID: the same one when the scripts left the units alone.
