@@ -139,6 +139,16 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["user", "dry_run"])]
         watch: bool,
     },
+    /// Reload systemd (as `systemctl daemon-reload` does) only when nothing runs in ds01
+    /// slices: a daemon-reload makes systemd re-apply its own device rules, which takes away
+    /// the GPUs that NVIDIA's runtime gave running containers. Exit 0: reloaded; 1: not
+    /// reloaded, the reason on stderr (also when what runs cannot be told). The Debian
+    /// package's maintainer scripts reload through it.
+    DaemonReload {
+        /// Reload even while containers run in ds01 slices (or when that cannot be told).
+        #[arg(long)]
+        allow_reload: bool,
+    },
     /// Write the limits as drop-in files under --root (etc/systemd/system/<slice>.d/10-resource-limits.conf),
     /// for hosts whose systemd cannot be reached; then reload systemd if --root is / (or --bus is given).
     /// While containers run in ds01 slices it refuses to reload (and writes nothing) without

@@ -165,6 +165,7 @@ pub fn run(cli: Cli) -> CliResult {
             block_on(verify::verify(g, &config, user.as_ref(), json))
         }
         Command::Doctor => block_on(doctor::doctor(g)),
+        Command::DaemonReload { allow_reload } => block_on(render::daemon_reload(g, *allow_reload)),
         Command::Fleet(action) => fleet::fleet(g, action),
     }
 }

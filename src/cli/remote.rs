@@ -56,6 +56,7 @@ pub fn check_allowed(globals: &Globals, host: &Host, command: &Command) -> Resul
             "metrics are read from this machine's cgroup files"
         }
         Command::Doctor => "`doctor` checks this machine",
+        Command::DaemonReload { .. } => "`daemon-reload` reloads this machine's systemd",
         Command::Fleet(_) => "`fleet` takes its hosts from --hosts",
         Command::Show { .. } | Command::Plan { .. } | Command::CheckConfig => {
             "this command reads only the configuration here"

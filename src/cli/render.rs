@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::dropin::{display_setting_value, property_for_setting};
 use crate::dropin::{FileAction, FileStatus, OfflineReport};
 use crate::error::Exit;
+use crate::ops::reload_guard::{self, Reload};
 use crate::ops::render::RenderReport;
 
 #[derive(Debug, Serialize)]
@@ -221,4 +222,21 @@ fn offline_text(report: &OfflineReport) -> String {
         report.counts.drift
     ));
     out
+}
+
+/// `daemon-reload`: the reload's outcome in one line; exit 1 when systemd was not reloaded.
+pub async fn daemon_reload(globals: &Globals, allow_reload: bool) -> CliResult {
+    let sd = crate::ops::render::connect_checked(globals.bus.as_deref(), globals.timeout()).await?;
+    match reload_guard::reload(&sd, &globals.cgroup_root, allow_reload).await? {
+        Reload::Done(what) => {
+            out::say(&what);
+            Ok(Exit::Ok)
+        }
+        Reload::Withheld(hazard) => {
+            out::say(&format!(
+                "systemd not reloaded: {hazard}. Run 'systemctl daemon-reload' once no containers run in ds01 slices (or 'ds01-slices daemon-reload --allow-reload' to reload anyway)"
+            ));
+            Ok(Exit::Failure)
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::cgroupfs::procs;
 use crate::model::names::SliceName;
-use crate::systemd::{BusError, BusSystemd};
+use crate::systemd::{BusError, BusSystemd, Systemd};
 
 /// What a reload does to running GPU containers, for every message that withholds one.
 pub const RELOAD_HAZARD: &str = "a daemon-reload makes systemd re-apply its own device rules to their cgroups, which takes away the GPUs that NVIDIA's runtime gave containers behind systemd's back (\"Failed to initialize NVML: Unknown Error\" inside each until it is restarted)";
@@ -120,6 +120,28 @@ pub async fn check(sd: &BusSystemd, cgroup_root: &Path, allow: bool) -> Result<C
     match census.hazard() {
         Some(hazard) if !allow => Err(hazard),
         _ => Ok(census),
+    }
+}
+
+/// What a guarded reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// systemd reloaded; what ran then ([`Census::reloaded`]).
+    Done(String),
+    /// Not reloaded; why ([`Census::hazard`]).
+    Withheld(String),
+}
+
+/// `daemon-reload`: reloads systemd when nothing runs in ds01 slices or the admin allowed it;
+/// otherwise leaves it as it is and says why. The Debian package's maintainer scripts reload
+/// through it, so that an install, upgrade or removal never takes running containers' GPUs.
+pub async fn reload(sd: &BusSystemd, cgroup_root: &Path, allow: bool) -> Result<Reload, BusError> {
+    match check(sd, cgroup_root, allow).await {
+        Err(hazard) => Ok(Reload::Withheld(hazard)),
+        Ok(census) => {
+            sd.reload().await?;
+            Ok(Reload::Done(census.reloaded()))
+        }
     }
 }
 

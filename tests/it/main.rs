@@ -15,6 +15,7 @@ mod hook;
 mod metrics;
 mod monitoring;
 mod package;
+mod package_reload;
 mod package_watch;
 mod render;
 mod sandbox;

@@ -1,7 +1,8 @@
 //! The Debian package as an admin meets it, on the cgroup v2 test host: `dpkg -i` of the .deb that
 //! `.ci/package` built (cargo-deb, lintian), then what issue 16 promises of it: nothing starts
 //! before the configuration exists; after a reboot the boot apply has run before Docker's slot;
-//! an edit of a members file re-applies within 10 s; `man` renders; the exporter answers; `dpkg -r`
+//! an edit of a members file re-applies within 10 s; `man` renders; the exporter answers; a
+//! reinstall reloads systemd only when nothing runs in ds01 slices (package_reload.rs); `dpkg -r`
 //! leaves the limits and records, `--purge` removes the records.
 
 use std::fs;
@@ -291,10 +292,21 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         score.trim()
     );
 
-    // dpkg -r: the package's files go, the limits and the records stay.
+    // A reinstall while a unit runs in a user's slice, then with nothing running.
+    crate::package_reload::reinstall_reloads_only_when_nothing_runs(&vm, &deb);
+
+    // dpkg -r: the package's files go, the limits and the records stay; with nothing running,
+    // systemd is reloaded (through the copy of the binary that prerm left) and forgets the units.
     vm.sh_ok("dpkg -L ds01-slices >/run/ds01-package-files");
     let removed = vm.sh_ok("dpkg -r ds01-slices 2>&1");
     println!("dpkg -r:\n{removed}");
+    assert!(!removed.contains("not reloaded"), "{removed}");
+    assert_eq!(
+        vm.sh_ok("test -e /run/ds01-slices-package && echo left || echo gone")
+            .trim(),
+        "gone",
+        "prerm's copy of the binary"
+    );
     // Directories may be shared with other packages; every file must be gone.
     let left = vm.sh_ok(
         "while read -r f; do if [ ! -d \"$f\" ] && { [ -e \"$f\" ] || [ -L \"$f\" ]; }; then echo \"$f\"; fi; done </run/ds01-package-files",
