@@ -138,7 +138,8 @@ fn the_docker_cli_runs_containers_in_the_callers_slice_through_the_gate() {
         "{}",
         gate.journal()
     );
-    eprintln!("classic build step cgroup: {step}");
+    // "container cgroup:": the VM suite passes such lines on to its log (tests/it/vm.rs).
+    eprintln!("container cgroup: a classic build's RUN step: {step}");
 }
 
 /// BuildKit through the gate: the build works (its `/session` is an h2c upgrade), and its RUN
@@ -166,7 +167,7 @@ fn a_buildkit_build_works_through_the_gate_and_its_steps_run_where_docker_puts_t
         gate.journal()
     );
     let step = step.unwrap_or_else(|e| panic!("{e}\n{build}"));
-    eprintln!("buildkit step cgroup: {}", step.trim());
+    eprintln!("container cgroup: a BuildKit RUN step: {}", step.trim());
     assert!(
         !step.contains("/ds01-student.slice/"),
         "BuildKit's step is in a user's slice now: docs/gate.md's BuildKit section is out of date: {step}"
