@@ -59,7 +59,9 @@ for i in range(creates):
         out[k]["create_ms"].append(create(p))
 box = subprocess.run(["docker", "-H", "unix:///run/docker.sock", "run", "-d", "--network", "none", "local/busybox", "sleep", "3600"], check=True, capture_output=True, text=True).stdout.strip()
 for i in range(runs):
-    for k, p in paths.items():
+    # Interleaved, the first path alternating, as for the creates: a load that changes during
+    # the run favours neither.
+    for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
         out[k]["load_s"].append(docker(p, "load", "-q", "-i", "big.tar"))
         subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rmi", "bench/big"], check=True, stdout=subprocess.DEVNULL)
         out[k]["cp_in_s"].append(docker(p, "cp", "blob", box + ":/tmp/blob"))
@@ -117,6 +119,7 @@ fn main() {
         std::process::exit(1);
     }
     let started = Instant::now();
+    let load_before = loadavg();
     let vm = Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
     let (host_dir, guest_dir) = vm.shared_dir("gate-bench");
     fs::write(host_dir.join("measure.py"), MEASURE).unwrap();
@@ -156,7 +159,8 @@ cp {guest_dir}/measure.py /home/bench/measure.py
         serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
     let placed =
         vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
-    let section = report(&args, &vm, &figures, placed.trim());
+    let load = format!("{load_before} at the start, {} at the end", loadavg());
+    let section = report(&args, &vm, &figures, placed.trim(), &load);
     let old = fs::read_to_string(&args.out).unwrap_or_default();
     let kept = old.find(GATE_MARKER).map_or(old.as_str(), |i| &old[..i]);
     fs::write(
@@ -171,7 +175,15 @@ cp {guest_dir}/measure.py /home/bench/measure.py
     );
 }
 
-fn report(args: &Args, vm: &Vm, f: &Value, placed: &str) -> String {
+/// This machine's load average over the last minute (the VM competes for its cores).
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## The Docker API gate: its cost per request\n");
     let _ = writeln!(
@@ -181,7 +193,7 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str) -> String {
     );
     let _ = writeln!(
         md,
-        "- Host: the cgroup v2 test VM ({}), QEMU under TCG (software emulation, 2 vCPUs on a shared 2-core machine): every figure is several times a real server's; compare the two columns, measured in the same run.",
+        "- Host: the cgroup v2 test VM ({}), QEMU under TCG (software emulation, 2 vCPUs on a shared 2-core machine, whose load average was {load}): every figure is several times a real server's; compare the two columns, measured in the same run.",
         vm.image.versions().trim().replace('\n', ", ")
     );
     let _ = writeln!(md, "- *direct*: the daemon's own socket; *gate*: `ds01-slices gate` (release build) in front of it, the caller a capped user whose slice is in sync (each create reads the user's three slices over D-Bus, admits the request and places it: {placed} creates placed).");

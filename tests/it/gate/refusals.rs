@@ -6,40 +6,59 @@
 use super::{all_containers, as_user, sh_ok, slice_of, Containers, Gate, ALICE, IMAGE};
 use crate::docker::docker;
 
-/// Sends a raw request with python3's http.client as `user` on the gate's socket; prints
-/// `STATUS BODY`.
+/// Sends raw requests with python3's http.client as `user` on the gate's socket, each on a
+/// connection of its own, all from one python3 process (one start of the interpreter, which
+/// costs the TCG guest seconds): reads `[[METHOD, PATH, BODY], ...]` as JSON on stdin, prints
+/// `[[STATUS, BODY], ...]`.
 const RAW: &str = r#"
-import http.client, socket, sys
+import http.client, json, socket, sys
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect("/run/ds01-gate-test/docker.sock")
-c = C("docker")
-body = sys.stdin.buffer.read()
-try:
-    c.request(sys.argv[1], sys.argv[2], body=body, headers={"Content-Type": "application/json"})
-except BrokenPipeError:
-    pass  # answered (413) before the whole body was sent: the answer is there to read
-r = c.getresponse()
-print(r.status, r.read().decode())
+out = []
+for method, path, body in json.load(sys.stdin):
+    c = C("docker")
+    try:
+        c.request(method, path, body=body.encode(), headers={"Content-Type": "application/json"})
+    except BrokenPipeError:
+        pass  # answered (413) before the whole body was sent: the answer is there to read
+    r = c.getresponse()
+    out.append([r.status, r.read().decode()])
+    c.close()
+print(json.dumps(out))
 "#;
 
-fn raw(user: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+/// Each of `requests` (method, path, body) sent raw as `user`: (status, the error's message or
+/// the success's body), in order.
+fn raw_all(user: &str, requests: &[(&str, &str, &str)]) -> Vec<(u16, String)> {
     let home = format!("/home/{user}");
     std::fs::write(format!("{home}/raw.py"), RAW).unwrap();
-    std::fs::write(format!("{home}/body.json"), body).unwrap();
-    let out = as_user(
-        user,
-        &format!("python3 raw.py {method} '{path}' <body.json"),
-    );
+    std::fs::write(
+        format!("{home}/requests.json"),
+        serde_json::to_string(requests).unwrap(),
+    )
+    .unwrap();
+    let out = as_user(user, "python3 raw.py <requests.json");
     assert_eq!(out.code, Some(0), "{out}");
-    let (status, text) = out.stdout.trim().split_once(' ').unwrap_or(("0", ""));
-    // An error's message, unescaped; a success's body as it is.
-    let text = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| text.to_owned());
-    (status.parse().unwrap_or(0), text)
+    let answers: Vec<(u16, String)> =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(answers.len(), requests.len(), "{out}");
+    answers
+        .into_iter()
+        .map(|(status, text)| {
+            // An error's message, unescaped; a success's body as it is.
+            let text = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            (status, text)
+        })
+        .collect()
+}
+
+fn raw(user: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    raw_all(user, &[(method, path, body)]).remove(0)
 }
 
 #[test]
@@ -60,19 +79,27 @@ fn spoofed_bodies_and_ways_out_of_a_slice_are_refused_and_create_nothing() {
         (format!("{{{image},\"Ho\u{17f}tConfig\":{{\"Privileged\":true}}}}"), 400, "non-ASCII"),
         (format!("{{{image},\"HostConfig\":{{\"Memory\":\"1g\"}}}}"), 400, "whole number"),
     ];
-    for (body, status, says) in &spoofs {
-        for path in [
-            "/containers/create",
-            "/v1.41/containers/create",
-            "/v1.41/containers/%63reate",
-        ] {
-            let (got, text) = raw(ALICE, "POST", path, body);
-            assert_eq!(got, *status, "{path} {body}: {text}");
-            assert!(text.contains(says), "{path} {body}: {text}");
-        }
+    let paths = [
+        "/containers/create",
+        "/v1.41/containers/create",
+        "/v1.41/containers/%63reate",
+    ];
+    let mut requests: Vec<(&str, &str, &str)> = spoofs
+        .iter()
+        .flat_map(|(body, _, _)| paths.iter().map(move |path| ("POST", *path, body.as_str())))
+        .collect();
+    requests.push(("POST", "/v1.41/containers//create", "{}"));
+    let answers = raw_all(ALICE, &requests);
+    let expected = spoofs
+        .iter()
+        .flat_map(|(_, status, says)| paths.iter().map(move |_| (*status, *says)))
+        .chain([(400, "")]);
+    for (((_, path, body), (got, text)), (status, says)) in
+        requests.iter().zip(&answers).zip(expected)
+    {
+        assert_eq!(*got, status, "{path} {body}: {text}");
+        assert!(text.contains(says), "{path} {body}: {text}");
     }
-    let (got, text) = raw(ALICE, "POST", "/v1.41/containers//create", "{}");
-    assert_eq!(got, 400, "{text}");
     // A body larger than the gate reads (1 MiB): 413, whatever it holds.
     let padding = "x".repeat(1_200_000);
     let (got, text) = raw(

@@ -12,20 +12,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::docker_api::docker_cli;
 use crate::support::ssh::SshAccess;
 use crate::support::vm::{self, in_vm_guest, Vm};
 use crate::support::{skip, Run, Scratch, BIN, MANIFEST_DIR};
 
 const USER: &str = "dev.user";
-const SLICE: &str = "ds01-student-devuser.slice";
-
-/// The docker CLI on this machine (the client only: no daemon runs here).
-fn host_docker() -> Option<String> {
-    ["/usr/local/bin/docker", "/usr/bin/docker"]
-        .into_iter()
-        .find(|p| fs::metadata(p).is_ok())
-        .map(str::to_owned)
-}
 
 /// doctor's gate finding in the guest: (status, what it found).
 fn doctor_gate(vm: &Vm) -> (String, String) {
@@ -53,10 +45,11 @@ fn switched_on_the_shipped_units_put_the_gate_in_front_and_dev_containers_land_i
         skip("the cgroup v2 VM", &reason);
         return;
     }
-    let Some(docker) = host_docker() else {
+    // The docker CLI on this machine (the client only: no daemon runs here).
+    let Some(docker) = docker_cli() else {
         skip(
             "a docker CLI on this machine",
-            "no /usr/local/bin/docker or /usr/bin/docker",
+            "no docker on PATH, nor the one .ci/docker-cli unpacks",
         );
         return;
     };
@@ -153,6 +146,29 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
                 .env_remove("DOCKER_CONTEXT"),
         )
     };
+    // The master connection first, as USER: every dial-stdio the CLI opens (it opens several
+    // at once) then shares it. Without it, the CLI's first ssh processes raced for the one
+    // connection the VM's port serves, and the losers waited for a banner that never came
+    // (ssh exit 255 after the CLI's ConnectTimeout of 30 s).
+    let master = Master {
+        wrapper: wrapper.clone(),
+        host: ssh.hosts[0].clone(),
+    };
+    let login = Run::of(
+        Command::new(&wrapper)
+            .args([
+                "-l",
+                USER,
+                &ssh.hosts[0],
+                "id -un; docker version --format '{{.Server.Version}}'",
+            ])
+            .env("HOME", dir.path()),
+    );
+    assert!(
+        login.code == Some(0) && login.stdout.starts_with(USER),
+        "ssh into the VM as {USER}: {login}\nsshd's log in the guest:\n{}",
+        vm.sh_ok("cat /run/ds01-sshd-*.log 2>/dev/null | tail -n 40; true")
+    );
     let started = remote(&[
         "run",
         "-d",
@@ -162,28 +178,25 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
         "sleep",
         "600",
     ]);
-    let stop_master = || {
-        let _ = Command::new(&wrapper)
-            .args(["-O", "exit", &ssh.hosts[0]])
-            .output();
-    };
-    if started.code != Some(0) {
-        stop_master();
-        panic!(
-            "docker -H {host} run: {started}\n{}",
-            vm.sh_ok("journalctl --no-pager -o cat -u ds01-slices-gate.service | tail -n 40")
-        );
-    }
+    assert_eq!(
+        started.code,
+        Some(0),
+        "docker -H {host} run: {started}\n{}\nsshd's log in the guest:\n{}",
+        vm.sh_ok("journalctl --no-pager -o cat -u ds01-slices-gate.service | tail -n 40"),
+        vm.sh_ok("cat /run/ds01-sshd-*.log 2>/dev/null | tail -n 40; true")
+    );
     let id = started.stdout.trim().to_owned();
     let exec = remote(&["exec", &id, "echo", "through ssh"]);
-    stop_master();
+    drop(master);
     assert_eq!(exec.stdout.trim(), "through ssh", "{exec}");
+    // The slice as the product names it ("dev.user" sanitized: "dev_user").
+    let slice = super::slice_of(USER);
     let cgroup = vm.sh_ok(&format!(
         "cat /proc/$(docker inspect -f '{{{{.State.Pid}}}}' {id})/cgroup"
     ));
     assert!(
         cgroup.trim().starts_with(&format!(
-            "0::/ds01.slice/ds01-student.slice/{SLICE}/docker-"
+            "0::/ds01.slice/ds01-student.slice/{slice}/docker-"
         )),
         "{cgroup}"
     );
@@ -194,13 +207,14 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
     let journal = vm.sh_ok("journalctl --no-pager -o cat -u ds01-slices-gate.service");
     assert!(
         journal.contains(&format!("create by {USER} (uid "))
-            && journal.contains(&format!("in {SLICE}: placed")),
+            && journal.contains(&format!("in {slice}: placed")),
         "{journal}"
     );
 
-    // Restart-safe: the gate killed, its socket stays; the next request starts it again.
+    // Restart-safe: the gate killed, its socket stays; the next request waits in it until the
+    // gate is back (Restart=always), no sleep needed.
     let restarted = vm.sh_ok(&format!(
-        "systemctl kill --signal=KILL ds01-slices-gate.service; sleep 2; runuser -u '{USER}' -- docker ps -q --no-trunc; systemctl is-active ds01-slices-gate.service"
+        "systemctl kill --signal=KILL ds01-slices-gate.service; runuser -u '{USER}' -- docker ps -q --no-trunc; systemctl is-active ds01-slices-gate.service"
     ));
     assert!(
         restarted.contains(&id) && restarted.trim_end().ends_with("active"),
@@ -231,4 +245,19 @@ stat -c '%a %U:%G %n' /run/docker.sock
     assert_eq!(status, "warning", "{found}");
     let direct = vm.sh_ok(&format!("runuser -u '{USER}' -- docker ps -q; echo ok"));
     assert!(direct.contains("ok"), "{direct}");
+}
+
+/// The ssh master connection of the Dev Containers path, ended on drop (also when the test
+/// fails): no ssh is left running on this machine.
+struct Master {
+    wrapper: std::path::PathBuf,
+    host: String,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.wrapper)
+            .args(["-O", "exit", &self.host])
+            .output();
+    }
 }
