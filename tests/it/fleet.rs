@@ -243,19 +243,7 @@ fn a_timed_out_host_leaves_no_process_of_its_ssh_behind() {
             .flat_map(|n| processes_with(&format!("{n} ")))
             .collect()
     };
-    // What is left after a run, found and killed (by PID) so that a failure leaves nothing.
-    let left_after = || -> Vec<(u32, String)> {
-        let gone = crate::support::wait_until(Duration::from_secs(10), "ssh's group gone", || {
-            ours().is_empty().then_some(())
-        });
-        let left = if gone.is_ok() { Vec::new() } else { ours() };
-        for (pid, _) in &left {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        left
-    };
+    let left_after = || left_behind(&ours);
     let fleet = |timeout: &str| {
         let mut cmd = ds01(&[
             "fleet",
@@ -680,19 +668,7 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
     ];
     let ours =
         || -> Vec<(u32, String)> { needles.iter().flat_map(|n| processes_with(n)).collect() };
-    // What is left after a run, found and killed (by PID) so that a failure leaves nothing.
-    let left_after = || -> Vec<(u32, String)> {
-        let gone = crate::support::wait_until(Duration::from_secs(10), "ssh gone", || {
-            ours().is_empty().then_some(())
-        });
-        let left = if gone.is_ok() { Vec::new() } else { ours() };
-        for (pid, _) in &left {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        left
-    };
+    let left_after = || left_behind(&ours);
 
     // Its output into files, not pipes: an ssh left behind would hold a pipe open for good.
     let started = Instant::now();
@@ -758,4 +734,18 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
         "exit on SIGINT: {status:?}"
     );
     assert!(left.is_empty(), "left running after SIGINT: {left:?}");
+}
+
+/// What `ours` still finds 10 s after a run, killed by PID so that a failure leaves nothing.
+fn left_behind(ours: &dyn Fn() -> Vec<(u32, String)>) -> Vec<(u32, String)> {
+    let gone = crate::support::wait_until(Duration::from_secs(10), "ssh gone", || {
+        ours().is_empty().then_some(())
+    });
+    let left = if gone.is_ok() { Vec::new() } else { ours() };
+    for (pid, _) in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    left
 }
