@@ -294,6 +294,8 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
 
     // A reinstall while a unit runs in a user's slice, then with nothing running.
     crate::package_reload::reinstall_reloads_only_when_nothing_runs(&vm, &deb);
+    // A removal while a unit runs, then the package back for what follows.
+    crate::package_reload::removal_withholds_the_reload_while_a_unit_runs(&vm, &deb);
 
     // dpkg -r: the package's files go, the limits and the records stay; with nothing running,
     // systemd is reloaded (through the copy of the binary that prerm left) and forgets the units.
