@@ -274,16 +274,7 @@ fn a_timed_out_host_leaves_no_process_of_its_ssh_behind() {
     let started = crate::support::wait_until(Duration::from_secs(30), "ssh and its proxy", || {
         (ours().len() == 2).then_some(())
     });
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
-        child.try_wait().ok().flatten()
-    });
-    if status.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = interrupt(&mut child);
     let left = left_after();
     started.unwrap();
     let status = status.unwrap();
@@ -714,16 +705,7 @@ fn host_leaves_no_ssh_behind_when_the_server_stalls_after_its_banner() {
     let waited = crate::support::wait_until(Duration::from_secs(30), "ssh started", || {
         (!processes_with(&needles[1]).is_empty()).then_some(())
     });
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
-        child.try_wait().ok().flatten()
-    });
-    if status.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = interrupt(&mut child);
     let left = left_after();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = server.join();
@@ -748,4 +730,20 @@ fn left_behind(ours: &dyn Fn() -> Vec<(u32, String)>) -> Vec<(u32, String)> {
             .status();
     }
     left
+}
+
+/// SIGINT to `child`, then its exit status within 30 s; killed and reaped if it has not
+/// exited by then, so that a failure leaves nothing running.
+fn interrupt(child: &mut std::process::Child) -> Result<std::process::ExitStatus, String> {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = crate::support::wait_until(Duration::from_secs(30), "exit on SIGINT", || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }
