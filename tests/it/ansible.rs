@@ -78,7 +78,8 @@ fn parse(run: Run) -> Play {
     Play { run, tasks }
 }
 
-struct Ansible {
+struct Ansible<'vm> {
+    vm: &'vm Vm,
     dir: PathBuf,
     scratch: Scratch,
     inventory: PathBuf,
@@ -86,7 +87,64 @@ struct Ansible {
     deb: PathBuf,
 }
 
-impl Ansible {
+impl Ansible<'_> {
+    /// Runs the playbook and fails the test unless it exits 0, with what the guest was doing.
+    fn playbook_ok(&self, extra: &[&str], config: &Path) -> Play {
+        let play = self.playbook(extra, config);
+        if play.run.code != Some(0) {
+            panic!(
+                "ansible-playbook {extra:?}: {}\n--- what the guest is doing\n{}",
+                play.run,
+                self.guest_state()
+            );
+        }
+        play
+    }
+
+    /// The guest's processes (with where each one waits), sshd's log and the end of the
+    /// journal: a play that hangs (seen once in CI, at a copy) says where.
+    fn guest_state(&self) -> String {
+        let host = Command::new("ps")
+            .args(["-eo", "pid,ppid,etimes,stat,args"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("ssh") || l.contains("socat"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let guest = self
+            .vm
+            .sh(
+                // Each step bounded: a hung systemd must not hide what ps found.
+                "ps -eo pid,ppid,etimes,stat,wchan:24,args --forest | grep -v '\\[.*\\]$'; \
+                 for p in 1 $(pgrep -x sshd) $(pgrep -x dbus-daemon); do \
+                   echo \"--- /proc/$p/stack\"; cat /proc/$p/stack; done; \
+                 tail -n 40 /run/ds01-sshd-*.log; \
+                 timeout 20 systemctl list-jobs --no-pager; \
+                 timeout 20 journalctl -b --no-pager -n 80",
+                Duration::from_secs(120),
+            )
+            .map(|r| r.stdout)
+            .unwrap_or_else(|e| e);
+        // What sits unread in the VM's ssh socket (Recv-Q on QEMU's end) tells a port that
+        // stopped reading from a guest that stopped answering.
+        let sockets = Command::new("ss")
+            .args(["-xp"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("ssh0.sock"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        format!("host ssh processes:\n{host}\nhost sockets:\n{sockets}\n{guest}")
+    }
+
     fn playbook(&self, extra: &[&str], config: &Path) -> Play {
         // Ended if it hangs (each task waits at most ANSIBLE_TIMEOUT to connect, not to end).
         let limit = guest_deadline(Duration::from_secs(240)).as_secs();
@@ -152,7 +210,7 @@ impl Ansible {
     }
 }
 
-impl Drop for Ansible {
+impl Drop for Ansible<'_> {
     fn drop(&mut self) {
         self.close();
     }
@@ -196,6 +254,7 @@ fn the_ansible_playbook_checks_installs_applies_and_then_changes_nothing() {
     )
     .unwrap();
     let ansible = Ansible {
+        vm: &vm,
         dir,
         inventory,
         ssh_config: ssh.config(),
@@ -213,8 +272,7 @@ fn the_ansible_playbook_checks_installs_applies_and_then_changes_nothing() {
 
     // Check mode on a server without ds01-slices: the copies and the install would change,
     // the dry run is skipped (there is nothing to run it with), nothing is written.
-    let check = ansible.playbook(&["--check"], &example);
-    assert_eq!(check.run.code, Some(0), "{}", check.run);
+    let check = ansible.playbook_ok(&["--check"], &example);
     assert_eq!(check.results("Copy the package"), ["changed"]);
     assert_eq!(check.results("Install the package"), ["skipping"]);
     assert_eq!(
@@ -232,8 +290,7 @@ fn the_ansible_playbook_checks_installs_applies_and_then_changes_nothing() {
     assert_eq!(nothing_installed(), before, "check mode wrote something");
 
     // The real run: installed, configured, applied, the units running.
-    let real = ansible.playbook(&[], &example);
-    assert_eq!(real.run.code, Some(0), "{}", real.run);
+    let real = ansible.playbook_ok(&[], &example);
     for task in [
         "Copy the package",
         "Install the package",
@@ -259,14 +316,12 @@ fn the_ansible_playbook_checks_installs_applies_and_then_changes_nothing() {
     );
 
     // Again: nothing to do.
-    let again = ansible.playbook(&[], &example);
-    assert_eq!(again.run.code, Some(0), "{}", again.run);
+    let again = ansible.playbook_ok(&[], &example);
     assert_eq!(again.recap("changed"), 0, "{}", again.run);
 
     // A limit changed by hand: check mode names the slice and leaves it as it is.
     vm.sh_ok(&format!("systemctl set-property {ALICE} MemoryMax=1G"));
-    let drift = ansible.playbook(&["--check"], &example);
-    assert_eq!(drift.run.code, Some(0), "{}", drift.run);
+    let drift = ansible.playbook_ok(&["--check"], &example);
     assert_eq!(
         drift.results("Apply the limits (a dry run in check mode)"),
         ["changed"],

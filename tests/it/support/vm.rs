@@ -284,8 +284,14 @@ impl Vm {
                 "local,path={},mount_tag=bin,security_model=none,readonly=on,id=bin",
                 bin_dir.display()
             ),
+            // ioeventfd=off: a guest's notification that it has room for more input is then
+            // handled on the vCPU's own write, not passed on through an eventfd. With it on, a
+            // port stopped reading its host socket for good under CPU contention (seen in the
+            // Ansible test: the guest's 70 free receive buffers, QEMU's `x-query-virtio-queue-
+            // status` all caught up, the host's request still unread, sshd idle in poll for 15
+            // minutes). The same lost wakeup and fix: github.com/lmb/vimto issue 29.
             "-device".into(),
-            "virtio-serial-pci".into(),
+            "virtio-serial-pci,ioeventfd=off".into(),
         ]);
         for (id, port) in std::iter::once(("ctl".to_string(), "org.ds01.ctl".to_string()))
             .chain((0..BUS_PORTS).map(|i| (format!("bus{i}"), format!("org.ds01.bus{i}"))))
