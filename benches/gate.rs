@@ -138,7 +138,7 @@ mkdir -p /var/tmp/big && head -c {mib}M /dev/urandom >/var/tmp/big/blob
 tar -C /var/tmp/big -c . | docker import - bench/big >/dev/null
 cd /home/bench && docker save bench/big >big.tar && docker rmi bench/big >/dev/null && cp /var/tmp/big/blob blob && chown bench big.tar blob
 mkdir -p -m 0755 /run/ds01-gate-bench
-systemd-run --quiet --unit=ds01-gate-bench -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
+systemd-run --quiet --unit=ds01-gate-bench --setenv=DS01_TRACE=1 -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
 for i in $(seq 1 100); do [ -S {SOCKET} ] && break; sleep 0.2; done
 cp {guest_dir}/measure.py /home/bench/measure.py
 "#
@@ -159,8 +159,11 @@ cp {guest_dir}/measure.py /home/bench/measure.py
         serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
     let placed =
         vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
+    let traces = vm.sh_ok(
+        "journalctl --no-pager -o cat -u ds01-gate-bench | grep 'ds01-slices gate: trace by' || true",
+    );
     let load = format!("{load_before} at the start, {} at the end", loadavg());
-    let section = report(&args, &vm, &figures, placed.trim(), &load);
+    let section = report(&args, &vm, &figures, placed.trim(), &traces, &load);
     let old = fs::read_to_string(&args.out).unwrap_or_default();
     let kept = old.find(GATE_MARKER).map_or(old.as_str(), |i| &old[..i]);
     fs::write(
@@ -183,7 +186,24 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
+/// The figures of each of the gate's trace lines (`DS01_TRACE=1`), in their order: body read,
+/// decided, identity, slice, waiting for systemd, daemon connected, daemon's answer.
+fn trace_figures(traces: &str) -> Vec<Vec<f64>> {
+    traces
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words
+                .windows(2)
+                .filter(|w| w[1].trim_end_matches([',', ')']) == "ms")
+                .filter_map(|w| w[0].parse().ok())
+                .collect::<Vec<f64>>()
+        })
+        .filter(|v| v.len() == 7)
+        .collect()
+}
+
+fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## The Docker API gate: its cost per request\n");
     let _ = writeln!(
@@ -211,6 +231,35 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
         g50 - d50,
         g95 - d95
     );
+    let traced = trace_figures(traces);
+    if !traced.is_empty() {
+        let p50 = |i: usize| percentile(traced.iter().map(|v| v[i]).collect(), 0.5);
+        let _ = writeln!(md, "Where a create's time goes through the gate: the gate's own trace (`DS01_TRACE=1`, one journal line per create, {} creates), each figure the p50 of its own; the client's whole request is the *gate* row above.\n", traced.len());
+        let _ = writeln!(md, "| create through the gate (ms) | p50 |\n|---|---|");
+        let _ = writeln!(md, "| reading the request's body | {:.1} |", p50(0));
+        let _ = writeln!(md, "| deciding (on a blocking thread) | {:.1} |", p50(1));
+        let _ = writeln!(
+            md,
+            "| — the caller's account (NSS) and its configuration record | {:.1} |",
+            p50(2)
+        );
+        let _ = writeln!(md, "| — the hook's use case (three slices read, compared, the container admitted) | {:.1} |", p50(3));
+        let _ = writeln!(md, "| —— of which waiting for systemd | {:.1} |", p50(4));
+        let _ = writeln!(
+            md,
+            "| connecting to the daemon (meanwhile, not added) | {:.1} |",
+            p50(5)
+        );
+        let _ = writeln!(
+            md,
+            "| the daemon's answer to the placed create, from the gate's send | {:.1} |",
+            p50(6)
+        );
+        let _ = writeln!(
+            md,
+            "| *direct*: the client's whole create, for comparison | {d50:.1} |\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| throughput (MiB/s, median) | direct | gate | gate / direct |\n|---|---|---|---|"
