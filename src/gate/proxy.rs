@@ -109,9 +109,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Whether the connection can take the request (false once the daemon closed it).
-    pub fn is_ready(&self) -> bool {
-        self.sender.is_ready()
+    /// Whether the daemon has closed the connection (it can take no request).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 
     /// Sends `request` and returns the daemon's answer as it starts.

@@ -176,8 +176,8 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
     report(&gate, peer, &route, &verdict);
     // A connection the daemon closed while the request was decided is made again.
     let upstream = match upstream {
-        Ok(u) if u.is_ready() => Ok(u),
-        _ => gate.daemon.connect().await,
+        Ok(u) if u.is_closed() => gate.daemon.connect().await,
+        other => other,
     };
     let body = match streamed_body {
         Some(streamed) => super::proxy::streamed(streamed),
