@@ -28,8 +28,13 @@ const SOCKET: &str = "/run/ds01-gate-bench/docker.sock";
 /// Measured by the guest's python3 as the user `bench`: each create on a new connection, as
 /// the CLI makes it; the container removed (untimed) after each.
 const MEASURE: &str = r#"
-import http.client, json, socket, subprocess, sys, time
+import http.client, json, os, socket, subprocess, sys, time
 creates, runs, mib = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+pids = {"gate": int(sys.argv[4]), "dockerd": int(sys.argv[5])}
+def cpu(pid):
+    # utime + stime (fields 14 and 15 of /proc/PID/stat), in seconds
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 paths = {"direct": "/run/docker.sock", "gate": "/run/ds01-gate-bench/docker.sock"}
 class C(http.client.HTTPConnection):
     def __init__(self, path):
@@ -47,11 +52,15 @@ def create(path):
     c.close()
     c = C(path); c.request("DELETE", "/v1.41/containers/%s?force=1" % json.loads(data)["Id"]); c.getresponse().read(); c.close()
     return dt * 1000
-def docker(path, *args):
+def docker(out, key, path, *args):
+    before = {k: cpu(p) for k, p in pids.items()}
     t = time.perf_counter()
     subprocess.run(["docker", "-H", "unix://" + path] + list(args), check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
-out = {k: {"create_ms": [], "load_s": [], "cp_in_s": [], "cp_out_s": []} for k in paths}
+    out[key + "_s"].append(time.perf_counter() - t)
+    for k, p in pids.items():
+        out[key + "_" + k + "_cpu_s"].append(cpu(p) - before[k])
+out = {k: {m + s: [] for m in ("load", "cp_in", "cp_out") for s in ("_s", "_gate_cpu_s", "_dockerd_cpu_s")} for k in paths}
+for k in paths: out[k]["create_ms"] = []
 for i in range(3):
     for k, p in paths.items(): create(p)
 for i in range(creates):
@@ -62,10 +71,10 @@ for i in range(runs):
     # Interleaved, the first path alternating, as for the creates: a load that changes during
     # the run favours neither.
     for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
-        out[k]["load_s"].append(docker(p, "load", "-q", "-i", "big.tar"))
+        docker(out[k], "load", p, "load", "-q", "-i", "big.tar")
         subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rmi", "bench/big"], check=True, stdout=subprocess.DEVNULL)
-        out[k]["cp_in_s"].append(docker(p, "cp", "blob", box + ":/tmp/blob"))
-        out[k]["cp_out_s"].append(docker(p, "cp", box + ":/tmp/blob", "back"))
+        docker(out[k], "cp_in", p, "cp", "blob", box + ":/tmp/blob")
+        docker(out[k], "cp_out", p, "cp", box + ":/tmp/blob", "back")
         subprocess.run(["rm", "-rf", "back"], check=True)
 subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rm", "-f", box], check=True, stdout=subprocess.DEVNULL)
 print(json.dumps(out))
@@ -138,7 +147,7 @@ mkdir -p /var/tmp/big && head -c {mib}M /dev/urandom >/var/tmp/big/blob
 tar -C /var/tmp/big -c . | docker import - bench/big >/dev/null
 cd /home/bench && docker save bench/big >big.tar && docker rmi bench/big >/dev/null && cp /var/tmp/big/blob blob && chown bench big.tar blob
 mkdir -p -m 0755 /run/ds01-gate-bench
-systemd-run --quiet --unit=ds01-gate-bench -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
+systemd-run --quiet --unit=ds01-gate-bench --setenv=DS01_TRACE=1 -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
 for i in $(seq 1 100); do [ -S {SOCKET} ] && break; sleep 0.2; done
 cp {guest_dir}/measure.py /home/bench/measure.py
 "#
@@ -148,7 +157,7 @@ cp {guest_dir}/measure.py /home/bench/measure.py
     let run = vm
         .sh(
             &format!(
-                "cd /home/bench && runuser -u bench -- env HOME=/home/bench python3 measure.py {} {} {mib}",
+                "cd /home/bench && runuser -u bench -- env HOME=/home/bench python3 measure.py {} {} {mib} $(systemctl show -p MainPID --value ds01-gate-bench) $(pidof dockerd)",
                 args.creates, args.runs
             ),
             Duration::from_secs(6 * 3600),
@@ -159,8 +168,11 @@ cp {guest_dir}/measure.py /home/bench/measure.py
         serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
     let placed =
         vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
+    let traces = vm.sh_ok(
+        "journalctl --no-pager -o cat -u ds01-gate-bench | grep 'ds01-slices gate: trace by' || true",
+    );
     let load = format!("{load_before} at the start, {} at the end", loadavg());
-    let section = report(&args, &vm, &figures, placed.trim(), &load);
+    let section = report(&args, &vm, &figures, placed.trim(), &traces, &load);
     let old = fs::read_to_string(&args.out).unwrap_or_default();
     let kept = old.find(GATE_MARKER).map_or(old.as_str(), |i| &old[..i]);
     fs::write(
@@ -183,7 +195,24 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
+/// The figures of each of the gate's trace lines (`DS01_TRACE=1`), in their order: body read,
+/// decided, identity, slice, waiting for systemd, daemon connected, daemon's answer.
+fn trace_figures(traces: &str) -> Vec<Vec<f64>> {
+    traces
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words
+                .windows(2)
+                .filter(|w| w[1].trim_end_matches([',', ')']) == "ms")
+                .filter_map(|w| w[0].parse().ok())
+                .collect::<Vec<f64>>()
+        })
+        .filter(|v| v.len() == 7)
+        .collect()
+}
+
+fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## The Docker API gate: its cost per request\n");
     let _ = writeln!(
@@ -211,6 +240,35 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
         g50 - d50,
         g95 - d95
     );
+    let traced = trace_figures(traces);
+    if !traced.is_empty() {
+        let p50 = |i: usize| percentile(traced.iter().map(|v| v[i]).collect(), 0.5);
+        let _ = writeln!(md, "Where a create's time goes through the gate: the gate's own trace (`DS01_TRACE=1`, one journal line per create, {} creates), each figure the p50 of its own; the client's whole request is the *gate* row above.\n", traced.len());
+        let _ = writeln!(md, "| create through the gate (ms) | p50 |\n|---|---|");
+        let _ = writeln!(md, "| reading the request's body | {:.1} |", p50(0));
+        let _ = writeln!(md, "| deciding (on a blocking thread) | {:.1} |", p50(1));
+        let _ = writeln!(
+            md,
+            "| — the caller's account (NSS) and its configuration record | {:.1} |",
+            p50(2)
+        );
+        let _ = writeln!(md, "| — the hook's use case (three slices read, compared, the container admitted) | {:.1} |", p50(3));
+        let _ = writeln!(md, "| —— of which waiting for systemd | {:.1} |", p50(4));
+        let _ = writeln!(
+            md,
+            "| connecting to the daemon (meanwhile, not added) | {:.1} |",
+            p50(5)
+        );
+        let _ = writeln!(
+            md,
+            "| the daemon's answer to the placed create, from the gate's send | {:.1} |",
+            p50(6)
+        );
+        let _ = writeln!(
+            md,
+            "| *direct*: the client's whole create, for comparison | {d50:.1} |\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| throughput (MiB/s, median) | direct | gate | gate / direct |\n|---|---|---|---|"
@@ -225,6 +283,30 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, load: &str) -> String {
         let g = args.mib as f64 / percentile(numbers(&f["gate"][key]), 0.5);
         ratios.push(g / d);
         let _ = writeln!(md, "| {name} | {d:.1} | {g:.1} | {:.2}× |", g / d);
+    }
+    let _ = writeln!(md, "\nCPU time spent during the same runs (`/proc/PID/stat`, median): what the extra hop costs. Every byte the gate passes is read from one socket and written to the other, two more copies by the guest's kernel, on the same two emulated vCPUs as the daemon and the client.\n");
+    let _ = writeln!(md, "| CPU (s, median) | dockerd, direct | dockerd, through the gate | the gate | the gate per MiB (ms) |\n|---|---|---|---|---|");
+    for (key, name) in [
+        ("load", "docker load"),
+        ("cp_in", "docker cp into"),
+        ("cp_out", "docker cp out of"),
+    ] {
+        let med = |path: &str, who: &str| {
+            let v = numbers(&f[path][format!("{key}_{who}_cpu_s")]);
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                percentile(v, 0.5)
+            }
+        };
+        let gate = med("gate", "gate");
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} | {:.2} | {gate:.2} | {:.0} |",
+            med("direct", "dockerd"),
+            med("gate", "dockerd"),
+            gate * 1000.0 / args.mib as f64
+        );
     }
     let _ = writeln!(md, "\n## Targets\n");
     let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };

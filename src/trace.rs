@@ -5,7 +5,8 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-fn enabled() -> bool {
+/// Whether `DS01_TRACE=1`.
+pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("DS01_TRACE").is_ok_and(|v| v == "1"))
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -96,6 +96,19 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// Warnings of the hook (tasks near TasksMax, a reading that failed) and its notes.
     pub notes: Vec<String>,
+    pub spent: Spent,
+}
+
+/// Where deciding took its time (the gate's trace, `DS01_TRACE=1`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    /// The caller's account (NSS) and its target in the configuration.
+    pub identity: Duration,
+    /// The hook's use case: the slice made ready and the request admitted.
+    pub slice: Duration,
+    /// Of `slice`, the time with a call to systemd outstanding (on the gate's one connection,
+    /// so with other requests' calls when they overlap).
+    pub systemd: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +130,7 @@ impl Verdict {
             admin: false,
             outcome: Outcome::Pass,
             notes: Vec::new(),
+            spent: Spent::default(),
         }
     }
 }
@@ -132,6 +146,7 @@ pub struct Asked<'a> {
 
 /// Decides a request the rules apply to. Blocking: see the module's comment.
 pub fn decide(settings: &Settings, systemd: &Systemd, rt: &Handle, asked: &Asked<'_>) -> Verdict {
+    let started = Instant::now();
     let caller = match identity::caller(asked.uid) {
         Ok(Caller::Root) => return Verdict::pass(),
         Ok(Caller::User { name, .. }) => name,
@@ -148,20 +163,32 @@ pub fn decide(settings: &Settings, systemd: &Systemd, rt: &Handle, asked: &Asked
         admin: identity::is_admin(&target),
         outcome: Outcome::Pass,
         notes: Vec::new(),
+        spent: Spent {
+            identity: started.elapsed(),
+            ..Spent::default()
+        },
     };
+    let spent = &mut verdict.spent;
     let result = match asked.route {
-        Route::ContainerCreate => {
-            place_container(settings, systemd, rt, &target, verdict.admin, asked.body).map(
-                |(body, notes)| {
-                    verdict.notes = notes;
-                    Outcome::Body(body)
-                },
-            )
-        }
-        Route::Build => place_build(settings, systemd, rt, &target, asked).map(|(query, notes)| {
+        Route::ContainerCreate => place_container(
+            settings,
+            systemd,
+            rt,
+            &target,
+            verdict.admin,
+            asked.body,
+            spent,
+        )
+        .map(|(body, notes)| {
             verdict.notes = notes;
-            Outcome::Query(query)
+            Outcome::Body(body)
         }),
+        Route::Build => {
+            place_build(settings, systemd, rt, &target, asked, spent).map(|(query, notes)| {
+                verdict.notes = notes;
+                Outcome::Query(query)
+            })
+        }
         Route::ContainerStart => escapes(&target, verdict.admin, create::inspect_start(asked.body)),
         Route::ExecCreate => create::inspect_exec(asked.body)
             .map_err(malformed)
@@ -184,6 +211,7 @@ fn place_container(
     target: &HookTarget,
     admin: bool,
     body: &[u8],
+    spent: &mut Spent,
 ) -> Result<(Vec<u8>, Vec<String>), Refusal> {
     let (json, found) =
         create::inspect_create(body, &settings.protected, &resolve_on_host).map_err(malformed)?;
@@ -203,7 +231,7 @@ fn place_container(
         memory_bytes: found.memory,
         pids: found.pids,
     };
-    let (slice, notes) = ready_slice(settings, systemd, rt, target, Some(request))?;
+    let (slice, notes) = ready_slice(settings, systemd, rt, target, Some(request), spent)?;
     // An admin's own cgroup parent is theirs to choose.
     if admin && found.cgroup_parent.is_some() {
         return Ok((body.to_vec(), notes));
@@ -218,6 +246,7 @@ fn place_build(
     rt: &Handle,
     target: &HookTarget,
     asked: &Asked<'_>,
+    spent: &mut Spent,
 ) -> Result<(String, Vec<String>), Refusal> {
     if route::is_form(asked.content_type) {
         return Err(Refusal::new(
@@ -243,7 +272,7 @@ fn place_build(
         }
         return Ok((asked.query.unwrap_or("").to_owned(), Vec::new()));
     }
-    let (_, notes) = ready_slice(settings, systemd, rt, target, None)?;
+    let (_, notes) = ready_slice(settings, systemd, rt, target, None, spent)?;
     Ok((query.placed, notes))
 }
 
@@ -254,7 +283,9 @@ fn ready_slice(
     rt: &Handle,
     target: &HookTarget,
     request: Option<Request>,
+    spent: &mut Spent,
 ) -> Result<(SliceName, Vec<String>), Refusal> {
+    let started = Instant::now();
     let ownership = Ownership::new(&settings.state_dir).with_lock_wait(settings.timeout);
     let opts = HookOptions {
         mode: WriteMode::Persistent,
@@ -266,7 +297,11 @@ fn ready_slice(
             .get()
             .await
             .map_err(|e| not_ready(target, &e.into()))?;
-        match hook::hook(&*sd, target, &ownership, opts).await {
+        let waited = sd.stats().waiting_ms;
+        let hooked = hook::hook(&*sd, target, &ownership, opts).await;
+        spent.slice = started.elapsed();
+        spent.systemd = Duration::from_secs_f64((sd.stats().waiting_ms - waited).max(0.0) / 1000.0);
+        match hooked {
             Ok((slice, report)) => Ok((slice, report.notes)),
             Err(HookError::Refused {
                 user,
@@ -349,6 +384,7 @@ fn refused_identity(user: Option<String>, e: &IdentityError, route: &Route) -> V
             format!("ds01-slices gate: refused this {what}: {e}"),
         )),
         notes: Vec::new(),
+        spent: Spent::default(),
     }
 }
 

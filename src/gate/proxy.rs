@@ -65,8 +65,9 @@ impl Daemon {
         }
     }
 
-    /// Sends `request` on a new connection and returns the daemon's answer as it starts.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+    /// A new connection to the daemon, ready for one request. A connection that is dropped
+    /// unused (the request was refused meanwhile) is closed without a byte sent on it.
+    pub async fn connect(&self) -> Result<Upstream, ForwardError> {
         let unreachable = |reason: String| ForwardError::Unreachable {
             path: self.socket.clone(),
             reason,
@@ -80,14 +81,42 @@ impl Daemon {
                 .await
                 .map_err(|e| unreachable(e.to_string()))
         };
-        let (mut sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
-        // Ends with the exchange (or the pipe an upgrade makes of it).
+        // Ends with the exchange (or the pipe an upgrade makes of it), or when the sender is
+        // dropped unused.
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
-        sender
+        Ok(Upstream {
+            sender,
+            socket: self.socket.clone(),
+        })
+    }
+
+    /// `request` to the daemon, its answer back; an upgrade becomes a pipe, which keeps the
+    /// client's connection counted as answering ([`crate::http::Busy`]) while it is open.
+    pub async fn pass(&self, request: Request<Body>) -> Response<Body> {
+        pass_on(self.connect().await, request).await
+    }
+}
+
+/// A connection to the daemon for one request.
+pub struct Upstream {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    socket: PathBuf,
+}
+
+impl Upstream {
+    /// Whether the daemon has closed the connection (it can take no request).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Sends `request` and returns the daemon's answer as it starts.
+    async fn send(mut self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
+        self.sender
             .send_request(request)
             .await
             .map_err(|e| ForwardError::Failed {
@@ -95,29 +124,36 @@ impl Daemon {
                 reason: e.to_string(),
             })
     }
+}
 
-    /// `request` to the daemon, its answer back; an upgrade becomes a pipe, which keeps the
-    /// client's connection counted as answering ([`crate::http::Busy`]) while it is open.
-    pub async fn pass(&self, mut request: Request<Body>) -> Response<Body> {
-        let client_side = request.headers().contains_key(header::UPGRADE).then(|| {
-            let busy = request.extensions_mut().remove::<crate::http::Busy>();
-            (hyper::upgrade::on(&mut request), busy)
-        });
-        match self.send(request).await {
-            Ok(mut response) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some((client_side, busy)) = client_side {
-                        let daemon_side = hyper::upgrade::on(&mut response);
-                        tokio::spawn(async move {
-                            pipe(client_side, daemon_side).await;
-                            drop(busy);
-                        });
-                    }
+/// `request` to the daemon on `upstream`, its answer back; an upgrade becomes a pipe, which
+/// keeps the client's connection counted as answering ([`crate::http::Busy`]) while it is open.
+pub async fn pass_on(
+    upstream: Result<Upstream, ForwardError>,
+    mut request: Request<Body>,
+) -> Response<Body> {
+    let client_side = request.headers().contains_key(header::UPGRADE).then(|| {
+        let busy = request.extensions_mut().remove::<crate::http::Busy>();
+        (hyper::upgrade::on(&mut request), busy)
+    });
+    let answer = match upstream {
+        Ok(upstream) => upstream.send(request).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(mut response) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some((client_side, busy)) = client_side {
+                    let daemon_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(async move {
+                        pipe(client_side, daemon_side).await;
+                        drop(busy);
+                    });
                 }
-                response.map(streamed)
             }
-            Err(e) => error_response(502, &format!("ds01-slices gate: {e}")),
+            response.map(streamed)
         }
+        Err(e) => error_response(502, &format!("ds01-slices gate: {e}")),
     }
 }
 

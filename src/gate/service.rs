@@ -4,7 +4,7 @@
 //! a Docker-style error. Each create (and build, and refusal) is one [`Event`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -12,9 +12,9 @@ use hyper::body::Incoming;
 use hyper::{header, HeaderMap, Request, Response};
 use tokio::sync::Semaphore;
 
-use super::admit::{self, Asked, Outcome, Settings, Systemd, Verdict};
+use super::admit::{self, Asked, Outcome, Settings, Spent, Systemd, Verdict};
 use super::identity::Peer;
-use super::proxy::{error_response, full, Body, Daemon};
+use super::proxy::{error_response, full, pass_on, Body, Daemon, ForwardError, Upstream};
 use super::rules::route::{self, Route};
 use super::GATE_HEADER;
 use crate::model::names::SliceName;
@@ -114,9 +114,11 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
     let (mut parts, body) = request.into_parts();
     // A build's body is its context (an image load's, an archive): streamed to the daemon,
     // only the request's head is decided on.
+    let mut read_started = None;
     let (bytes, streamed_body) = if matches!(route, Route::Build | Route::Creating) {
         (Bytes::new(), Some(body))
     } else {
+        read_started = Some(Instant::now());
         let Ok(_reading) = gate.reading.acquire().await else {
             return error_response(503, "ds01-slices gate: shutting down");
         };
@@ -134,7 +136,10 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let query = parts.uri.query().map(str::to_owned);
-    let verdict = {
+    // The daemon's connection is made while the request is decided (it is closed unused if
+    // the request is refused): a create waits for the slower of the two, not for both.
+    let deciding_started = Instant::now();
+    let decided = {
         let gate = gate.clone();
         let body = bytes.clone();
         let route = route.clone();
@@ -149,8 +154,13 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
             };
             admit::decide(&gate.settings, &gate.systemd, &rt, &asked)
         })
-        .await
     };
+    let connecting = async {
+        let t = Instant::now();
+        (gate.daemon.connect().await, t.elapsed())
+    };
+    let (verdict, (upstream, connected)) = tokio::join!(decided, connecting);
+    let decided = deciding_started.elapsed();
     let verdict = match verdict {
         Ok(v) => v,
         Err(e) => {
@@ -164,21 +174,41 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
     };
     drop(deciding);
     report(&gate, peer, &route, &verdict);
+    // A connection the daemon closed while the request was decided is made again.
+    let upstream = match upstream {
+        Ok(u) if u.is_closed() => gate.daemon.connect().await,
+        other => other,
+    };
     let body = match streamed_body {
         Some(streamed) => super::proxy::streamed(streamed),
         None => full(bytes),
     };
+    let traced = Traced {
+        gate: &gate,
+        peer,
+        route: &route,
+        user: verdict.user.clone(),
+        slice: verdict.slice.clone(),
+        spent: verdict.spent,
+        read: read_started.map(|t| deciding_started - t),
+        decided,
+        connected,
+    };
     match verdict.outcome {
         Outcome::Refused(r) => error_response(r.status, &r.message),
-        Outcome::Pass => gate.daemon.pass(Request::from_parts(parts, body)).await,
+        Outcome::Pass => {
+            traced
+                .pass(upstream, Request::from_parts(parts, body))
+                .await
+        }
         Outcome::Body(placed) => {
             parts.headers.remove(header::TRANSFER_ENCODING);
             parts.headers.insert(
                 header::CONTENT_LENGTH,
                 header::HeaderValue::from(placed.len()),
             );
-            gate.daemon
-                .pass(Request::from_parts(parts, full(placed)))
+            traced
+                .pass(upstream, Request::from_parts(parts, full(placed)))
                 .await
         }
         Outcome::Query(query) => {
@@ -202,7 +232,9 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
                     )
                 }
             };
-            gate.daemon.pass(Request::from_parts(parts, body)).await
+            traced
+                .pass(upstream, Request::from_parts(parts, body))
+                .await
         }
     }
 }
@@ -264,5 +296,56 @@ fn report(gate: &Gate, peer: Peer, route: &Route, verdict: &Verdict) {
             decision,
             notes: verdict.notes.clone(),
         });
+    }
+}
+
+/// A decided request on its way to the daemon, with what it cost so far: with `DS01_TRACE=1`
+/// one more journal line per create (and build) says where its time went, up to the daemon's
+/// answer (the benchmark's breakdown).
+struct Traced<'a> {
+    gate: &'a Gate,
+    peer: Peer,
+    route: &'a Route,
+    user: Option<String>,
+    slice: Option<SliceName>,
+    spent: Spent,
+    /// Reading the body (None: streamed, not read).
+    read: Option<Duration>,
+    decided: Duration,
+    connected: Duration,
+}
+
+impl Traced<'_> {
+    async fn pass(
+        &self,
+        upstream: Result<Upstream, ForwardError>,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let sent = Instant::now();
+        let response = pass_on(upstream, request).await;
+        if crate::trace::enabled() && matches!(self.route, Route::ContainerCreate | Route::Build) {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let spent = &self.spent;
+            (self.gate.events)(Event {
+                peer: self.peer,
+                what: "trace",
+                user: self.user.clone(),
+                slice: self.slice.clone(),
+                decision: format!(
+                    "{}: body read {:.1} ms, decided {:.1} ms (identity {:.1} ms, slice {:.1} ms, of which waiting for systemd {:.1} ms), daemon connected meanwhile in {:.1} ms, daemon's answer {} in {:.1} ms",
+                    what(self.route),
+                    self.read.map_or(0.0, ms),
+                    ms(self.decided),
+                    ms(spent.identity),
+                    ms(spent.slice),
+                    ms(spent.systemd),
+                    ms(self.connected),
+                    response.status().as_u16(),
+                    ms(sent.elapsed()),
+                ),
+                notes: Vec::new(),
+            });
+        }
+        response
     }
 }
