@@ -245,25 +245,18 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &st
         let p50 = |i: usize| percentile(traced.iter().map(|v| v[i]).collect(), 0.5);
         let _ = writeln!(md, "Where a create's time goes through the gate: the gate's own trace (`DS01_TRACE=1`, one journal line per create, {} creates), each figure the p50 of its own; the client's whole request is the *gate* row above.\n", traced.len());
         let _ = writeln!(md, "| create through the gate (ms) | p50 |\n|---|---|");
-        let _ = writeln!(md, "| reading the request's body | {:.1} |", p50(0));
-        let _ = writeln!(md, "| deciding (on a blocking thread) | {:.1} |", p50(1));
-        let _ = writeln!(
-            md,
-            "| — the caller's account (NSS) and its configuration record | {:.1} |",
-            p50(2)
-        );
-        let _ = writeln!(md, "| — the hook's use case (three slices read, compared, the container admitted) | {:.1} |", p50(3));
-        let _ = writeln!(md, "| —— of which waiting for systemd | {:.1} |", p50(4));
-        let _ = writeln!(
-            md,
-            "| connecting to the daemon (meanwhile, not added) | {:.1} |",
-            p50(5)
-        );
-        let _ = writeln!(
-            md,
-            "| the daemon's answer to the placed create, from the gate's send | {:.1} |",
-            p50(6)
-        );
+        let rows = [
+            "reading the request's body",
+            "deciding (on a blocking thread)",
+            "— the caller's account (NSS) and its configuration record",
+            "— the hook's use case (three slices read, compared, the container admitted)",
+            "—— of which waiting for systemd",
+            "connecting to the daemon (meanwhile, not added)",
+            "the daemon's answer to the placed create, from the gate's send",
+        ];
+        for (i, row) in rows.iter().enumerate() {
+            let _ = writeln!(md, "| {row} | {:.1} |", p50(i));
+        }
         let _ = writeln!(
             md,
             "| *direct*: the client's whole create, for comparison | {d50:.1} |\n"
