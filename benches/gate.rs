@@ -251,7 +251,7 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &st
             "— the caller's account (NSS) and its configuration record",
             "— the hook's use case (three slices read, compared, the container admitted)",
             "—— of which waiting for systemd",
-            "connecting to the daemon (meanwhile, not added)",
+            "connecting to the daemon (after deciding)",
             "the daemon's answer to the placed create, from the gate's send",
         ];
         for (i, row) in rows.iter().enumerate() {

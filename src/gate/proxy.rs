@@ -65,8 +65,7 @@ impl Daemon {
         }
     }
 
-    /// A new connection to the daemon, ready for one request. A connection that is dropped
-    /// unused (the request was refused meanwhile) is closed without a byte sent on it.
+    /// A new connection to the daemon, ready for one request.
     pub async fn connect(&self) -> Result<Upstream, ForwardError> {
         let unreachable = |reason: String| ForwardError::Unreachable {
             path: self.socket.clone(),
@@ -109,11 +108,6 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Whether the daemon has closed the connection (it can take no request).
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
-
     /// Sends `request` and returns the daemon's answer as it starts.
     async fn send(mut self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
         self.sender

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::admit::{self, Asked, Outcome, Settings, Spent, Systemd, Verdict};
 use super::identity::Peer;
-use super::proxy::{error_response, full, pass_on, Body, Daemon, ForwardError, Upstream};
+use super::proxy::{error_response, full, pass_on, Body, Daemon};
 use super::rules::route::{self, Route};
 use super::GATE_HEADER;
 use crate::model::names::SliceName;
@@ -136,10 +136,8 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let query = parts.uri.query().map(str::to_owned);
-    // The daemon's connection is made while the request is decided (it is closed unused if
-    // the request is refused): a create waits for the slower of the two, not for both.
     let deciding_started = Instant::now();
-    let decided = {
+    let verdict = {
         let gate = gate.clone();
         let body = bytes.clone();
         let route = route.clone();
@@ -154,12 +152,8 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
             };
             admit::decide(&gate.settings, &gate.systemd, &rt, &asked)
         })
+        .await
     };
-    let connecting = async {
-        let t = Instant::now();
-        (gate.daemon.connect().await, t.elapsed())
-    };
-    let (verdict, (upstream, connected)) = tokio::join!(decided, connecting);
     let decided = deciding_started.elapsed();
     let verdict = match verdict {
         Ok(v) => v,
@@ -174,11 +168,6 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
     };
     drop(deciding);
     report(&gate, peer, &route, &verdict);
-    // A connection the daemon closed while the request was decided is made again.
-    let upstream = match upstream {
-        Ok(u) if u.is_closed() => gate.daemon.connect().await,
-        other => other,
-    };
     let body = match streamed_body {
         Some(streamed) => super::proxy::streamed(streamed),
         None => full(bytes),
@@ -192,24 +181,17 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
         spent: verdict.spent,
         read: read_started.map(|t| deciding_started - t),
         decided,
-        connected,
     };
     match verdict.outcome {
         Outcome::Refused(r) => error_response(r.status, &r.message),
-        Outcome::Pass => {
-            traced
-                .pass(upstream, Request::from_parts(parts, body))
-                .await
-        }
+        Outcome::Pass => traced.pass(Request::from_parts(parts, body)).await,
         Outcome::Body(placed) => {
             parts.headers.remove(header::TRANSFER_ENCODING);
             parts.headers.insert(
                 header::CONTENT_LENGTH,
                 header::HeaderValue::from(placed.len()),
             );
-            traced
-                .pass(upstream, Request::from_parts(parts, full(placed)))
-                .await
+            traced.pass(Request::from_parts(parts, full(placed))).await
         }
         Outcome::Query(query) => {
             let path_and_query = format!("{}?{query}", parts.uri.path());
@@ -232,9 +214,7 @@ pub async fn handle(gate: Arc<Gate>, peer: Peer, request: Request<Incoming>) -> 
                     )
                 }
             };
-            traced
-                .pass(upstream, Request::from_parts(parts, body))
-                .await
+            traced.pass(Request::from_parts(parts, body)).await
         }
     }
 }
@@ -312,15 +292,15 @@ struct Traced<'a> {
     /// Reading the body (None: streamed, not read).
     read: Option<Duration>,
     decided: Duration,
-    connected: Duration,
 }
 
 impl Traced<'_> {
-    async fn pass(
-        &self,
-        upstream: Result<Upstream, ForwardError>,
-        request: Request<Body>,
-    ) -> Response<Body> {
+    /// Connects to the daemon once the request is decided (a refused one never reaches it) and
+    /// passes the request on.
+    async fn pass(&self, request: Request<Body>) -> Response<Body> {
+        let connecting = Instant::now();
+        let upstream = self.gate.daemon.connect().await;
+        let connected = connecting.elapsed();
         let sent = Instant::now();
         let response = pass_on(upstream, request).await;
         if crate::trace::enabled() && matches!(self.route, Route::ContainerCreate | Route::Build) {
@@ -332,14 +312,14 @@ impl Traced<'_> {
                 user: self.user.clone(),
                 slice: self.slice.clone(),
                 decision: format!(
-                    "{}: body read {:.1} ms, decided {:.1} ms (identity {:.1} ms, slice {:.1} ms, of which waiting for systemd {:.1} ms), daemon connected meanwhile in {:.1} ms, daemon's answer {} in {:.1} ms",
+                    "{}: body read {:.1} ms, decided {:.1} ms (identity {:.1} ms, slice {:.1} ms, of which waiting for systemd {:.1} ms), daemon connected in {:.1} ms, daemon's answer {} in {:.1} ms",
                     what(self.route),
                     self.read.map_or(0.0, ms),
                     ms(self.decided),
                     ms(spent.identity),
                     ms(spent.slice),
                     ms(spent.systemd),
-                    ms(self.connected),
+                    ms(connected),
                     response.status().as_u16(),
                     ms(sent.elapsed()),
                 ),
