@@ -83,8 +83,7 @@ impl Daemon {
         let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
-        // Ends with the exchange (or the pipe an upgrade makes of it), or when the sender is
-        // dropped unused.
+        // Ends with the exchange (or the pipe an upgrade makes of it).
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });

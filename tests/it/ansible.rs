@@ -78,6 +78,21 @@ fn parse(run: Run) -> Play {
     Play { run, tasks }
 }
 
+/// The lines of what `argv` prints on this machine that `keep` keeps (empty if it cannot run).
+fn host_lines(argv: &[&str], keep: impl Fn(&str) -> bool) -> String {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| keep(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 struct Ansible<'vm> {
     vm: &'vm Vm,
     dir: PathBuf,
@@ -104,17 +119,11 @@ impl Ansible<'_> {
     /// The guest's processes (with where each one waits), sshd's log and the end of the
     /// journal: a play that hangs (seen once in CI, at a copy) says where.
     fn guest_state(&self) -> String {
-        let host = Command::new("ps")
-            .args(["-eo", "pid,ppid,etimes,stat,args"])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains("ssh") || l.contains("socat"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
+        // ssh, its mux master and its ProxyCommand, not every QEMU whose arguments name a port.
+        let host = host_lines(&["ps", "-eo", "pid,ppid,etimes,stat,args"], |l| {
+            let command = l.split_whitespace().nth(4).unwrap_or("");
+            command.starts_with("ssh") || command == "socat"
+        });
         let guest = self
             .vm
             .sh(
@@ -131,17 +140,7 @@ impl Ansible<'_> {
             .unwrap_or_else(|e| e);
         // What sits unread in the VM's ssh socket (Recv-Q on QEMU's end) tells a port that
         // stopped reading from a guest that stopped answering.
-        let sockets = Command::new("ss")
-            .args(["-xp"])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains("ssh0.sock"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
+        let sockets = host_lines(&["ss", "-xp"], |l| l.contains("ssh0.sock"));
         format!("host ssh processes:\n{host}\nhost sockets:\n{sockets}\n{guest}")
     }
 
