@@ -1,33 +1,40 @@
-//! The gate's cost, in the cgroup v2 test VM (Debian 12 under QEMU/TCG, Docker 20.10): the
-//! latency of `POST /containers/create` through the gate against the daemon's own socket, and
-//! the throughput of `docker load` and `docker cp` both ways, in the same run, the two paths
-//! interleaved sample by sample. Writes BENCHMARKS.md's gate section (after GATE_MARKER).
+//! The gate's cost: the latency of `POST /containers/create` through the gate against the
+//! daemon's own socket, and the throughput of `docker load` and `docker cp` both ways, in the
+//! same run, the two paths interleaved sample by sample. Two platforms, each with its own
+//! section of BENCHMARKS.md: the cgroup v2 test VM (gate/vm.rs, emulated: slow, but DS01's
+//! hierarchy) and this machine natively (gate/native.rs, `--native`: a real CPU's costs).
 //!
-//!     cargo bench --bench gate                      # 40 creates, 3 loads and cps each way
+//!     cargo bench --bench gate                      # the VM: 40 creates, 3 loads and cps each way
+//!     cargo bench --bench gate -- --native          # natively, beside a sandboxed systemd
 //!     cargo bench --bench gate -- --creates 80 --runs 5 --mib 128
 //!
-//! Needs root and what the VM needs (tests/it/support/vm.rs).
+//! Needs root, and what the VM needs (tests/it/support/vm.rs) or the sandbox needs
+//! (tests/it/support/sandbox.rs) and apt (the native run's Docker packages).
 
+#[path = "gate/native.rs"]
+mod native;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
+#[path = "gate/vm.rs"]
+mod vm;
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
-use support::vm::Vm;
-use support::BIN;
 
-/// Where BENCHMARKS.md's gate section starts; the scale benchmark keeps what follows it.
+/// Where BENCHMARKS.md's gate sections start (the scale benchmark keeps what follows): the
+/// VM's, then the one measured natively (`--native`); a run rewrites its own.
 const GATE_MARKER: &str = "<!-- gate section: `cargo bench --bench gate` writes from here -->";
+const NATIVE_MARKER: &str =
+    "<!-- gate section, native: `cargo bench --bench gate -- --native` writes from here -->";
 
-const SOCKET: &str = "/run/ds01-gate-bench/docker.sock";
-
-/// Measured by the guest's python3 as the user `bench`: each create on a new connection, as
+/// Run by python3 as the capped caller (argv: creates, runs, MiB, the gate's and the daemon's
+/// PIDs, the daemon's socket, the gate's): each create on a new connection, as
 /// the CLI makes it; the container removed (untimed) after each.
-const MEASURE: &str = r#"
+pub const MEASURE: &str = r#"
 import http.client, json, os, socket, subprocess, sys, time
 creates, runs, mib = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 pids = {"gate": int(sys.argv[4]), "dockerd": int(sys.argv[5])}
@@ -35,7 +42,7 @@ def cpu(pid):
     # utime + stime (fields 14 and 15 of /proc/PID/stat), in seconds
     f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-paths = {"direct": "/run/docker.sock", "gate": "/run/ds01-gate-bench/docker.sock"}
+paths = {"direct": sys.argv[6], "gate": sys.argv[7]}
 class C(http.client.HTTPConnection):
     def __init__(self, path):
         super().__init__("docker"); self.unix = path
@@ -66,21 +73,22 @@ for i in range(3):
 for i in range(creates):
     for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
         out[k]["create_ms"].append(create(p))
-box = subprocess.run(["docker", "-H", "unix:///run/docker.sock", "run", "-d", "--network", "none", "local/busybox", "sleep", "3600"], check=True, capture_output=True, text=True).stdout.strip()
+box = subprocess.run(["docker", "-H", "unix://" + paths["direct"], "run", "-d", "--network", "none", "local/busybox", "sleep", "3600"], check=True, capture_output=True, text=True).stdout.strip()
 for i in range(runs):
     # Interleaved, the first path alternating, as for the creates: a load that changes during
     # the run favours neither.
     for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
         docker(out[k], "load", p, "load", "-q", "-i", "big.tar")
-        subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rmi", "bench/big"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["docker", "-H", "unix://" + paths["direct"], "rmi", "bench/big"], check=True, stdout=subprocess.DEVNULL)
         docker(out[k], "cp_in", p, "cp", "blob", box + ":/tmp/blob")
         docker(out[k], "cp_out", p, "cp", box + ":/tmp/blob", "back")
         subprocess.run(["rm", "-rf", "back"], check=True)
-subprocess.run(["docker", "-H", "unix:///run/docker.sock", "rm", "-f", box], check=True, stdout=subprocess.DEVNULL)
+subprocess.run(["docker", "-H", "unix://" + paths["direct"], "rm", "-f", box], check=True, stdout=subprocess.DEVNULL)
 print(json.dumps(out))
 "#;
 
-struct Args {
+pub struct Args {
+    native: bool,
     creates: usize,
     runs: usize,
     mib: usize,
@@ -89,6 +97,7 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
+        native: false,
         creates: 40,
         runs: 3,
         mib: 64,
@@ -102,6 +111,7 @@ fn parse_args() -> Args {
             "--runs" => a.runs = value().parse().expect("--runs N"),
             "--mib" => a.mib = value().parse().expect("--mib N"),
             "--out" => a.out = PathBuf::from(value()),
+            "--native" => a.native = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -121,70 +131,70 @@ fn numbers(v: &Value) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+/// What one platform's run produced, for [`report`].
+pub struct Measured {
+    /// measure.py's JSON.
+    figures: Value,
+    /// How many creates the gate placed.
+    placed: String,
+    /// The gate's trace lines.
+    traces: String,
+    /// What ran where, for the report's first line.
+    platform: String,
+    /// What the extra hop's copies cost on this platform, for the CPU table.
+    copies: &'static str,
+}
+
 fn main() {
     let args = parse_args();
-    if let Some(why) = support::vm::unavailable() {
+    let why_not = if args.native {
+        support::Sandbox::unavailable()
+    } else {
+        support::vm::unavailable()
+    };
+    if let Some(why) = why_not {
         eprintln!("cannot run the gate benchmark: {why}");
         std::process::exit(1);
     }
     let started = Instant::now();
     let load_before = loadavg();
-    let vm = Vm::boot("bookworm").unwrap_or_else(|e| panic!("booting the VM: {e}"));
-    let (host_dir, guest_dir) = vm.shared_dir("gate-bench");
-    fs::write(host_dir.join("measure.py"), MEASURE).unwrap();
-    let mib = args.mib;
-    let setup = format!(
-        r#"set -e
-useradd -m -G docker -s /bin/sh bench
-mkdir -p /var/tmp/gate-bench/config/groups /var/tmp/gate-bench/state
-printf 'enforcement:\n  aggregate_limits: true\n  cgroup_driver: systemd\ngroups:\n  student:\n    aggregate:\n      memory_max: "4G"\n      tasks_max: 4096\n' >/var/tmp/gate-bench/config/resource-limits.yaml
-echo bench >/var/tmp/gate-bench/config/groups/student.members
-chmod -R go-w /var/tmp/gate-bench
-systemctl start docker.service
-for i in $(seq 1 240); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-docker import /usr/local/share/ds01/busybox-root.tar local/busybox >/dev/null
-mkdir -p /var/tmp/big && head -c {mib}M /dev/urandom >/var/tmp/big/blob
-tar -C /var/tmp/big -c . | docker import - bench/big >/dev/null
-cd /home/bench && docker save bench/big >big.tar && docker rmi bench/big >/dev/null && cp /var/tmp/big/blob blob && chown bench big.tar blob
-mkdir -p -m 0755 /run/ds01-gate-bench
-systemd-run --quiet --unit=ds01-gate-bench --setenv=DS01_TRACE=1 -- '{BIN}' --config /var/tmp/gate-bench/config/resource-limits.yaml --state-dir /var/tmp/gate-bench/state gate --listen {SOCKET} --docker /run/docker.sock
-for i in $(seq 1 100); do [ -S {SOCKET} ] && break; sleep 0.2; done
-cp {guest_dir}/measure.py /home/bench/measure.py
-"#
-    );
-    let done = vm.sh(&setup, Duration::from_secs(1800)).unwrap();
-    assert_eq!(done.code, Some(0), "setting up the VM: {done}");
-    let run = vm
-        .sh(
-            &format!(
-                "cd /home/bench && runuser -u bench -- env HOME=/home/bench python3 measure.py {} {} {mib} $(systemctl show -p MainPID --value ds01-gate-bench) $(pidof dockerd)",
-                args.creates, args.runs
-            ),
-            Duration::from_secs(6 * 3600),
-        )
-        .unwrap();
-    assert_eq!(run.code, Some(0), "measuring: {run}");
-    let figures: Value =
-        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
-    let placed =
-        vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
-    let traces = vm.sh_ok(
-        "journalctl --no-pager -o cat -u ds01-gate-bench | grep 'ds01-slices gate: trace by' || true",
-    );
+    let measured = if args.native {
+        native::run(&args)
+    } else {
+        vm::run(&args)
+    };
     let load = format!("{load_before} at the start, {} at the end", loadavg());
-    let section = report(&args, &vm, &figures, placed.trim(), &traces, &load);
-    let old = fs::read_to_string(&args.out).unwrap_or_default();
-    let kept = old.find(GATE_MARKER).map_or(old.as_str(), |i| &old[..i]);
-    fs::write(
-        &args.out,
-        format!("{}\n\n{GATE_MARKER}\n\n{section}", kept.trim_end()),
-    )
-    .unwrap();
+    let section = report(&args, &measured, &load);
+    let (head, vm, native) = parts(&fs::read_to_string(&args.out).unwrap_or_default());
+    let text = if args.native {
+        assemble(&head, &vm, &section)
+    } else {
+        assemble(&head, &section, &native)
+    };
+    fs::write(&args.out, text).unwrap();
     println!("{section}");
     eprintln!(
         "gate benchmark: {:.0} s in all",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// BENCHMARKS.md's parts: what precedes the gate's sections, the VM's section, the native one.
+fn parts(old: &str) -> (String, String, String) {
+    let (before_native, native) = match old.find(NATIVE_MARKER) {
+        Some(i) => (&old[..i], &old[i + NATIVE_MARKER.len()..]),
+        None => (old, ""),
+    };
+    let (head, vm) = match before_native.find(GATE_MARKER) {
+        Some(i) => (&before_native[..i], &before_native[i + GATE_MARKER.len()..]),
+        None => (before_native, ""),
+    };
+    let t = |s: &str| s.trim().to_owned();
+    (t(head), t(vm), t(native))
+}
+
+fn assemble(head: &str, vm: &str, native: &str) -> String {
+    format!("{head}\n\n{GATE_MARKER}\n\n{vm}\n\n{NATIVE_MARKER}\n\n{native}\n")
 }
 
 /// This machine's load average over the last minute (the VM competes for its cores).
@@ -212,18 +222,27 @@ fn trace_figures(traces: &str) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &str) -> String {
+fn report(args: &Args, m: &Measured, load: &str) -> String {
+    let (f, placed) = (&m.figures, &m.placed);
     let mut md = String::new();
-    let _ = writeln!(md, "## The Docker API gate: its cost per request\n");
+    let (title, flag) = if args.native {
+        ("natively", " --native")
+    } else {
+        ("in the test VM", "")
+    };
     let _ = writeln!(
         md,
-        "Produced by `cargo bench --bench gate -- --creates {} --runs {} --mib {}` (benches/gate.rs); do not edit by hand.\n",
+        "## The Docker API gate: its cost per request, {title}\n"
+    );
+    let _ = writeln!(
+        md,
+        "Produced by `cargo bench --bench gate --{flag} --creates {} --runs {} --mib {}` (benches/gate.rs); do not edit by hand.\n",
         args.creates, args.runs, args.mib
     );
     let _ = writeln!(
         md,
-        "- Host: the cgroup v2 test VM ({}), QEMU under TCG (software emulation, 2 vCPUs on a shared 2-core machine, whose load average was {load}): every figure is several times a real server's; compare the two columns, measured in the same run.",
-        vm.image.versions().trim().replace('\n', ", ")
+        "- Host: {} (this machine's load average: {load}); compare the two columns, measured in the same run.",
+        m.platform
     );
     let _ = writeln!(md, "- *direct*: the daemon's own socket; *gate*: `ds01-slices gate` (release build) in front of it, the caller a capped user whose slice is in sync (each create reads the user's three slices over D-Bus, admits the request and places it: {placed} creates placed).");
     let _ = writeln!(md, "- Create: `POST /v1.41/containers/create` from python3 (a new connection each, as the CLI makes it), {} samples each way, interleaved, after 3 warm-up creates each; the container removed (untimed) after each.", args.creates);
@@ -240,10 +259,10 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &st
         g50 - d50,
         g95 - d95
     );
-    let traced = trace_figures(traces);
+    let traced = trace_figures(&m.traces);
     if !traced.is_empty() {
         let p50 = |i: usize| percentile(traced.iter().map(|v| v[i]).collect(), 0.5);
-        let _ = writeln!(md, "Where a create's time goes through the gate: the gate's own trace (`DS01_TRACE=1`, one journal line per create, {} creates), each figure the p50 of its own; the client's whole request is the *gate* row above.\n", traced.len());
+        let _ = writeln!(md, "Where a create's time goes through the gate: the gate's own trace (`DS01_TRACE=1`, one line per create, {} creates), each figure the p50 of its own; the client's whole request is the *gate* row above.\n", traced.len());
         let _ = writeln!(md, "| create through the gate (ms) | p50 |\n|---|---|");
         let rows = [
             "reading the request's body",
@@ -277,7 +296,11 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &st
         ratios.push(g / d);
         let _ = writeln!(md, "| {name} | {d:.1} | {g:.1} | {:.2}× |", g / d);
     }
-    let _ = writeln!(md, "\nCPU time spent during the same runs (`/proc/PID/stat`, median): what the extra hop costs. Every byte the gate passes is read from one socket and written to the other, two more copies by the guest's kernel, on the same two emulated vCPUs as the daemon and the client.\n");
+    let _ = writeln!(
+        md,
+        "\nCPU time spent during the same runs (`/proc/PID/stat`, median): what the extra hop costs. {}\n",
+        m.copies
+    );
     let _ = writeln!(md, "| CPU (s, median) | dockerd, direct | dockerd, through the gate | the gate | the gate per MiB (ms) |\n|---|---|---|---|---|");
     for (key, name) in [
         ("load", "docker load"),
@@ -295,13 +318,13 @@ fn report(args: &Args, vm: &Vm, f: &Value, placed: &str, traces: &str, load: &st
         let gate = med("gate", "gate");
         let _ = writeln!(
             md,
-            "| {name} | {:.2} | {:.2} | {gate:.2} | {:.0} |",
+            "| {name} | {:.2} | {:.2} | {gate:.2} | {:.2} |",
             med("direct", "dockerd"),
             med("gate", "dockerd"),
             gate * 1000.0 / args.mib as f64
         );
     }
-    let _ = writeln!(md, "\n## Targets\n");
+    let _ = writeln!(md, "\n### Targets, {title}\n");
     let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
     let _ = writeln!(
         md,
