@@ -25,11 +25,24 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-/// Where BENCHMARKS.md's gate sections start (the scale benchmark keeps what follows): the
-/// VM's, then the one measured natively (`--native`); a run rewrites its own.
-const GATE_MARKER: &str = "<!-- gate section: `cargo bench --bench gate` writes from here -->";
-const NATIVE_MARKER: &str =
-    "<!-- gate section, native: `cargo bench --bench gate -- --native` writes from here -->";
+/// Where BENCHMARKS.md's gate sections start (the scale benchmark keeps all that follows the
+/// first), one per [`Platform`], in its order; a run rewrites its own.
+const MARKERS: [&str; 3] = [
+    "<!-- gate section: `cargo bench --bench gate` writes from here -->",
+    "<!-- gate section, native: `cargo bench --bench gate -- --native` writes from here -->",
+    "<!-- gate section, native with a spare CPU: `cargo bench --bench gate -- --native --spare-cpu` writes from here -->",
+];
+
+/// Where the benchmark runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// The cgroup v2 test VM, emulated.
+    Vm,
+    /// This machine's CPUs, shared by the client, the daemon and the gate.
+    Native,
+    /// This machine's CPUs, the gate on one of its own: as on a server with cores to spare.
+    SpareCpu,
+}
 
 /// Run by python3 as the capped caller (argv: creates, runs, MiB, the gate's and the daemon's
 /// PIDs, the daemon's socket, the gate's): each create on a new connection, as
@@ -88,7 +101,7 @@ print(json.dumps(out))
 "#;
 
 pub struct Args {
-    native: bool,
+    platform: Platform,
     creates: usize,
     runs: usize,
     mib: usize,
@@ -97,7 +110,7 @@ pub struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        native: false,
+        platform: Platform::Vm,
         creates: 40,
         runs: 3,
         mib: 64,
@@ -111,7 +124,9 @@ fn parse_args() -> Args {
             "--runs" => a.runs = value().parse().expect("--runs N"),
             "--mib" => a.mib = value().parse().expect("--mib N"),
             "--out" => a.out = PathBuf::from(value()),
-            "--native" => a.native = true,
+            "--native" if a.platform == Platform::Vm => a.platform = Platform::Native,
+            "--native" => {}
+            "--spare-cpu" => a.platform = Platform::SpareCpu,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -147,10 +162,9 @@ pub struct Measured {
 
 fn main() {
     let args = parse_args();
-    let why_not = if args.native {
-        support::Sandbox::unavailable()
-    } else {
-        support::vm::unavailable()
+    let why_not = match args.platform {
+        Platform::Vm => support::vm::unavailable(),
+        Platform::Native | Platform::SpareCpu => support::Sandbox::unavailable(),
     };
     if let Some(why) = why_not {
         eprintln!("cannot run the gate benchmark: {why}");
@@ -158,20 +172,15 @@ fn main() {
     }
     let started = Instant::now();
     let load_before = loadavg();
-    let measured = if args.native {
-        native::run(&args)
-    } else {
-        vm::run(&args)
+    let measured = match args.platform {
+        Platform::Vm => vm::run(&args),
+        Platform::Native | Platform::SpareCpu => native::run(&args),
     };
     let load = format!("{load_before} at the start, {} at the end", loadavg());
     let section = report(&args, &measured, &load);
-    let (head, vm, native) = parts(&fs::read_to_string(&args.out).unwrap_or_default());
-    let text = if args.native {
-        assemble(&head, &vm, &section)
-    } else {
-        assemble(&head, &section, &native)
-    };
-    fs::write(&args.out, text).unwrap();
+    let (head, mut parts) = sections(&fs::read_to_string(&args.out).unwrap_or_default());
+    parts[args.platform as usize] = section.clone();
+    fs::write(&args.out, assemble(&head, &parts)).unwrap();
     println!("{section}");
     eprintln!(
         "gate benchmark: {:.0} s in all",
@@ -179,22 +188,31 @@ fn main() {
     );
 }
 
-/// BENCHMARKS.md's parts: what precedes the gate's sections, the VM's section, the native one.
-fn parts(old: &str) -> (String, String, String) {
-    let (before_native, native) = match old.find(NATIVE_MARKER) {
-        Some(i) => (&old[..i], &old[i + NATIVE_MARKER.len()..]),
-        None => (old, ""),
-    };
-    let (head, vm) = match before_native.find(GATE_MARKER) {
-        Some(i) => (&before_native[..i], &before_native[i + GATE_MARKER.len()..]),
-        None => (before_native, ""),
-    };
-    let t = |s: &str| s.trim().to_owned();
-    (t(head), t(vm), t(native))
+/// BENCHMARKS.md as what precedes the gate's sections and each section of [`MARKERS`] (empty
+/// where its marker is missing).
+fn sections(old: &str) -> (String, Vec<String>) {
+    let mut found: Vec<(usize, usize)> = MARKERS
+        .iter()
+        .enumerate()
+        .filter_map(|(k, m)| old.find(m).map(|i| (i, k)))
+        .collect();
+    found.sort();
+    let head = found.first().map_or(old, |&(i, _)| &old[..i]);
+    let mut parts = vec![String::new(); MARKERS.len()];
+    for (n, &(i, k)) in found.iter().enumerate() {
+        let end = found.get(n + 1).map_or(old.len(), |&(j, _)| j);
+        parts[k] = old[i + MARKERS[k].len()..end].trim().to_owned();
+    }
+    (head.trim().to_owned(), parts)
 }
 
-fn assemble(head: &str, vm: &str, native: &str) -> String {
-    format!("{head}\n\n{GATE_MARKER}\n\n{vm}\n\n{NATIVE_MARKER}\n\n{native}\n")
+fn assemble(head: &str, parts: &[String]) -> String {
+    let mut text = head.to_owned();
+    for (marker, part) in MARKERS.iter().zip(parts) {
+        let _ = write!(text, "\n\n{marker}\n\n{part}");
+    }
+    text.push('\n');
+    text
 }
 
 /// This machine's load average over the last minute (the VM competes for its cores).
@@ -225,10 +243,13 @@ fn trace_figures(traces: &str) -> Vec<Vec<f64>> {
 fn report(args: &Args, m: &Measured, load: &str) -> String {
     let (f, placed) = (&m.figures, &m.placed);
     let mut md = String::new();
-    let (title, flag) = if args.native {
-        ("natively", " --native")
-    } else {
-        ("in the test VM", "")
+    let (title, flag) = match args.platform {
+        Platform::Vm => ("in the test VM", ""),
+        Platform::Native => ("natively", " --native"),
+        Platform::SpareCpu => (
+            "natively, the gate on a CPU of its own",
+            " --native --spare-cpu",
+        ),
     };
     let _ = writeln!(
         md,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{Sandbox, Scratch, BIN};
-use crate::{Args, Measured, MEASURE};
+use crate::{Args, Measured, Platform, MEASURE};
 
 /// Unpacked packages, kept between runs (like the VM's image cache).
 const CACHE: &str = "/var/cache/ds01-slices-bench/docker";
@@ -30,10 +30,20 @@ const GROUP: &str = "nogroup";
 /// Paths the daemon or its containerd use whatever they are told; removed if this run made them.
 const FIXED_PATHS: [&str; 2] = ["/run/docker", "/run/containerd"];
 
+/// With `--spare-cpu`: the CPU of the client and the daemon (both paths alike), and the gate's.
+const SHARED_CPU: usize = 0;
+const GATE_CPU: usize = 1;
+
 pub fn run(args: &Args) -> Measured {
+    let spare_cpu = args.platform == Platform::SpareCpu;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        !spare_cpu || cpus > GATE_CPU,
+        "--spare-cpu needs two CPUs; this machine has {cpus}"
+    );
     let root = unpacked_packages();
     let sandbox = Sandbox::boot().unwrap_or_else(|e| panic!("booting the sandbox: {e}"));
-    let mut bench = Bench::new(root, sandbox);
+    let mut bench = Bench::new(root, sandbox, spare_cpu);
     bench.start_daemon();
     bench.prepare_images(args.mib);
     bench.start_gate();
@@ -44,10 +54,14 @@ pub fn run(args: &Args) -> Measured {
         .lines()
         .filter(|l| l.contains("ds01-slices gate: trace by"))
         .collect();
+    let pinning = if spare_cpu {
+        format!("; the client and the daemon (with containerd and the containers) pinned to CPU {SHARED_CPU} on both paths, the gate to CPU {GATE_CPU}, as on a server whose cores are not all busy")
+    } else {
+        String::new()
+    };
     let platform = format!(
-        "this machine natively ({}, {} CPUs, cgroup {}), {} run from Debian 12's packages with the cgroupfs driver and overlay2; the gate asks a sandboxed systemd 252 (its own PID 1 in private namespaces, support/sandbox.rs) for the user's slices",
+        "this machine natively ({}, {cpus} CPUs, cgroup {}), {} run from Debian 12's packages with the cgroupfs driver and overlay2; the gate asks a sandboxed systemd 252 (its own PID 1 in private namespaces, support/sandbox.rs) for the user's slices{pinning}",
         kernel(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
         if bench.sandbox.unified() { "v2" } else { "v1-hybrid" },
         fs::read_to_string(bench.root.join("versions")).unwrap_or_default().trim().replace('\n', ", "),
     );
@@ -125,10 +139,11 @@ struct Bench {
     gate: Option<Child>,
     cgroups_before: BTreeSet<PathBuf>,
     fixed_paths_before: Vec<bool>,
+    spare_cpu: bool,
 }
 
 impl Bench {
-    fn new(root: PathBuf, sandbox: Sandbox) -> Bench {
+    fn new(root: PathBuf, sandbox: Sandbox, spare_cpu: bool) -> Bench {
         // Under /tmp, not $TMPDIR: the daemon's and containerd's sockets need short paths.
         let dir = Scratch::new_in(Path::new("/tmp"), "gate-native");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -152,6 +167,18 @@ impl Bench {
             dir,
             daemon: None,
             gate: None,
+            spare_cpu,
+        }
+    }
+
+    /// `setpriv` (which runs what follows), pinned to `cpu` under `--spare-cpu`.
+    fn setpriv_on(&self, cpu: usize) -> Command {
+        if self.spare_cpu {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &cpu.to_string(), "setpriv"]);
+            cmd
+        } else {
+            Command::new("setpriv")
         }
     }
 
@@ -201,7 +228,8 @@ impl Bench {
         )
         .unwrap();
         let log = fs::File::create(self.dir.join("dockerd.log")).unwrap();
-        let child = Command::new("setpriv")
+        let child = self
+            .setpriv_on(SHARED_CPU)
             .args(["--pdeathsig", "KILL", "--"])
             .arg(self.root.join("usr/sbin/dockerd"))
             .args(["--data-root", &d("data"), "--exec-root", &d("exec")])
@@ -304,7 +332,8 @@ impl Bench {
         self.dir
             .write("config/groups/student.members", &format!("{USER}\n"));
         let log = fs::File::create(self.dir.join("gate.log")).unwrap();
-        let child = Command::new("setpriv")
+        let child = self
+            .setpriv_on(GATE_CPU)
             .args(["--pdeathsig", "KILL", "--", BIN])
             .arg("--config")
             .arg(self.dir.join("config/resource-limits.yaml"))
@@ -343,7 +372,8 @@ impl Bench {
         let work = self.dir.join("work");
         fs::write(work.join("measure.py"), MEASURE).unwrap();
         let pid = |c: &Option<Child>| c.as_ref().map_or(0, Child::id).to_string();
-        let out = Command::new("setpriv")
+        let out = self
+            .setpriv_on(SHARED_CPU)
             .args(["--reuid", USER, "--regid", GROUP, "--clear-groups", "--"])
             .args(["/usr/bin/python3", "measure.py"])
             .arg(args.creates.to_string())
