@@ -119,10 +119,10 @@ impl Ansible<'_> {
     /// The guest's processes (with where each one waits), sshd's log and the end of the
     /// journal: a play that hangs (seen once in CI, at a copy) says where.
     fn guest_state(&self) -> String {
-        // ssh, its mux master and its ProxyCommand, not every QEMU whose arguments name a port.
+        // ssh, sftp and the mux master, not every QEMU whose arguments name a port.
         let host = host_lines(&["ps", "-eo", "pid,ppid,etimes,stat,args"], |l| {
             let command = l.split_whitespace().nth(4).unwrap_or("");
-            command.starts_with("ssh") || command == "socat"
+            command.starts_with("ssh") || command.starts_with("sftp") || command.ends_with("/sftp")
         });
         let guest = self
             .vm
@@ -131,16 +131,16 @@ impl Ansible<'_> {
                 "ps -eo pid,ppid,etimes,stat,wchan:24,args --forest | grep -v '\\[.*\\]$'; \
                  for p in 1 $(pgrep -x sshd) $(pgrep -x dbus-daemon); do \
                    echo \"--- /proc/$p/stack\"; cat /proc/$p/stack; done; \
-                 tail -n 40 /run/ds01-sshd-*.log; \
+                 timeout 20 journalctl -u ssh.service -n 40 --no-pager; \
                  timeout 20 systemctl list-jobs --no-pager; \
                  timeout 20 journalctl -b --no-pager -n 80",
                 Duration::from_secs(120),
             )
             .map(|r| r.stdout)
             .unwrap_or_else(|e| e);
-        // What sits unread in the VM's ssh socket (Recv-Q on QEMU's end) tells a port that
-        // stopped reading from a guest that stopped answering.
-        let sockets = host_lines(&["ss", "-xp"], |l| l.contains("ssh0.sock"));
+        // What sits unread on either end of the forwarded ssh connections (Recv-Q, Send-Q).
+        let port = format!(":{}", self.vm.ssh_address().1);
+        let sockets = host_lines(&["ss", "-tnp"], |l| l.contains(&port));
         format!("host ssh processes:\n{host}\nhost sockets:\n{sockets}\n{guest}")
     }
 
@@ -168,7 +168,7 @@ impl Ansible<'_> {
             )
             .env("ANSIBLE_SSH_CONTROL_PATH_DIR", self.scratch.join("cp"))
             .env("ANSIBLE_SSH_CONTROL_PATH", "%(directory)s/%%h")
-            // The ProxyCommand through a virtio port and sshd's start take long under load.
+            // sshd's start and the key exchange take long under emulation and load.
             .env("ANSIBLE_TIMEOUT", "300")
             .env("ANSIBLE_HOME", self.scratch.join("home"))
             .env("ANSIBLE_LOCAL_TEMP", self.scratch.join("tmp"))

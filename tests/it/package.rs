@@ -337,8 +337,8 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .contains(ALICE_MEMORY_MAX));
 }
 
-/// Many servers, with the VM as one reached over real ssh (sshd in the guest, a ProxyCommand to
-/// its port): `fleet apply` and `fleet verify` over the VM, a sandboxed systemd on this machine
+/// Many servers, with the VM as one reached over real ssh (sshd in the guest, on the port QEMU
+/// forwards): `fleet apply` and `fleet verify` over the VM, a sandboxed systemd on this machine
 /// (through the tests' ssh stand-in) and a host that is down; then `verify --host` of the VM
 /// against `verify` run inside it.
 fn many_servers(vm: &Vm) {

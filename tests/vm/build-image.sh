@@ -57,8 +57,8 @@ chroot "$1" /sbin/depmod "$kver"'
 
 guest_hook='set -e
 g='"$here"'/guest
-install -m 755 "$g/ds01-agent" "$g/ds01-bus-bridge" "$g/ds01-ssh-bridge" "$1/usr/local/sbin/"
-install -m 644 "$g/ds01-agent.service" "$g/ds01-bus@.service" "$g/ds01-ssh@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
+install -m 755 "$g/ds01-agent" "$g/ds01-bus-bridge" "$1/usr/local/sbin/"
+install -m 644 "$g/ds01-agent.service" "$g/ds01-bus@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
 printf "%s\n" "PermitRootLogin prohibit-password" "PasswordAuthentication no" "UseDNS no" >"$1/etc/ssh/sshd_config.d/ds01.conf"
 mkdir -p "$1/mnt/ds01" "$1/etc/docker"
 printf "%s\n" 9pnet_virtio 9p virtio_console overlay >"$1/etc/modules-load.d/ds01.conf"
@@ -66,8 +66,7 @@ printf "%s\n" 9pnet_virtio 9p virtio_console overlay >"$1/etc/modules-load.d/ds0
 printf "%s\n" "{\"exec-opts\": [\"native.cgroupdriver=systemd\"], \"bridge\": \"none\", \"iptables\": false, \"ip6tables\": false}" >"$1/etc/docker/daemon.json"
 echo ds01-vm >"$1/etc/hostname"
 : >"$1/etc/fstab"
-# ds01-ssh@sshN.service is started by the tests that use ssh (support/ssh.rs): its idle polling
-# would cost every other test CPU time.
+# ssh.service is started by the tests that use ssh (support/ssh.rs), on the NIC QEMU forwards to.
 chroot "$1" systemctl enable ds01-agent.service mnt-ds01.mount ds01-bus@bus0.service ds01-bus@bus1.service ds01-bus@bus2.service ds01-bus@bus3.service
 chroot "$1" systemctl disable ssh.service ssh.socket docker.service docker.socket containerd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
 # An image for docker import: busybox with relative applet links (absolute ones break inside a

@@ -1,6 +1,6 @@
 //! Real ssh into the test VM: a key made for the test, root's authorized key in the guest, and
-//! an ssh configuration whose host aliases `vm0`, `vm1`, ... each reach sshd through a port of
-//! their own ([`Vm::ssh_socket`]) with a ProxyCommand. The product's `DS01_SSH` override points
+//! an ssh configuration whose host aliases `vm0`, `vm1`, ... all reach the guest's sshd through
+//! the port QEMU forwards to it ([`Vm::ssh_address`]). The product's `DS01_SSH` override points
 //! at [`SshAccess::program`], a wrapper that is plain `ssh -F <that configuration>`.
 
 use std::fs;
@@ -9,18 +9,18 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::scratch::Scratch;
-use super::vm::Vm;
+use super::vm::{Vm, GUEST_ADDRESS};
 
 pub struct SshAccess {
     /// Holds the key, the configuration, known_hosts and the wrapper; removed on drop.
     dir: Scratch,
-    /// The host aliases, one per ssh port taken.
+    /// The host aliases, all of them the VM: as many hosts as a fleet test wants.
     pub hosts: Vec<String>,
 }
 
 impl SshAccess {
-    /// Takes `connections` ssh ports of `vm` (each serves one connection).
-    pub fn new(vm: &Vm, connections: usize) -> Result<SshAccess, String> {
+    /// `aliases` host names for `vm`; starts the guest's sshd on its network.
+    pub fn new(vm: &Vm, aliases: usize) -> Result<SshAccess, String> {
         let dir = Scratch::new("ssh");
         let key = dir.join("id_ed25519");
         let made = Command::new("ssh-keygen")
@@ -43,22 +43,20 @@ impl SshAccess {
         let public = fs::read_to_string(dir.join("id_ed25519.pub")).map_err(|e| e.to_string())?;
         let mut config = String::new();
         let mut hosts = Vec::new();
-        let mut units = String::new();
-        for i in 0..connections {
-            let (port, socket) = vm.ssh_port()?;
-            units.push_str(&format!(" ds01-ssh@{port}.service"));
+        let (address, port) = vm.ssh_address();
+        for i in 0..aliases {
             let alias = format!("vm{i}");
             config.push_str(&format!(
-                "Host {alias}\n  ProxyCommand sh -c '{{ printf W; exec cat; }} | exec socat -lf/dev/null - UNIX-CONNECT:{}'\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n",
-                socket.display(),
+                "Host {alias}\n  HostName {address}\n  Port {port}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n",
                 key.display(),
                 dir.join("known_hosts").display(),
             ));
             hosts.push(alias);
         }
+        // The NIC is eth0 (net.ifnames=0), down until here: nothing else in the guest uses it.
         let installed = vm.sh(
             &format!(
-                "install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start{units}",
+                "set -e; for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done; busybox ip link set eth0 up; busybox ip addr show dev eth0 | grep -q '{GUEST_ADDRESS}/' || busybox ip addr add {GUEST_ADDRESS}/24 dev eth0; install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start ssh.service",
                 public.trim()
             ),
             std::time::Duration::from_secs(60),
