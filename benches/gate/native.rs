@@ -5,8 +5,8 @@
 //!
 //! The daemon runs on private paths (data root, exec root, sockets, key, pid file under one
 //! scratch directory) with no network of its own; what it cannot be told to put elsewhere
-//! (`/run/docker`, containerd's `/run/containerd`, the cgroups of the one running container)
-//! is removed on teardown when this run created it.
+//! (`/run/docker`, containerd's `/run/containerd`, the cgroups of its containers) is removed on
+//! teardown when this run created it.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -94,7 +94,11 @@ fn unpacked_packages() -> PathBuf {
         .current_dir(download.path())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "apt-get download {} failed", PACKAGES.join(" "));
+    assert!(
+        ok,
+        "apt-get download {} failed (no package lists? run apt-get update)",
+        PACKAGES.join(" ")
+    );
     let partial = root.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).unwrap();
@@ -199,16 +203,19 @@ impl Bench {
         self.dir.join("gate/docker.sock")
     }
 
-    /// `docker -H <the daemon's socket> <args>` as root; panics with its stderr on failure.
-    fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new(self.root.join("usr/bin/docker"))
-            .arg("-H")
+    /// The unpacked docker CLI, as root, on the daemon's own socket, in work/.
+    fn docker_command(&self) -> Command {
+        let mut cmd = Command::new(self.root.join("usr/bin/docker"));
+        cmd.arg("-H")
             .arg(format!("unix://{}", self.direct_socket().display()))
-            .args(args)
             .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .current_dir(self.dir.join("work"))
-            .output()
-            .unwrap();
+            .current_dir(self.dir.join("work"));
+        cmd
+    }
+
+    /// `docker <args>` ([`Bench::docker_command`]); panics with its stderr on failure.
+    fn docker(&self, args: &[&str]) -> String {
+        let out = self.docker_command().args(args).output().unwrap();
         assert!(
             out.status.success(),
             "docker {}: {}",
@@ -250,11 +257,9 @@ impl Bench {
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let ok = Command::new(self.root.join("usr/bin/docker"))
-                .arg("-H")
-                .arg(format!("unix://{}", d("run/docker.sock")))
+            let ok = self
+                .docker_command()
                 .arg("info")
-                .env("DOCKER_CONFIG", self.dir.join("docker-config"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -407,17 +412,17 @@ impl Drop for Bench {
             let _ = gate.wait();
         }
         if let Some(mut daemon) = self.daemon.take() {
-            let direct = format!("unix://{}", self.direct_socket().display());
-            let docker = self.root.join("usr/bin/docker");
-            let ids = Command::new(&docker)
-                .args(["-H", &direct, "ps", "-aq"])
+            let ids = self
+                .docker_command()
+                .args(["ps", "-aq"])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
-                let _ = Command::new(&docker)
-                    .args(["-H", &direct, "rm", "-f"])
+                let _ = self
+                    .docker_command()
+                    .args(["rm", "-f"])
                     .args(&ids)
                     .stdout(Stdio::null())
                     .status();
@@ -435,12 +440,18 @@ impl Drop for Bench {
             let _ = daemon.wait();
         }
         unmount_below(self.dir.path());
-        // The daemon's (the sandbox's own are its business, gone with it).
+        // Only the daemon's: new since the start, under a parent it names (`docker`, or a
+        // `ds01-*.slice` the gate placed a container in), outside the sandbox (whose own go with
+        // it). Another process's new cgroups on this machine are not this run's to remove.
         let sandbox_dirs = self.sandbox.host_cgroup_dirs();
         let now = cgroup_dirs();
         let new: Vec<&PathBuf> = now.difference(&self.cgroups_before).collect();
         for dir in new.into_iter().rev() {
-            if !sandbox_dirs.iter().any(|s| dir.starts_with(s)) {
+            let the_daemons = dir.iter().any(|c| {
+                let c = c.to_string_lossy();
+                c == "docker" || (c.starts_with("ds01-") && c.ends_with(".slice"))
+            });
+            if the_daemons && !sandbox_dirs.iter().any(|s| dir.starts_with(s)) {
                 let _ = fs::remove_dir(dir);
             }
         }

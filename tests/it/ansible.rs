@@ -117,7 +117,8 @@ impl Ansible<'_> {
     }
 
     /// The guest's processes (with where each one waits), sshd's log and the end of the
-    /// journal: a play that hangs (seen once in CI, at a copy) says where.
+    /// journal: a play that hangs (seen twice in CI, at a copy, over the old virtio port) says
+    /// where.
     fn guest_state(&self) -> String {
         // ssh, sftp and the mux master, not every QEMU whose arguments name a port.
         let host = host_lines(&["ps", "-eo", "pid,ppid,etimes,stat,args"], |l| {
@@ -139,7 +140,7 @@ impl Ansible<'_> {
             .map(|r| r.stdout)
             .unwrap_or_else(|e| e);
         // What sits unread on either end of the forwarded ssh connections (Recv-Q, Send-Q).
-        let port = format!(":{}", self.vm.ssh_address().1);
+        let port = format!(":{} ", self.vm.ssh_address().1);
         let sockets = host_lines(&["ss", "-tnp"], |l| l.contains(&port));
         format!("host ssh processes:\n{host}\nhost sockets:\n{sockets}\n{guest}")
     }

@@ -1,5 +1,5 @@
 //! The cgroup v2 test host: a Debian VM under QEMU (TCG) with systemd as PID 1 on the unified
-//! hierarchy, Docker, and no network. The measured recipe: /work/shared/docs/test-vm.md; the
+//! hierarchy, Docker, and no network but the forward to its sshd. The measured recipe: /work/shared/docs/test-vm.md; the
 //! image: tests/vm/build-image.sh, cached under [`CACHE_DIR`] by a hash of tests/vm/.
 //!
 //! The harness reaches the guest three ways:
