@@ -2,7 +2,8 @@
 //! daemon's own socket, and the throughput of `docker load` and `docker cp` both ways, in the
 //! same run, the two paths interleaved sample by sample. Two platforms, each with its own
 //! section of BENCHMARKS.md: the cgroup v2 test VM (gate/vm.rs, emulated: slow, but DS01's
-//! hierarchy) and this machine natively (gate/native.rs, `--native`: a real CPU's costs).
+//! hierarchy) and this machine natively (gate/native.rs, `--native`: a real CPU's costs, and
+//! a bare relay's throughput beside the gate's).
 //!
 //!     cargo bench --bench gate                      # the VM: 40 creates, 3 loads and cps each way
 //!     cargo bench --bench gate -- --native          # natively, beside a sandboxed systemd
@@ -13,6 +14,8 @@
 
 #[path = "gate/native.rs"]
 mod native;
+#[path = "gate/relay.rs"]
+mod relay;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 #[path = "gate/vm.rs"]
@@ -20,7 +23,7 @@ mod vm;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -45,8 +48,8 @@ pub enum Platform {
 }
 
 /// Run by python3 as the capped caller (argv: creates, runs, MiB, the gate's and the daemon's
-/// PIDs, the daemon's socket, the gate's): each create on a new connection, as
-/// the CLI makes it; the container removed (untimed) after each.
+/// PIDs, the daemon's socket, the gate's, and optionally a bare relay's socket and PID): each
+/// create on a new connection, as the CLI makes it; the container removed (untimed) after each.
 pub const MEASURE: &str = r#"
 import http.client, json, os, socket, subprocess, sys, time
 creates, runs, mib = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -56,6 +59,10 @@ def cpu(pid):
     f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 paths = {"direct": sys.argv[6], "gate": sys.argv[7]}
+if len(sys.argv) > 9:
+    # A bare relay (natively): what any process between the two costs, for the throughput.
+    paths["relay"] = sys.argv[8]; pids["relay"] = int(sys.argv[9])
+creating = {k: paths[k] for k in ("direct", "gate")}
 class C(http.client.HTTPConnection):
     def __init__(self, path):
         super().__init__("docker"); self.unix = path
@@ -79,12 +86,12 @@ def docker(out, key, path, *args):
     out[key + "_s"].append(time.perf_counter() - t)
     for k, p in pids.items():
         out[key + "_" + k + "_cpu_s"].append(cpu(p) - before[k])
-out = {k: {m + s: [] for m in ("load", "cp_in", "cp_out") for s in ("_s", "_gate_cpu_s", "_dockerd_cpu_s")} for k in paths}
+out = {k: {m + s: [] for m in ("load", "cp_in", "cp_out") for s in ["_s"] + ["_%s_cpu_s" % w for w in pids]} for k in paths}
 for k in paths: out[k]["create_ms"] = []
 for i in range(3):
-    for k, p in paths.items(): create(p)
+    for k, p in creating.items(): create(p)
 for i in range(creates):
-    for k, p in (paths.items() if i % 2 == 0 else reversed(list(paths.items()))):
+    for k, p in (creating.items() if i % 2 == 0 else reversed(list(creating.items()))):
         out[k]["create_ms"].append(create(p))
 box = subprocess.run(["docker", "-H", "unix://" + paths["direct"], "run", "-d", "--network", "none", "local/busybox", "sleep", "3600"], check=True, capture_output=True, text=True).stdout.strip()
 for i in range(runs):
@@ -161,6 +168,10 @@ pub struct Measured {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(relay::RELAY_FLAG) && argv.len() == 4 {
+        relay::relay(Path::new(&argv[2]), Path::new(&argv[3]));
+    }
     let args = parse_args();
     let why_not = match args.platform {
         Platform::Vm => support::vm::unavailable(),
@@ -242,6 +253,8 @@ fn trace_figures(traces: &str) -> Vec<Vec<f64>> {
 
 fn report(args: &Args, m: &Measured, load: &str) -> String {
     let (f, placed) = (&m.figures, &m.placed);
+    // The bare relay's columns (natively): what a process between the two costs without the gate.
+    let relayed = !numbers(&f["relay"]["load_s"]).is_empty();
     let mut md = String::new();
     let (title, flag) = match args.platform {
         Platform::Vm => ("in the test VM", ""),
@@ -262,10 +275,13 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
     );
     let _ = writeln!(
         md,
-        "- Host: {} (this machine's load average: {load}); compare the two columns, measured in the same run.",
+        "- Host: {} (this machine's load average: {load}); compare the columns, measured in the same run.",
         m.platform
     );
     let _ = writeln!(md, "- *direct*: the daemon's own socket; *gate*: `ds01-slices gate` (release build) in front of it, the caller a capped user whose slice is in sync (each create reads the user's three slices over D-Bus, admits the request and places it: {placed} creates placed).");
+    if relayed {
+        let _ = writeln!(md, "- *bare relay* (throughput only): a process that copies bytes between the client and the daemon's socket and nothing else (64 KiB at a time, a thread per direction: benches/gate/native.rs), where the gate runs: what any process in the gate's place costs here.");
+    }
     let _ = writeln!(md, "- Create: `POST /v1.41/containers/create` from python3 (a new connection each, as the CLI makes it), {} samples each way, interleaved, after 3 warm-up creates each; the container removed (untimed) after each.", args.creates);
     let _ = writeln!(md, "- Throughput: `docker load -i` of a {0} MiB image and `docker cp` of a {0} MiB file into and out of a running container, {1} runs each way, whole CLI process; MiB/s of the median.\n", args.mib, args.runs);
     let c = |k: &str| numbers(&f[k]["create_ms"]);
@@ -304,25 +320,43 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "| throughput (MiB/s, median) | direct | gate | gate / direct |\n|---|---|---|---|"
+        "| throughput (MiB/s, median) | direct | gate | gate / direct |{}\n|---|---|---|---|{}",
+        if relayed {
+            " bare relay | relay / direct |"
+        } else {
+            ""
+        },
+        if relayed { "---|---|" } else { "" },
     );
     let mut ratios = Vec::new();
+    let mut relay_ratios = Vec::new();
     for (key, name) in [
         ("load_s", "docker load"),
         ("cp_in_s", "docker cp into"),
         ("cp_out_s", "docker cp out of"),
     ] {
-        let d = args.mib as f64 / percentile(numbers(&f["direct"][key]), 0.5);
-        let g = args.mib as f64 / percentile(numbers(&f["gate"][key]), 0.5);
+        let rate = |path: &str| args.mib as f64 / percentile(numbers(&f[path][key]), 0.5);
+        let (d, g) = (rate("direct"), rate("gate"));
         ratios.push(g / d);
-        let _ = writeln!(md, "| {name} | {d:.1} | {g:.1} | {:.2}× |", g / d);
+        let _ = write!(md, "| {name} | {d:.1} | {g:.1} | {:.2}× |", g / d);
+        if relayed {
+            let r = rate("relay");
+            relay_ratios.push(r / d);
+            let _ = write!(md, " {r:.1} | {:.2}× |", r / d);
+        }
+        md.push('\n');
     }
     let _ = writeln!(
         md,
         "\nCPU time spent during the same runs (`/proc/PID/stat`, median): what the extra hop costs. {}\n",
         m.copies
     );
-    let _ = writeln!(md, "| CPU (s, median) | dockerd, direct | dockerd, through the gate | the gate | the gate per MiB (ms) |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| CPU (s, median) | dockerd, direct | dockerd, through the gate | the gate | the gate per MiB (ms) |{}\n|---|---|---|---|---|{}",
+        if relayed { " the relay per MiB (ms) |" } else { "" },
+        if relayed { "---|" } else { "" },
+    );
     for (key, name) in [
         ("load", "docker load"),
         ("cp_in", "docker cp into"),
@@ -336,14 +370,19 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
                 percentile(v, 0.5)
             }
         };
+        let per_mib = |s: f64| s * 1000.0 / args.mib as f64;
         let gate = med("gate", "gate");
-        let _ = writeln!(
+        let _ = write!(
             md,
             "| {name} | {:.2} | {:.2} | {gate:.2} | {:.2} |",
             med("direct", "dockerd"),
             med("gate", "dockerd"),
-            gate * 1000.0 / args.mib as f64
+            per_mib(gate)
         );
+        if relayed {
+            let _ = write!(md, " {:.2} |", per_mib(med("relay", "relay")));
+        }
+        md.push('\n');
     }
     let _ = writeln!(md, "\n### Targets, {title}\n");
     let mark = |ok: bool| if ok { "[x]" } else { "[ ]" };
@@ -359,5 +398,12 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
         "- {} load and cp through the gate at least 0.9× direct: worst {worst:.2}×",
         mark(worst >= 0.9)
     );
+    if !relay_ratios.is_empty() {
+        let worst = relay_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let _ = writeln!(
+            md,
+            "- for comparison, the same through the bare relay (what the hop alone costs here): worst {worst:.2}×"
+        );
+    }
     md
 }

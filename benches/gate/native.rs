@@ -3,6 +3,13 @@
 //! systemd 252, whose bus the gate asks as it asks the VM's. What emulation inflates (every
 //! syscall, every D-Bus round trip) runs at the speed of a real server here.
 //!
+//! Beside the two paths, a third for throughput: a bare relay (gate/relay.rs) in the gate's place,
+//! which only copies bytes, so that what the hop itself costs on this machine is told apart
+//! from what the gate adds to it.
+//!
+//! Over 500 lines: one platform's whole life (packages, daemon, gate, relay, measuring,
+//! teardown) in one place, so that what a run sets up and what it removes read side by side.
+//!
 //! The daemon runs on private paths (data root, exec root, sockets, key, pid file under one
 //! scratch directory) with no network of its own; what it cannot be told to put elsewhere
 //! (`/run/docker`, containerd's `/run/containerd`, the cgroups of its containers) is removed on
@@ -18,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::relay::RELAY_FLAG;
 use crate::support::{Sandbox, Scratch, BIN};
 use crate::{Args, Measured, Platform, MEASURE};
 
@@ -47,6 +55,7 @@ pub fn run(args: &Args) -> Measured {
     bench.start_daemon();
     bench.prepare_images(args.mib);
     bench.start_gate();
+    bench.start_relay();
     let figures = bench.measure(args);
     let log = fs::read_to_string(bench.dir.join("gate.log")).unwrap_or_default();
     let placed = log.lines().filter(|l| l.contains(": placed")).count();
@@ -141,6 +150,7 @@ struct Bench {
     dir: Scratch,
     daemon: Option<Child>,
     gate: Option<Child>,
+    relay: Option<Child>,
     cgroups_before: BTreeSet<PathBuf>,
     fixed_paths_before: Vec<bool>,
     spare_cpu: bool,
@@ -156,6 +166,7 @@ impl Bench {
             "exec",
             "run",
             "gate",
+            "relay",
             "config/groups",
             "state",
             "work",
@@ -171,6 +182,7 @@ impl Bench {
             dir,
             daemon: None,
             gate: None,
+            relay: None,
             spare_cpu,
         }
     }
@@ -201,6 +213,10 @@ impl Bench {
 
     fn gate_socket(&self) -> PathBuf {
         self.dir.join("gate/docker.sock")
+    }
+
+    fn relay_socket(&self) -> PathBuf {
+        self.dir.join("relay/docker.sock")
     }
 
     /// The unpacked docker CLI, as root, on the daemon's own socket, in work/.
@@ -362,15 +378,37 @@ impl Bench {
             .spawn()
             .unwrap();
         self.gate = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.gate_socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the gate did not listen within 30 s: {}",
+        wait_for_socket(&self.gate_socket(), || {
+            format!(
+                "the gate: {}",
                 fs::read_to_string(self.dir.join("gate.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            )
+        });
+    }
+
+    /// The bare relay (gate/relay.rs): this benchmark's own binary, on the gate's CPU.
+    fn start_relay(&mut self) {
+        let child = self
+            .setpriv_on(GATE_CPU)
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .arg(RELAY_FLAG)
+            .arg(self.relay_socket())
+            .arg(self.direct_socket())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.relay = Some(child);
+        wait_for_socket(&self.relay_socket(), || "the relay".to_owned());
+        // As the daemon's own socket: root and the caller's group.
+        let ok = Command::new("chgrp")
+            .arg(GROUP)
+            .arg(self.relay_socket())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chgrp {GROUP} {}", self.relay_socket().display());
+        fs::set_permissions(self.relay_socket(), fs::Permissions::from_mode(0o660)).unwrap();
     }
 
     fn measure(&self, args: &Args) -> Value {
@@ -388,6 +426,8 @@ impl Bench {
             .arg(pid(&self.daemon))
             .arg(self.direct_socket())
             .arg(self.gate_socket())
+            .arg(self.relay_socket())
+            .arg(pid(&self.relay))
             .current_dir(&work)
             .env("PATH", self.path_env())
             .env("HOME", &work)
@@ -407,9 +447,9 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        if let Some(mut gate) = self.gate.take() {
-            let _ = gate.kill();
-            let _ = gate.wait();
+        for mut child in [self.gate.take(), self.relay.take()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if let Some(mut daemon) = self.daemon.take() {
             let ids = self
@@ -460,6 +500,21 @@ impl Drop for Bench {
                 let _ = fs::remove_dir_all(path);
             }
         }
+    }
+}
+
+/// Waits until `socket` exists (what listens on it has started); panics after 30 s with
+/// `what()`: who should have listened, and what it said.
+fn wait_for_socket(socket: &Path, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on {} within 30 s: {}",
+            socket.display(),
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -44,7 +44,11 @@ pub fn gate(
         daemon: docker.to_owned(),
         protected: Protected::new(sockets),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread for every connection: passing a chunk on is a read and a write, and the
+    // multi-thread scheduler woke a second worker for each (the gate's CPU per MiB passed was
+    // about a third higher, and `docker cp` slower, in BENCHMARKS.md's native runs). What
+    // blocks (each decision: NSS, D-Bus, the lock) runs on the blocking pool, never here.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -1,17 +1,22 @@
 //! The pass-through: each request goes to the daemon's socket on a connection of its own and
 //! its answer comes back as it arrives (chunked streams such as `logs -f`, `events`, `pull`
-//! and `load` output are never buffered). A request that switches protocols (`attach`,
+//! and `load` output are never buffered). That connection is driven by the client's own
+//! connection's task, as it reads the answer, so it ends with the answer. A request that switches protocols (`attach`,
 //! `exec` start, `/session`, `/grpc`: `Upgrade: tcp` or `h2c`, answered `101`) becomes a
 //! byte pipe between the two connections, each direction closed when its sender closes it
 //! (`docker run -i` with stdin piped ends its input so).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{header, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -75,7 +80,10 @@ impl Daemon {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
+            // 64 KiB read at a time (hyper's default grows to 400 KiB): a bound on each
+            // connection's buffer, and as fast (BENCHMARKS.md: the gate's CPU per MiB).
             hyper::client::conn::http1::Builder::new()
+                .max_buf_size(64 << 10)
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| unreachable(e.to_string()))
@@ -83,12 +91,9 @@ impl Daemon {
         let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
-        // Ends with the exchange (or the pipe an upgrade makes of it).
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
         Ok(Upstream {
             sender,
+            connection: Box::pin(connection.with_upgrades()),
             socket: self.socket.clone(),
         })
     }
@@ -100,22 +105,79 @@ impl Daemon {
     }
 }
 
+/// The connection's own work (reading the daemon's answer, writing the request's body), done
+/// only while it is polled.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
 /// A connection to the daemon for one request.
 pub struct Upstream {
-    sender: hyper::client::conn::http1::SendRequest<Body>,
+    sender: SendRequest<Body>,
+    connection: Driver,
     socket: PathBuf,
 }
 
 impl Upstream {
-    /// Sends `request` and returns the daemon's answer as it starts.
-    async fn send(mut self, request: Request<Body>) -> Result<Response<Incoming>, ForwardError> {
-        self.sender
-            .send_request(request)
-            .await
+    /// Sends `request` and returns the daemon's answer as it starts, and the connection that
+    /// still has to be driven for the rest of the exchange (None: it has ended).
+    ///
+    /// The connection is driven by the task that asked, not by a task of its own: each chunk
+    /// the daemon sends then wakes one task instead of two, which hands it to a third. What
+    /// that saves is measured in BENCHMARKS.md (the gate's CPU per MiB passed).
+    async fn send(
+        mut self,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Driver>), ForwardError> {
+        let answer = self.sender.send_request(request);
+        tokio::pin!(answer);
+        let mut connection = self.connection;
+        let mut ended = false;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                // Ended before the answer (the daemon closed it, or failed): the answer's
+                // future then ends with the error.
+                _ = &mut connection, if !ended => ended = true,
+            }
+        };
+        answer
+            .map(|response| (response, (!ended).then_some(connection)))
             .map_err(|e| ForwardError::Failed {
                 path: self.socket.clone(),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// The daemon's answer's body, which drives its connection whenever it is asked for more:
+/// nothing reads from the daemon while the client does not read (the connection's own
+/// backpressure), and the connection ends when the body is dropped.
+struct Driving {
+    body: Incoming,
+    connection: Option<Driver>,
+}
+
+impl hyper::body::Body for Driving {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(connection) = self.connection.as_mut() {
+            if connection.as_mut().poll(cx).is_ready() {
+                self.connection = None;
+            }
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -134,8 +196,14 @@ pub async fn pass_on(
         Err(e) => Err(e),
     };
     match answer {
-        Ok(mut response) => {
+        Ok((mut response, connection)) => {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // The daemon's side of the pipe comes out of the connection's end.
+                if let Some(connection) = connection {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
                 if let Some((client_side, busy)) = client_side {
                     let daemon_side = hyper::upgrade::on(&mut response);
                     tokio::spawn(async move {
@@ -143,8 +211,9 @@ pub async fn pass_on(
                         drop(busy);
                     });
                 }
+                return response.map(streamed);
             }
-            response.map(streamed)
+            response.map(|body| Driving { body, connection }.boxed())
         }
         Err(e) => error_response(502, &format!("ds01-slices gate: {e}")),
     }
