@@ -46,8 +46,8 @@ pub fn gate(
     };
     // One thread for every connection: passing a chunk on is a read and a write, and the
     // multi-thread scheduler woke a second worker for each (the gate's CPU per MiB passed was
-    // about a third higher, and `docker cp` slower, in BENCHMARKS.md's native runs). What
-    // blocks (each decision: NSS, D-Bus, the lock) runs on the blocking pool, never here.
+    // about a third higher: docs/gate.md, "What it costs"). What blocks (each decision: NSS,
+    // D-Bus, the lock) runs on the blocking pool, never on this thread.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,10 +1,10 @@
 //! The pass-through: each request goes to the daemon's socket on a connection of its own and
 //! its answer comes back as it arrives (chunked streams such as `logs -f`, `events`, `pull`
-//! and `load` output are never buffered). That connection is driven by the client's own
-//! connection's task, as it reads the answer, so it ends with the answer. A request that switches protocols (`attach`,
-//! `exec` start, `/session`, `/grpc`: `Upgrade: tcp` or `h2c`, answered `101`) becomes a
-//! byte pipe between the two connections, each direction closed when its sender closes it
-//! (`docker run -i` with stdin piped ends its input so).
+//! and `load` output are never buffered). That connection is driven by the task of the
+//! client's connection as it reads the answer, and ends with the answer. A request that
+//! switches protocols (`attach`, `exec` start, `/session`, `/grpc`: `Upgrade: tcp` or `h2c`,
+//! answered `101`) becomes a byte pipe between the two connections, each direction closed
+//! when its sender closes it (`docker run -i` with stdin piped ends its input so).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -121,8 +121,8 @@ impl Upstream {
     /// still has to be driven for the rest of the exchange (None: it has ended).
     ///
     /// The connection is driven by the task that asked, not by a task of its own: each chunk
-    /// the daemon sends then wakes one task instead of two, which hands it to a third. What
-    /// that saves is measured in BENCHMARKS.md (the gate's CPU per MiB passed).
+    /// the daemon sends is read and passed on by one task, never handed from one to another
+    /// (what that saved is in docs/gate.md, "What it costs").
     async fn send(
         mut self,
         request: Request<Body>,
