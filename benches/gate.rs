@@ -280,7 +280,7 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
     );
     let _ = writeln!(md, "- *direct*: the daemon's own socket; *gate*: `ds01-slices gate` (release build) in front of it, the caller a capped user whose slice is in sync (each create reads the user's three slices over D-Bus, admits the request and places it: {placed} creates placed).");
     if relayed {
-        let _ = writeln!(md, "- *bare relay* (throughput only): a process that copies bytes between the client and the daemon's socket and nothing else (64 KiB at a time, a thread per direction: benches/gate/native.rs), where the gate runs: what any process in the gate's place costs here.");
+        let _ = writeln!(md, "- *bare relay* (throughput only): a process that copies bytes between the client and the daemon's socket and nothing else (64 KiB at a time, a thread per direction: benches/gate/relay.rs), where the gate runs: what any process in the gate's place costs here.");
     }
     let _ = writeln!(md, "- Create: `POST /v1.41/containers/create` from python3 (a new connection each, as the CLI makes it), {} samples each way, interleaved, after 3 warm-up creates each; the container removed (untimed) after each.", args.creates);
     let _ = writeln!(md, "- Throughput: `docker load -i` of a {0} MiB image and `docker cp` of a {0} MiB file into and out of a running container, {1} runs each way, whole CLI process; MiB/s of the median.\n", args.mib, args.runs);

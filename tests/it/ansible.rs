@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::package::{diagnosis, package_for_the_vm, ALICE_MEMORY_MAX};
 use crate::support::ssh::SshAccess;
-use crate::support::vm::Vm;
+use crate::support::vm::{Vm, SSHD_LOG};
 use crate::support::{guest_deadline, skip, Run, Scratch, MANIFEST_DIR};
 
 const ALICE: &str = "ds01-student-alice.slice";
@@ -129,12 +129,14 @@ impl Ansible<'_> {
             .vm
             .sh(
                 // Each step bounded: a hung systemd must not hide what ps found.
-                "ps -eo pid,ppid,etimes,stat,wchan:24,args --forest | grep -v '\\[.*\\]$'; \
+                &format!(
+                    "ps -eo pid,ppid,etimes,stat,wchan:24,args --forest | grep -v '\\[.*\\]$'; \
                  for p in 1 $(pgrep -x sshd) $(pgrep -x dbus-daemon); do \
                    echo \"--- /proc/$p/stack\"; cat /proc/$p/stack; done; \
-                 timeout 20 journalctl -u ssh.service -n 40 --no-pager; \
+                 {SSHD_LOG}; \
                  timeout 20 systemctl list-jobs --no-pager; \
-                 timeout 20 journalctl -b --no-pager -n 80",
+                 timeout 20 journalctl -b --no-pager -n 80"
+                ),
                 Duration::from_secs(120),
             )
             .map(|r| r.stdout)

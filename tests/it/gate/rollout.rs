@@ -167,7 +167,7 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
     assert!(
         login.code == Some(0) && login.stdout.starts_with(USER),
         "ssh into the VM as {USER}: {login}\nsshd's log in the guest:\n{}",
-        vm.sh_ok("timeout 20 journalctl -u ssh.service -n 40 --no-pager; true")
+        vm.sshd_log()
     );
     let started = remote(&[
         "run",
@@ -183,7 +183,7 @@ stat -c '%a %U:%G %n' /run/ds01-slices/docker.sock /run/docker.sock
         Some(0),
         "docker -H {host} run: {started}\n{}\nsshd's log in the guest:\n{}",
         vm.sh_ok("journalctl --no-pager -o cat -u ds01-slices-gate.service | tail -n 40"),
-        vm.sh_ok("timeout 20 journalctl -u ssh.service -n 40 --no-pager; true")
+        vm.sshd_log()
     );
     let id = started.stdout.trim().to_owned();
     let exec = remote(&["exec", &id, "echo", "through ssh"]);

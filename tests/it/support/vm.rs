@@ -1,6 +1,7 @@
 //! The cgroup v2 test host: a Debian VM under QEMU (TCG) with systemd as PID 1 on the unified
-//! hierarchy, Docker, and no network but the forward to its sshd. The measured recipe: /work/shared/docs/test-vm.md; the
-//! image: tests/vm/build-image.sh, cached under [`CACHE_DIR`] by a hash of tests/vm/.
+//! hierarchy, Docker, and no network but the forward to its sshd. The measured recipe:
+//! /work/shared/docs/test-vm.md; the image: tests/vm/build-image.sh, cached under
+//! [`CACHE_DIR`] by a hash of tests/vm/.
 //!
 //! The harness reaches the guest three ways:
 //! - a shared directory (9p tag `ds01`, /mnt/ds01 inside) and the agent on virtio port
@@ -41,6 +42,8 @@ const SUPERVISOR: &str = include_str!("vm-supervisor.sh");
 /// Under TCG the guest reaches its agent in ~10 s; generous for a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const BUS_PORTS: usize = 4;
+/// The end of the guest's sshd log (a shell command), for failure reports.
+pub const SSHD_LOG: &str = "timeout 20 journalctl -u ssh.service -n 40 --no-pager; true";
 /// The guest's address on QEMU's user-mode network, where the ssh forward goes.
 pub const GUEST_ADDRESS: &str = "10.0.2.15";
 
@@ -447,6 +450,11 @@ impl Vm {
     /// address and sshd are set up by [`super::ssh::SshAccess`]).
     pub fn ssh_address(&self) -> (&'static str, u16) {
         ("127.0.0.1", self.ssh_port)
+    }
+
+    /// The end of the guest's sshd log, for a failure report.
+    pub fn sshd_log(&self) -> String {
+        self.sh_ok(SSHD_LOG)
     }
 
     /// From QEMU's start until the agent answered and the shares were mounted.
