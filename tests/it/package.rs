@@ -81,11 +81,29 @@ pub fn install(vm: &Vm, deb: &Path) -> String {
         &script,
         crate::support::guest_deadline(Duration::from_secs(120)),
     ) {
-        Ok(run) if run.code == Some(0) => run.stdout,
+        Ok(run) if run.code == Some(0) => {
+            helper_said_no_error(&run.stdout);
+            run.stdout
+        }
         Ok(run) => panic!("{script}:\n{run}"),
         Err(e) => panic!("{e}"),
     }
 }
+
+/// deb-systemd-helper exits at its first error: what the maintainer scripts asked of it was
+/// left half-done (its records of what it enabled, which `purge` reads, not written).
+fn helper_said_no_error(dpkg_said: &str) {
+    assert!(
+        !dpkg_said.contains("deb-systemd-helper: error"),
+        "deb-systemd-helper failed:\n{dpkg_said}"
+    );
+}
+
+/// Whatever deb-systemd-helper made or recorded for the package's units: their links in
+/// /etc/systemd/system, its records under /var/lib/systemd.
+const HELPER_FILES: &str = "ls -d /etc/systemd/system/ds01-slices-* /etc/systemd/system/*/ds01-slices-* \
+     /var/lib/systemd/deb-systemd-helper-*/ds01-slices-* /var/lib/systemd/deb-systemd-helper-*/*/ds01-slices-* \
+     2>/dev/null | sort || true";
 
 /// Copies the example configuration to where the package looks for it, root's as the reader
 /// requires.
@@ -300,9 +318,17 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
     // dpkg -r: the package's files go, the limits and the records stay; with nothing running,
     // systemd is reloaded (through the copy of the binary that prerm left) and forgets the units.
     vm.sh_ok("dpkg -L ds01-slices >/run/ds01-package-files");
+    let recorded = vm.sh_ok(HELPER_FILES);
+    for unit in units.split(' ') {
+        assert!(
+            recorded.contains(&format!("deb-systemd-helper-enabled/{unit}.dsh-also")),
+            "deb-systemd-helper has no record of enabling {unit}:\n{recorded}"
+        );
+    }
     let removed = vm.sh_ok("dpkg -r ds01-slices 2>&1");
     println!("dpkg -r:\n{removed}");
     assert!(!removed.contains("not reloaded"), "{removed}");
+    helper_said_no_error(&removed);
     assert_eq!(
         vm.sh_ok("test -e /run/ds01-slices-package && echo left || echo gone")
             .trim(),
@@ -325,13 +351,16 @@ fn the_package_installs_applies_at_boot_watches_the_config_and_removes_cleanly()
         .lines()
         .all(|l| l != "LoadState=loaded"));
 
-    // --purge: the records go too; the limits still stay.
-    vm.sh_ok("dpkg --purge ds01-slices >/dev/null 2>&1");
+    // --purge: the records go too, and every link and record of deb-systemd-helper's (the
+    // masks of the removal among them); the limits still stay.
+    helper_said_no_error(&vm.sh_ok("dpkg --purge ds01-slices 2>&1"));
     assert_eq!(
         vm.sh_ok("test -e /var/lib/ds01-slices && echo present || echo gone")
             .trim(),
         "gone"
     );
+    let left = vm.sh_ok(HELPER_FILES);
+    assert!(left.trim().is_empty(), "dpkg --purge left:\n{left}");
     assert!(vm
         .sh_ok("systemctl show -p MemoryMax ds01-student-alice.slice")
         .contains(ALICE_MEMORY_MAX));

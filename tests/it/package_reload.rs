@@ -74,7 +74,7 @@ pub fn removal_withholds_the_reload_while_a_unit_runs(vm: &Vm, deb: &Path) {
     withheld_line(&removed, "systemd still lists the removed units");
     let after = (device_programs(vm, WITNESS), device_programs(vm, JOB));
     // PID 1 says "Reloading." at each daemon-reload (deb-systemd-helper made one after each
-    // unit it masked, before the scripts gave it DPKG_ROOT=/).
+    // unit it masked, before the scripts gave it DPKG_ROOT).
     let reloads = vm.sh_ok(&format!(
         "journalctl -b -o cat --since=@{mark} _PID=1 | grep -c '^Reloading' || true"
     ));

@@ -9,11 +9,14 @@
 //! - [`report`]: `verify`'s text and JSON.
 //! - [`cgroup`]: what the kernel enforces, from cgroup control files.
 //! - [`prometheus`], [`promql`]: Debian's Prometheus and promtool, and PromQL's selectors.
+//! - [`vm`]: the cgroup v2 test host under QEMU; [`boot_watch`] resets a boot its emulated
+//!   CPUs stalled.
 
 // Each test module (and the benchmark) uses its own part of the harness; what one of them
 // leaves unused, item or re-export, is not dead.
 #![allow(dead_code, unused_imports)]
 
+pub mod boot_watch;
 pub mod cgroup;
 pub mod cmd;
 pub mod docker_api;

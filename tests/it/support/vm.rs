@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
+use super::boot_watch::BootWatch;
 use super::cmd::{Run, BIN};
 use super::MANIFEST_DIR;
 
@@ -419,16 +420,18 @@ impl Vm {
         let boot_id = "cat /proc/sys/kernel/random/boot_id";
         let before = self.sh(boot_id, Duration::from_secs(60))?.stdout;
         let started = Instant::now();
+        let mut watch = BootWatch::new(&self.workdir);
         // In the background, so that the job reports before the guest goes down.
         self.sh(
             "(sleep 1; systemctl reboot) </dev/null >/dev/null 2>&1 &",
             Duration::from_secs(60),
         )?;
         loop {
-            if started.elapsed() > BOOT_TIMEOUT * 2 {
+            watch.check()?;
+            if started.elapsed() > watch.deadline(BOOT_TIMEOUT * 2) {
                 return Err(format!(
                     "the guest did not come back within {:?} of its reboot; console (end):\n{}",
-                    BOOT_TIMEOUT * 2,
+                    watch.deadline(BOOT_TIMEOUT * 2),
                     tail(&self.console_log(), 40)
                 ));
             }
@@ -599,6 +602,7 @@ impl Drop for Vm {
 
 /// Connects to the agent's port and pings until it answers.
 fn connect_agent(workdir: &Path, started: Instant) -> Result<UnixStream, String> {
+    let mut watch = BootWatch::new(workdir);
     let sock = workdir.join("ctl.sock");
     let stream = loop {
         match UnixStream::connect(&sock) {
@@ -616,9 +620,11 @@ fn connect_agent(workdir: &Path, started: Instant) -> Result<UnixStream, String>
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut n = 0u32;
     loop {
-        if started.elapsed() > BOOT_TIMEOUT {
+        watch.check()?;
+        if started.elapsed() > watch.deadline(BOOT_TIMEOUT) {
             return Err(format!(
-                "the guest's agent did not answer within {BOOT_TIMEOUT:?}"
+                "the guest's agent did not answer within {:?}",
+                watch.deadline(BOOT_TIMEOUT)
             ));
         }
         n += 1;
