@@ -18,7 +18,7 @@ use crate::error::{Exit, ExitStatus, UsageError};
 use crate::model::names::{SliceName, UserName};
 use crate::state::ownership::Ownership;
 use crate::systemd::stats::BusStatsSnapshot;
-use crate::systemd::{BusError, Systemd, WriteMode};
+use crate::systemd::{BusError, WriteMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -216,10 +216,11 @@ async fn deploy_with(
     if !out.taken_over.is_empty() {
         out.reload = Some(
             match reload_guard::check(&sd, ctx.cgroup_root, allow_reload).await {
-                Ok(census) => {
-                    sd.reload().await.map_err(DeployError::Reload)?;
-                    TakeOverReload::Done(census.reloaded())
-                }
+                Ok(census) => TakeOverReload::Done(
+                    reload_guard::reload_after(&sd, ctx.cgroup_root, &census)
+                        .await
+                        .map_err(DeployError::Reload)?,
+                ),
                 Err(hazard) => TakeOverReload::Withheld(hazard),
             },
         );

@@ -95,6 +95,36 @@ impl Census {
             ),
         }
     }
+
+    /// What became of a reload made with this census, given what ran once it was done: a unit
+    /// that started between the census and the reload's end may have been cut off its GPUs
+    /// (nothing holds container starts while systemd reloads), so it is named.
+    pub fn reloaded_then(&self, after: &Census) -> String {
+        match (self, after) {
+            (Census::Idle, Census::Running(units)) => {
+                let mut named = String::new();
+                for (i, u) in units.iter().take(NAMED).enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    let _ = write!(named, "{sep}{} in {}", u.unit, u.slice);
+                }
+                if units.len() > NAMED {
+                    let _ = write!(named, ", and {} more", units.len() - NAMED);
+                }
+                format!(
+                    "systemd reloaded (nothing ran in ds01 slices when it was checked); since then {} started ({named}): one that started before the reload ended may have lost its GPUs; restart any that reports \"Failed to initialize NVML\"",
+                    if units.len() == 1 {
+                        "1 unit".to_owned()
+                    } else {
+                        format!("{} units", units.len())
+                    }
+                )
+            }
+            (Census::Idle, Census::Unknown(why)) => format!(
+                "systemd reloaded (nothing ran in ds01 slices when it was checked; whether anything started before the reload ended cannot be told: {why})"
+            ),
+            _ => self.reloaded(),
+        }
+    }
 }
 
 /// What runs below ds01.slice, as systemd (`GetUnitProcesses`) and the kernel (the cgroup
@@ -123,6 +153,22 @@ pub async fn check(sd: &BusSystemd, cgroup_root: &Path, allow: bool) -> Result<C
     }
 }
 
+/// Reloads systemd after [`check`] returned `before`, and looks again: what became of it, in
+/// words ([`Census::reloaded_then`]). Every guarded reload goes through here.
+pub async fn reload_after(
+    sd: &BusSystemd,
+    cgroup_root: &Path,
+    before: &Census,
+) -> Result<String, BusError> {
+    sd.reload().await?;
+    let after = match before {
+        Census::Idle => census(sd, cgroup_root).await,
+        // Already said: what ran, or that it could not be told.
+        _ => Census::Idle,
+    };
+    Ok(before.reloaded_then(&after))
+}
+
 /// What a guarded reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
@@ -138,10 +184,7 @@ pub enum Reload {
 pub async fn reload(sd: &BusSystemd, cgroup_root: &Path, allow: bool) -> Result<Reload, BusError> {
     match check(sd, cgroup_root, allow).await {
         Err(hazard) => Ok(Reload::Withheld(hazard)),
-        Ok(census) => {
-            sd.reload().await?;
-            Ok(Reload::Done(census.reloaded()))
-        }
+        Ok(census) => Ok(Reload::Done(reload_after(sd, cgroup_root, &census).await?)),
     }
 }
 
@@ -285,6 +328,32 @@ mod tests {
         );
         assert_eq!(unit_of("/ds01-g-u.slice/abc"), None);
         assert_eq!(unit_of("/"), None);
+    }
+
+    #[test]
+    fn a_unit_that_started_during_the_reload_is_named_with_what_to_do() {
+        let started = Census::Running(vec![RunningUnit {
+            unit: "docker-abc.scope".into(),
+            slice: "ds01-student-alice.slice".into(),
+            processes: 3,
+        }]);
+        let said = Census::Idle.reloaded_then(&started);
+        assert!(
+            said.starts_with("systemd reloaded (nothing ran in ds01 slices when it was checked); since then 1 unit started (docker-abc.scope in ds01-student-alice.slice)"),
+            "{said}"
+        );
+        assert!(said.contains("restart any that reports"), "{said}");
+        assert_eq!(
+            Census::Idle.reloaded_then(&Census::Idle),
+            Census::Idle.reloaded()
+        );
+        // Nothing is known afterwards that was not known before: the census said it.
+        assert_eq!(started.reloaded_then(&Census::Idle), started.reloaded());
+        let unknown = Census::Idle.reloaded_then(&Census::Unknown("systemd: gone".into()));
+        assert!(
+            unknown.ends_with("cannot be told: systemd: gone)"),
+            "{unknown}"
+        );
     }
 
     #[test]

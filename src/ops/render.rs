@@ -15,7 +15,7 @@ use crate::model::names::UserName;
 use crate::plan::{self, Plan};
 use crate::state::ownership::Ownership;
 use crate::state::StateError;
-use crate::systemd::{BusError, BusSystemd, Systemd};
+use crate::systemd::{BusError, BusSystemd};
 
 /// The global options the file backend needs.
 pub struct Context<'a> {
@@ -218,11 +218,12 @@ async fn reload(
             root: ctx.root.to_owned(),
             hazard,
         })?;
-    sd.reload().await.map_err(|source| RenderRunError::Reload {
-        root: ctx.root.to_owned(),
-        source,
-    })?;
-    Ok(census.reloaded())
+    reload_guard::reload_after(&sd, ctx.cgroup_root, &census)
+        .await
+        .map_err(|source| RenderRunError::Reload {
+            root: ctx.root.to_owned(),
+            source,
+        })
 }
 
 /// `verify --offline`: the rendered tree under `--root` against the plan, without systemd.
