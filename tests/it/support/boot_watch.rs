@@ -8,10 +8,10 @@
 //! boot failure still fails the test.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::qmp;
 
 /// The line of the guest kernel's RCU stall report that names a timer which never fired.
 const STALLED_TIMER: &str = "timer wakeup didn't happen";
@@ -65,7 +65,9 @@ impl BootWatch {
                 "the guest's boot stalled again after {MAX_RESETS} resets: {line}"
             ));
         }
-        reset(&self.monitor)?;
+        // The machine restarts from its firmware, as at power-on; the disk keeps what the
+        // guest wrote.
+        qmp::execute(&self.monitor, r#"{"execute":"system_reset"}"#)?;
         self.resets += 1;
         self.seen = console.len();
         println!(
@@ -74,40 +76,4 @@ impl BootWatch {
         );
         Ok(())
     }
-}
-
-/// `system_reset` over QMP: the machine restarts from its firmware, as at power-on; the disk
-/// keeps what the guest wrote.
-fn reset(monitor: &Path) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("QEMU's monitor {}: {e}", monitor.display());
-    let stream = UnixStream::connect(monitor).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(fail)?;
-    let mut writer = stream.try_clone().map_err(fail)?;
-    let mut reader = BufReader::new(stream);
-    let mut greeting = String::new();
-    reader.read_line(&mut greeting).map_err(fail)?;
-    // One answer per command; events (RESET among them) may come before it.
-    let answer = |reader: &mut BufReader<UnixStream>| -> Result<String, String> {
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).map_err(fail)? == 0 {
-                return Err(format!("QEMU's monitor {} closed", monitor.display()));
-            }
-            if line.contains("\"return\"") || line.contains("\"error\"") {
-                return Ok(line);
-            }
-        }
-    };
-    for command in ["qmp_capabilities", "system_reset"] {
-        writer
-            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-            .map_err(fail)?;
-        let said = answer(&mut reader)?;
-        if !said.contains("\"return\"") {
-            return Err(format!("QEMU's monitor answered {command} with {said}"));
-        }
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@
 //! - [`cgroup`]: what the kernel enforces, from cgroup control files.
 //! - [`prometheus`], [`promql`]: Debian's Prometheus and promtool, and PromQL's selectors.
 //! - [`vm`]: the cgroup v2 test host under QEMU; [`boot_watch`] resets a boot its emulated
-//!   CPUs stalled.
+//!   CPUs stalled, through QEMU's monitor ([`qmp`]).
 
 // Each test module (and the benchmark) uses its own part of the harness; what one of them
 // leaves unused, item or re-export, is not dead.
@@ -22,6 +22,7 @@ pub mod cmd;
 pub mod docker_api;
 pub mod prometheus;
 pub mod promql;
+pub mod qmp;
 pub mod report;
 pub mod sandbox;
 pub mod scratch;

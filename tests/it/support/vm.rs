@@ -31,6 +31,7 @@ use md5::{Digest, Md5};
 
 use super::boot_watch::BootWatch;
 use super::cmd::{Run, BIN};
+use super::qmp;
 use super::MANIFEST_DIR;
 
 /// Built images, one directory per suite and recipe hash; outside the work tree so that clones
@@ -238,12 +239,6 @@ impl Vm {
         let bin_dir = Path::new(BIN).parent().unwrap_or(Path::new("/"));
         let w = |f: &str| workdir.join(f).display().to_string();
         let img = |f: &str| image.dir.join(f).display().to_string();
-        // Free now; QEMU binds it a moment later (a process that takes it in between makes
-        // QEMU refuse to start: the boot fails, it never forwards elsewhere).
-        let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port for ssh: {e}"))?
-            .port();
         let mut qemu: Vec<String> = [
             "qemu-system-x86_64",
             "-accel",
@@ -308,7 +303,9 @@ impl Vm {
             // network is QEMU's most used path; restrict=on keeps the guest off every network
             // but this one forward.
             "-netdev".into(),
-            format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-{GUEST_ADDRESS}:22"),
+            // Host port 0: QEMU binds a free one, asked for below (a port chosen here and bound
+            // by QEMU later could be taken in between).
+            format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:22"),
             "-device".into(),
             "virtio-net-pci,netdev=net0".into(),
         ]);
@@ -351,8 +348,11 @@ impl Vm {
             drop(teardown);
             return Err(format!("the VM supervisor said {line:?}"));
         }
-        let ctl = match connect_agent(&workdir, started) {
-            Ok(ctl) => ctl,
+        let (ctl, ssh_port) = match connect_agent(&workdir, started).and_then(|ctl| {
+            let port = qmp::forwarded_port(&workdir.join("qmp.sock"), 22)?;
+            Ok((ctl, port))
+        }) {
+            Ok(connected) => connected,
             Err(e) => {
                 let console = fs::read_to_string(workdir.join("console.log")).unwrap_or_default();
                 let qemu_log = fs::read_to_string(workdir.join("qemu.log")).unwrap_or_default();
