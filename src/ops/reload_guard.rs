@@ -48,28 +48,22 @@ impl Census {
         match self {
             Census::Idle => None,
             Census::Running(units) => {
-                let mut text = format!(
-                    "{} {} in ds01 slices (",
-                    units.len(),
-                    if units.len() == 1 {
-                        "unit runs"
-                    } else {
-                        "units run"
-                    }
-                );
-                for (i, u) in units.iter().take(NAMED).enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
+                let runs = if units.len() == 1 {
+                    "unit runs"
+                } else {
+                    "units run"
+                };
+                let named = name_units(units, |u| {
                     let plural = if u.processes == 1 { "" } else { "es" };
-                    let _ = write!(
-                        text,
-                        "{sep}{} in {}: {} process{plural}",
+                    format!(
+                        "{} in {}: {} process{plural}",
                         u.unit, u.slice, u.processes
-                    );
-                }
-                if units.len() > NAMED {
-                    let _ = write!(text, ", and {} more", units.len() - NAMED);
-                }
-                Some(format!("{text}); {RELOAD_HAZARD}"))
+                    )
+                });
+                Some(format!(
+                    "{} {runs} in ds01 slices ({named}); {RELOAD_HAZARD}",
+                    units.len()
+                ))
             }
             Census::Unknown(why) => Some(format!(
                 "whether containers run in ds01 slices cannot be told ({why}); if any do, {RELOAD_HAZARD}"
@@ -84,11 +78,7 @@ impl Census {
             Census::Idle => "systemd reloaded (nothing ran in ds01 slices)".to_owned(),
             Census::Running(units) => format!(
                 "systemd reloaded with --allow-reload while {} ran in ds01 slices: GPU containers among them may have lost their GPUs and need a restart",
-                if units.len() == 1 {
-                    "1 unit".to_owned()
-                } else {
-                    format!("{} units", units.len())
-                }
+                count_units(units)
             ),
             Census::Unknown(why) => format!(
                 "systemd reloaded with --allow-reload; whether containers ran in ds01 slices could not be told ({why})"
@@ -101,29 +91,38 @@ impl Census {
     /// (nothing holds container starts while systemd reloads), so it is named.
     pub fn reloaded_then(&self, after: &Census) -> String {
         match (self, after) {
-            (Census::Idle, Census::Running(units)) => {
-                let mut named = String::new();
-                for (i, u) in units.iter().take(NAMED).enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
-                    let _ = write!(named, "{sep}{} in {}", u.unit, u.slice);
-                }
-                if units.len() > NAMED {
-                    let _ = write!(named, ", and {} more", units.len() - NAMED);
-                }
-                format!(
-                    "systemd reloaded (nothing ran in ds01 slices when it was checked); since then {} started ({named}): one that started before the reload ended may have lost its GPUs; restart any that reports \"Failed to initialize NVML\"",
-                    if units.len() == 1 {
-                        "1 unit".to_owned()
-                    } else {
-                        format!("{} units", units.len())
-                    }
-                )
-            }
+            (Census::Idle, Census::Running(units)) => format!(
+                "systemd reloaded (nothing ran in ds01 slices when it was checked); since then {} started ({}): one that started before the reload ended may have lost its GPUs; restart any that reports \"Failed to initialize NVML\"",
+                count_units(units),
+                name_units(units, |u| format!("{} in {}", u.unit, u.slice))
+            ),
             (Census::Idle, Census::Unknown(why)) => format!(
                 "systemd reloaded (nothing ran in ds01 slices when it was checked; whether anything started before the reload ended cannot be told: {why})"
             ),
             _ => self.reloaded(),
         }
+    }
+}
+
+/// The first [`NAMED`] units, each as `name` says, and how many more there are.
+fn name_units(units: &[RunningUnit], name: impl Fn(&RunningUnit) -> String) -> String {
+    let mut text = units
+        .iter()
+        .take(NAMED)
+        .map(name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if units.len() > NAMED {
+        let _ = write!(text, ", and {} more", units.len() - NAMED);
+    }
+    text
+}
+
+/// "1 unit", "3 units".
+fn count_units(units: &[RunningUnit]) -> String {
+    match units.len() {
+        1 => "1 unit".to_owned(),
+        n => format!("{n} units"),
     }
 }
 
@@ -161,12 +160,11 @@ pub async fn reload_after(
     before: &Census,
 ) -> Result<String, BusError> {
     sd.reload().await?;
-    let after = match before {
-        Census::Idle => census(sd, cgroup_root).await,
-        // Already said: what ran, or that it could not be told.
-        _ => Census::Idle,
-    };
-    Ok(before.reloaded_then(&after))
+    Ok(match before {
+        Census::Idle => before.reloaded_then(&census(sd, cgroup_root).await),
+        // What ran, or that it could not be told, is already said.
+        _ => before.reloaded(),
+    })
 }
 
 /// What a guarded reload did.

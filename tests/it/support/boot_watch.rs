@@ -34,7 +34,7 @@ impl BootWatch {
         let seen = fs::metadata(&console).map_or(0, |m| m.len() as usize);
         BootWatch {
             console,
-            monitor: workdir.join("qmp.sock"),
+            monitor: qmp::socket(workdir),
             seen,
             resets: 0,
         }

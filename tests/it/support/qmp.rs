@@ -2,8 +2,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The monitor socket of the VM in `workdir` (QEMU's `-qmp`; vm-supervisor.sh quits QEMU on
+/// it too).
+pub fn socket(workdir: &Path) -> PathBuf {
+    workdir.join("qmp.sock")
+}
 
 /// Sends `command` (a QMP command object, one line of JSON) and returns QEMU's answer (the
 /// `"return"` line); Err for an `"error"` answer, or when the monitor cannot be reached or

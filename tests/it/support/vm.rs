@@ -48,6 +48,8 @@ const BUS_PORTS: usize = 4;
 pub const SSHD_LOG: &str = "timeout 20 journalctl -u ssh.service -n 40 --no-pager; true";
 /// The guest's address on QEMU's user-mode network, where the ssh forward goes.
 pub const GUEST_ADDRESS: &str = "10.0.2.15";
+/// The guest's sshd, where QEMU forwards a port of this machine's loopback.
+const GUEST_SSH_PORT: u16 = 22;
 
 /// Why no VM can run here, if that is so.
 pub fn unavailable() -> Option<String> {
@@ -274,7 +276,10 @@ impl Vm {
             "-pidfile".into(),
             w("qemu.pid"),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", w("qmp.sock")),
+            format!(
+                "unix:{},server=on,wait=off",
+                qmp::socket(&workdir).display()
+            ),
             "-virtfs".into(),
             format!(
                 "local,path={},mount_tag=ds01,security_model=none,id=ds01",
@@ -305,7 +310,9 @@ impl Vm {
             "-netdev".into(),
             // Host port 0: QEMU binds a free one, asked for below (a port chosen here and bound
             // by QEMU later could be taken in between).
-            format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:22"),
+            format!(
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:{GUEST_SSH_PORT}"
+            ),
             "-device".into(),
             "virtio-net-pci,netdev=net0".into(),
         ]);
@@ -349,7 +356,7 @@ impl Vm {
             return Err(format!("the VM supervisor said {line:?}"));
         }
         let (ctl, ssh_port) = match connect_agent(&workdir, started).and_then(|ctl| {
-            let port = qmp::forwarded_port(&workdir.join("qmp.sock"), 22)?;
+            let port = qmp::forwarded_port(&qmp::socket(&workdir), GUEST_SSH_PORT)?;
             Ok((ctl, port))
         }) {
             Ok(connected) => connected,
