@@ -1,7 +1,31 @@
-//! Scratch directories that are gone after the test, whether it passes or panics.
+//! Scratch directories that are gone after the test, whether it passes, panics or is killed.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// Removes, once the test process has ended however it ended, every scratch directory it
+/// registered: their paths arrive one per line on stdin, a pipe whose write end only the test
+/// process holds, so EOF means it is gone (a SIGKILL skips every drop). Directories dropped
+/// normally are gone already. Retried for a while: a sandbox's processes, killed by their own
+/// supervisor at the same moment, may still be writing into theirs.
+const REAPER: &str = r#"
+set -u
+trap '' HUP INT TERM PIPE
+dirs=
+while IFS= read -r d; do dirs="$dirs$d
+"; done
+printf '%s' "$dirs" | while IFS= read -r d; do
+    n=0
+    while [ -e "$d" ] && [ $n -lt 20 ]; do
+        rm -rf --one-file-system -- "$d" 2>/dev/null || sleep 0.5
+        n=$((n + 1))
+    done
+done
+"#;
 
 /// A fresh directory `ds01-<label>-XXXXXX` under the temporary directory ($TMPDIR, which
 /// .ci/run points under target/; .ci/hygiene reports any `ds01-*` left in /tmp), removed with
@@ -26,6 +50,7 @@ impl Scratch {
             .prefix(&format!("ds01-{label}-"))
             .tempdir_in(parent)
             .unwrap_or_else(|e| panic!("cannot create a scratch directory for {label}: {e}"));
+        reap_when_killed(dir.path());
         Scratch(dir)
     }
 
@@ -48,6 +73,33 @@ impl Scratch {
         fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         p
     }
+}
+
+/// Hands `dir` to this process's reaper ([`REAPER`], started with the first scratch directory).
+/// Without a reaper (it could not be started) a killed test leaves its directories, as before.
+fn reap_when_killed(dir: &Path) {
+    static PIPE: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+    let pipe = PIPE.get_or_init(|| start_reaper().map(Mutex::new));
+    if let Some(pipe) = pipe {
+        let mut pipe = pipe.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = writeln!(pipe, "{}", dir.display());
+    }
+}
+
+fn start_reaper() -> Option<File> {
+    let (read_end, write_end) = super::sandbox::cloexec_pipe().ok()?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(REAPER)
+        .arg("ds01-scratch-reaper")
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Out of the terminal's process group: a Ctrl-C of the test run must not stop it first.
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    Some(File::from(write_end))
 }
 
 /// Writes `bytes` to `path`, creating its parent directories.
@@ -95,5 +147,57 @@ mod tests {
         .downcast::<PathBuf>()
         .expect("the panic carries the path");
         assert!(!path.exists(), "{} was left behind", path.display());
+    }
+
+    /// What the killed process of the test below runs: only there (the variable), never alone.
+    const KILLED_CHILD: &str = "DS01_SCRATCH_KILLED_CHILD";
+
+    #[test]
+    #[ignore = "run by scratch_dirs_are_removed_when_the_test_process_is_killed"]
+    fn scratch_dir_of_a_process_about_to_be_killed() {
+        if std::env::var_os(KILLED_CHILD).is_none() {
+            return;
+        }
+        let scratch = Scratch::new("killed");
+        scratch.mkdir("nested/dir");
+        println!("scratch {}", scratch.path().display());
+        std::thread::sleep(std::time::Duration::from_secs(300));
+    }
+
+    #[test]
+    fn scratch_dirs_are_removed_when_the_test_process_is_killed() {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--nocapture"])
+            // The test's name as libtest knows it: its path without the crate's name.
+            .arg(format!(
+                "{}::scratch_dir_of_a_process_about_to_be_killed",
+                module_path!().split_once("::").unwrap().1
+            ))
+            .env(KILLED_CHILD, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut path = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if let Some(p) = line.unwrap().strip_prefix("scratch ") {
+                path = Some(PathBuf::from(p));
+                break;
+            }
+        }
+        let path = path.expect("the child prints its scratch directory");
+        assert!(path.is_dir());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A deadline for the reaper to see EOF and remove it; never how fast.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(
+            !path.exists(),
+            "{} was left behind by a SIGKILLed test",
+            path.display()
+        );
     }
 }
