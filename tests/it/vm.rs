@@ -281,7 +281,8 @@ fn every_vm_suite_filter_names_tests_of_this_binary() {
 }
 
 /// The product on the host, driving the guest's systemd (PID 1, cgroup v2) through the bus
-/// bridge, as `systemctl -H` would: a zbus `unixexec:` address that runs socat to the VM's port.
+/// bridge, as `systemctl -H` would: a zbus `unixexec:` address that runs socat to the port QEMU
+/// forwards to the guest's bridge socket.
 /// Run in the bookworm suite's guest after the suite (the Docker tests' slices, in groups of
 /// their own, are left alone by this apply).
 fn the_binary_drives_the_guests_systemd_through_the_bridge(vm: &Vm) {
@@ -291,9 +292,11 @@ fn the_binary_drives_the_guests_systemd_through_the_bridge(vm: &Vm) {
         &dir.join("config"),
     );
     dir.mkdir("state");
-    // A port per client (a virtio port has no connection boundaries: test-vm.md).
+    // Each client's own TCP connection, and so its own bridge in the guest.
     let run = |args: &[&str]| {
-        let bus = vm.bus_address().expect("a free bus port");
+        let bus = vm
+            .bus_address()
+            .unwrap_or_else(|e| panic!("the guest's bus bridge: {e}"));
         let mut cmd = crate::support::ds01(args);
         cmd.arg("--config")
             .arg(dir.join("config/resource-limits.yaml"))
@@ -324,7 +327,7 @@ fn the_binary_drives_the_guests_systemd_through_the_bridge(vm: &Vm) {
         ],
         "what the guest's systemd holds"
     );
-    // A second client, on the next port: in sync, nothing to write.
+    // A second client, on a connection of its own: in sync, nothing to write.
     let again = run(&["apply", "--user", "alice", "--json"]);
     assert_eq!(again.code, Some(0), "{again}");
     let report: serde_json::Value = serde_json::from_str(&again.stdout)

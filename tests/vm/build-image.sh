@@ -2,7 +2,7 @@
 # Builds the cgroup v2 test VM (tests/it/support/vm.rs) from the Debian archive:
 #   build-image.sh SUITE OUTDIR
 # writes OUTDIR/{root.img,vmlinuz,initrd.img,versions}: an ext4 image of a minimal Debian SUITE
-# (systemd, dbus, Docker, busybox) with the harness's agent and bus bridges, the suite's own
+# (systemd, dbus, Docker, busybox) with the harness's agent and bus bridge socket, the suite's own
 # kernel, and a tiny initramfs. No loop device, no mount: mmdebstrap --mode=root into a
 # directory, mkfs.ext4 -d from it. The harness keys its cache by a hash of this directory.
 set -euo pipefail
@@ -57,8 +57,8 @@ chroot "$1" /sbin/depmod "$kver"'
 
 guest_hook='set -e
 g='"$here"'/guest
-install -m 755 "$g/ds01-agent" "$g/ds01-bus-bridge" "$1/usr/local/sbin/"
-install -m 644 "$g/ds01-agent.service" "$g/ds01-bus@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
+install -m 755 "$g/ds01-agent" "$1/usr/local/sbin/"
+install -m 644 "$g/ds01-agent.service" "$g/ds01-bus.socket" "$g/ds01-bus@.service" "$g/mnt-ds01.mount" "$1/etc/systemd/system/"
 printf "%s\n" "PermitRootLogin prohibit-password" "PasswordAuthentication no" "UseDNS no" >"$1/etc/ssh/sshd_config.d/ds01.conf"
 mkdir -p "$1/mnt/ds01" "$1/etc/docker"
 printf "%s\n" 9pnet_virtio 9p virtio_console overlay >"$1/etc/modules-load.d/ds01.conf"
@@ -66,8 +66,9 @@ printf "%s\n" 9pnet_virtio 9p virtio_console overlay >"$1/etc/modules-load.d/ds0
 printf "%s\n" "{\"exec-opts\": [\"native.cgroupdriver=systemd\"], \"bridge\": \"none\", \"iptables\": false, \"ip6tables\": false}" >"$1/etc/docker/daemon.json"
 echo ds01-vm >"$1/etc/hostname"
 : >"$1/etc/fstab"
-# ssh.service is started by the tests that use ssh (support/ssh.rs), on the NIC QEMU forwards to.
-chroot "$1" systemctl enable ds01-agent.service mnt-ds01.mount ds01-bus@bus0.service ds01-bus@bus1.service ds01-bus@bus2.service ds01-bus@bus3.service
+# ssh.service is started by the tests that use ssh (support/ssh.rs); ds01-bus.socket listens from
+# boot on. The NIC QEMU forwards to both stays down until the harness brings it up (Vm::network_up).
+chroot "$1" systemctl enable ds01-agent.service mnt-ds01.mount ds01-bus.socket
 chroot "$1" systemctl disable ssh.service ssh.socket docker.service docker.socket containerd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
 # An image for docker import: busybox with relative applet links (absolute ones break inside a
 # container).

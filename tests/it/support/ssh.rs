@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::scratch::Scratch;
-use super::vm::{Vm, GUEST_ADDRESS};
+use super::vm::Vm;
 
 pub struct SshAccess {
     /// Holds the key, the configuration, known_hosts and the wrapper; removed on drop.
@@ -53,10 +53,10 @@ impl SshAccess {
             ));
             hosts.push(alias);
         }
-        // The NIC is eth0 (net.ifnames=0), down until here: nothing else in the guest uses it.
+        vm.network_up()?;
         let installed = vm.sh(
             &format!(
-                "set -e; for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done; busybox ip link set eth0 up; busybox ip addr show dev eth0 | grep -q '{GUEST_ADDRESS}/' || busybox ip addr add {GUEST_ADDRESS}/24 dev eth0; install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start ssh.service",
+                "set -e; install -d -m 700 /root/.ssh && printf '%s\\n' '{}' >/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && systemctl start ssh.service",
                 public.trim()
             ),
             std::time::Duration::from_secs(60),

@@ -1,17 +1,18 @@
 //! The cgroup v2 test host: a Debian VM under QEMU (TCG) with systemd as PID 1 on the unified
-//! hierarchy, Docker, and no network but the forward to its sshd. The measured recipe:
-//! /work/shared/docs/test-vm.md; the image: tests/vm/build-image.sh, cached under
-//! [`CACHE_DIR`] by a hash of tests/vm/.
+//! hierarchy, Docker, and no network but the forwards to its sshd and its bus bridge. The
+//! measured recipe: /work/shared/docs/test-vm.md; the image: tests/vm/build-image.sh, cached
+//! under [`CACHE_DIR`] by a hash of tests/vm/.
 //!
 //! The harness reaches the guest three ways:
 //! - a shared directory (9p tag `ds01`, /mnt/ds01 inside) and the agent on virtio port
 //!   `org.ds01.ctl` ([`Vm::sh`]: root shell scripts, their output and exit code);
 //! - the work tree and the build directory, shared read-only at the same paths, so that the
 //!   binaries cargo built (and the paths compiled into them) work inside unchanged;
-//! - systemd's bus on ports `org.ds01.bus0..3` ([`Vm::bus_address`]): a zbus/busctl address that
-//!   runs socat to the port, whose other end is systemd-stdio-bridge (as `systemctl -H` uses);
-//! - sshd on TCP, forwarded from a port on this machine's loopback by QEMU's user-mode network
-//!   ([`Vm::ssh_address`]; the guest is otherwise cut off: `restrict=on`).
+//! - systemd's bus on TCP ([`Vm::bus_address`]): a zbus/busctl address that runs socat to the
+//!   port QEMU forwards to [`GUEST_BUS_PORT`], where the guest's socket unit starts a
+//!   systemd-stdio-bridge (as `systemctl -H` uses) for each connection;
+//! - sshd on TCP, forwarded the same way ([`Vm::ssh_address`]). QEMU's user-mode network forwards
+//!   both from ports on this machine's loopback; the guest is otherwise cut off (`restrict=on`).
 //!
 //! One supervisor shell (vm-supervisor.sh) owns QEMU and the VM's directory: dropping the Vm, or
 //! the test process dying, stops QEMU and removes the directory.
@@ -43,13 +44,15 @@ pub const SUITES: [&str; 2] = ["bookworm", "trixie"];
 const SUPERVISOR: &str = include_str!("vm-supervisor.sh");
 /// Under TCG the guest reaches its agent in ~10 s; generous for a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const BUS_PORTS: usize = 4;
 /// The end of the guest's sshd log (a shell command), for failure reports.
 pub const SSHD_LOG: &str = "timeout 20 journalctl -u ssh.service -n 40 --no-pager; true";
-/// The guest's address on QEMU's user-mode network, where the ssh forward goes.
-pub const GUEST_ADDRESS: &str = "10.0.2.15";
+/// The guest's address on QEMU's user-mode network, where the forwards go.
+const GUEST_ADDRESS: &str = "10.0.2.15";
 /// The guest's sshd, where QEMU forwards a port of this machine's loopback.
 const GUEST_SSH_PORT: u16 = 22;
+/// Where the guest's ds01-bus.socket (tests/vm/guest/) listens: a systemd-stdio-bridge for each
+/// connection. The unit names the same port.
+pub const GUEST_BUS_PORT: u16 = 5555;
 
 /// Why no VM can run here, if that is so.
 pub fn unavailable() -> Option<String> {
@@ -205,8 +208,8 @@ pub struct Vm {
     boot_time: Duration,
     ctl: Mutex<UnixStream>,
     next_job: AtomicUsize,
-    next_bus: AtomicUsize,
     ssh_port: u16,
+    bus_port: u16,
     bin_dir: PathBuf,
     teardown: Option<OwnedFd>,
     supervisor: Child,
@@ -302,33 +305,30 @@ impl Vm {
             // minutes). The same lost wakeup and fix: github.com/lmb/vimto issue 29.
             "-device".into(),
             "virtio-serial-pci,ioeventfd=off".into(),
-            // sshd over TCP, not a virtio port: under CPU contention an ssh session on a port
-            // stalled for good even with ioeventfd=off (CI, the Ansible test at a copy: QEMU's
-            // end of the host socket empty, the guest's sshd idle in poll). The user-mode
-            // network is QEMU's most used path; restrict=on keeps the guest off every network
-            // but this one forward.
+            // sshd and the bus bridge over TCP, not virtio ports: under CPU contention an ssh
+            // session on a port stalled for good even with ioeventfd=off (CI, the Ansible test
+            // at a copy: QEMU's end of the host socket empty, the guest's sshd idle in poll), and
+            // so did a bus port ("no answer from systemd within 30 s"). The user-mode network is
+            // QEMU's most used path; restrict=on keeps the guest off every network but these
+            // forwards.
             "-netdev".into(),
             // Host port 0: QEMU binds a free one, asked for below (a port chosen here and bound
-            // by QEMU later could be taken in between).
+            // by QEMU later could be taken in between). Loopback only: the bridge makes whoever
+            // connects root on the guest's bus, unauthenticated, which a throwaway guest can
+            // afford only while nothing beyond this machine reaches it.
             format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:{GUEST_SSH_PORT}"
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:{GUEST_SSH_PORT},\
+                 hostfwd=tcp:127.0.0.1:0-{GUEST_ADDRESS}:{GUEST_BUS_PORT}"
             ),
             "-device".into(),
             "virtio-net-pci,netdev=net0".into(),
         ]);
-        for (id, port) in std::iter::once(("ctl".to_string(), "org.ds01.ctl".to_string()))
-            .chain((0..BUS_PORTS).map(|i| (format!("bus{i}"), format!("org.ds01.bus{i}"))))
-        {
-            qemu.extend([
-                "-chardev".into(),
-                format!(
-                    "socket,id={id},path={},server=on,wait=off",
-                    w(&format!("{id}.sock"))
-                ),
-                "-device".into(),
-                format!("virtserialport,chardev={id},name={port}"),
-            ]);
-        }
+        qemu.extend([
+            "-chardev".into(),
+            format!("socket,id=ctl,path={},server=on,wait=off", w("ctl.sock")),
+            "-device".into(),
+            "virtserialport,chardev=ctl,name=org.ds01.ctl".into(),
+        ]);
         let (read_end, write_end) =
             super::sandbox::cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
         let mut supervisor = Command::new("sh")
@@ -355,9 +355,11 @@ impl Vm {
             drop(teardown);
             return Err(format!("the VM supervisor said {line:?}"));
         }
-        let (ctl, ssh_port) = match connect_agent(&workdir, started).and_then(|ctl| {
-            let port = qmp::forwarded_port(&qmp::socket(&workdir), GUEST_SSH_PORT)?;
-            Ok((ctl, port))
+        let (ctl, ssh_port, bus_port) = match connect_agent(&workdir, started).and_then(|ctl| {
+            let monitor = qmp::socket(&workdir);
+            let ssh = qmp::forwarded_port(&monitor, GUEST_SSH_PORT)?;
+            let bus = qmp::forwarded_port(&monitor, GUEST_BUS_PORT)?;
+            Ok((ctl, ssh, bus))
         }) {
             Ok(connected) => connected,
             Err(e) => {
@@ -380,8 +382,8 @@ impl Vm {
             boot_time: Duration::ZERO,
             ctl: Mutex::new(ctl),
             next_job: AtomicUsize::new(0),
-            next_bus: AtomicUsize::new(0),
             ssh_port,
+            bus_port,
             bin_dir: bin_dir.to_path_buf(),
             teardown,
             supervisor,
@@ -393,27 +395,15 @@ impl Vm {
         Ok(vm)
     }
 
-    /// The work tree and the build directory, read-only at their host paths; and the bus ports
-    /// that no test has taken quietened.
-    ///
-    /// The image starts a bridge on every bus port at boot (tests/vm/guest/ds01-bus-bridge), and
-    /// while no host client is connected each starts a systemd-stdio-bridge, which connects to
-    /// the bus, five times a second: 20 bus clients a second that PID 1 and dbus-daemon serve
-    /// through every test. [`Vm::bus_address`] starts the bridge of the port it hands out.
+    /// The work tree and the build directory, read-only at their host paths.
     fn mount_shares(&self) -> Result<(), String> {
         let mount = |tag: &str, path: &str| {
             format!(
                 "mkdir -p '{path}' && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 {tag} '{path}'\n"
             )
         };
-        let idle: Vec<String> = (self.next_bus.load(Ordering::Relaxed)..BUS_PORTS)
-            .map(|i| format!("ds01-bus@bus{i}.service"))
-            .collect();
-        let mut script =
+        let script =
             mount("repo", MANIFEST_DIR) + &mount("bin", &self.bin_dir.display().to_string());
-        if !idle.is_empty() {
-            script += &format!("systemctl stop {}\n", idle.join(" "));
-        }
         let mounted = self.sh(&script, Duration::from_secs(60))?;
         if mounted.code != Some(0) {
             return Err(format!("mounting the shares in the guest:\n{mounted}"));
@@ -457,9 +447,25 @@ impl Vm {
     }
 
     /// Where this machine reaches the guest's sshd (QEMU forwards it to port 22; the guest's
-    /// address and sshd are set up by [`super::ssh::SshAccess`]).
+    /// network is [`Vm::network_up`]'s, its sshd is started by [`super::ssh::SshAccess`]).
     pub fn ssh_address(&self) -> (&'static str, u16) {
         ("127.0.0.1", self.ssh_port)
+    }
+
+    /// Brings up the guest's end of QEMU's forwards: the NIC (eth0, as net.ifnames=0 names it)
+    /// with [`GUEST_ADDRESS`]. The image leaves it down, as nothing else in the guest uses it,
+    /// and a reboot takes it down again; idempotent.
+    pub fn network_up(&self) -> Result<(), String> {
+        let up = self.sh(
+            &format!(
+                "set -e; for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done; busybox ip link set eth0 up; busybox ip addr show dev eth0 | grep -q '{GUEST_ADDRESS}/' || busybox ip addr add {GUEST_ADDRESS}/24 dev eth0"
+            ),
+            Duration::from_secs(60),
+        )?;
+        if up.code != Some(0) {
+            return Err(format!("bringing up the guest's network:\n{up}"));
+        }
+        Ok(())
     }
 
     /// The end of the guest's sshd log, for a failure report.
@@ -551,23 +557,23 @@ impl Vm {
         }
     }
 
-    /// A D-Bus address of the guest's system bus, reached through a port of its own (a port
-    /// serves one client at a time; see test-vm.md). Each call takes the next of the ports.
+    /// A D-Bus address of the guest's system bus: socat to QEMU's forward to [`GUEST_BUS_PORT`],
+    /// where each connection gets a systemd-stdio-bridge of its own, so any number of clients
+    /// may use it at once. Brings the guest's network up first ([`Vm::network_up`]).
     pub fn bus_address(&self) -> Result<String, String> {
-        let i = self.next_bus.fetch_add(1, Ordering::Relaxed);
-        if i >= BUS_PORTS {
-            return Err(format!("all {BUS_PORTS} bus ports of the VM are taken"));
-        }
-        let started = self.sh(
-            &format!("systemctl start ds01-bus@bus{i}.service"),
+        self.network_up()?;
+        // The socket unit listens from sockets.target on, before the agent answers; a guest
+        // where it failed says so here, not as a bus client's connection closed unanswered.
+        let listening = self.sh(
+            "systemctl is-active ds01-bus.socket",
             Duration::from_secs(60),
         )?;
-        if started.code != Some(0) {
-            return Err(format!("starting the bridge of bus port {i}:\n{started}"));
+        if listening.code != Some(0) {
+            return Err(format!("the guest's ds01-bus.socket:\n{listening}"));
         }
         Ok(format!(
-            "unixexec:path=/usr/bin/socat,argv1=-lf/dev/null,argv2=-,argv3=UNIX-CONNECT:{}",
-            self.workdir.join(format!("bus{i}.sock")).display()
+            "unixexec:path=/usr/bin/socat,argv1=-lf/dev/null,argv2=-,argv3=TCP:127.0.0.1:{}",
+            self.bus_port
         ))
     }
 
