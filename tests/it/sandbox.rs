@@ -2,16 +2,14 @@
 //! nothing behind, also when several run at once or the test process is SIGKILLed.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::support::sandbox::SANDBOX_CGROUP;
 use crate::support::{
-    ok_stdout, processes_in_cgroup_named, sandbox_available_or_skip, sandbox_or_skip,
-    two_sandboxes_or_skip, wait_until, Limit, Sandbox,
+    killed_after_saying, ok_stdout, processes_in_cgroup_named, sandbox_available_or_skip,
+    sandbox_or_skip, two_sandboxes_or_skip, wait_until, Limit, Sandbox,
 };
 
 const ALICE: &str = "ds01-student-alice.slice";
@@ -336,37 +334,13 @@ fn teardown_survives_sigkill_of_the_test_process() {
     if !sandbox_available_or_skip() {
         return;
     }
-    let mut helper = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "sandbox::sigkill_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HANG_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the test binary starts");
-    let stdout = helper.stdout.take().expect("piped stdout");
-    // libtest prints "test <name> ... " before the test's own output, on the same line. Read in
-    // a thread: a helper that never reports must fail this test, not hang it.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let ready = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split_once("READY ").map(|(_, r)| r.to_string()));
-        let _ = tx.send(ready);
-    });
-    let ready = rx.recv_timeout(Duration::from_secs(60));
-    helper.kill().expect("SIGKILL the helper");
-    helper.wait().expect("reap the helper");
-    let ready = ready
-        .ok()
-        .flatten()
-        .expect("the helper reported its sandbox within 60 s");
+    let ready = killed_after_saying(
+        "sandbox::sigkill_helper",
+        HANG_ENV,
+        "READY ",
+        Duration::from_secs(60),
+    )
+    .expect("the helper reported its sandbox within 60 s");
     let mut fields = ready.split_whitespace();
     let name = fields.next().expect("sandbox name").to_string();
     let dirs: Vec<PathBuf> = fields.map(PathBuf::from).collect();

@@ -112,3 +112,45 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// Runs the ignored test `name` of this test binary as a process of its own, with `env` set (the
+/// test does nothing without it), until it prints a line with `marker`; then SIGKILLs and reaps
+/// it. What followed the marker, or None if it said nothing of the kind within `within` (read
+/// in a thread: a process that never says it must fail the test, not hang it). For the tests of
+/// what outlives a SIGKILLed test process.
+pub fn killed_after_saying(
+    name: &str,
+    env: &str,
+    marker: &str,
+    within: std::time::Duration,
+) -> Option<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(env, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the test binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let marker = marker.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // libtest prints "test <name> ... " before the test's own output, on the same line.
+        let said = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once(&marker).map(|(_, rest)| rest.to_owned()));
+        let _ = tx.send(said);
+    });
+    let said = rx.recv_timeout(within).ok().flatten();
+    child.kill().expect("SIGKILL the test process");
+    child.wait().expect("reap the test process");
+    said
+}

@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use cgroup::{CgroupVersion, Limit};
-pub use cmd::{clear_tool_env, ds01, dying_with_test, ok_stdout, Reaped, Run, BIN};
+pub use cmd::{
+    clear_tool_env, ds01, dying_with_test, killed_after_saying, ok_stdout, Reaped, Run, BIN,
+};
 pub use report::{live_values, sources, verify_block, verify_entry, verify_slice};
 pub use sandbox::{sandbox_available_or_skip, sandbox_or_skip, two_sandboxes_or_skip, Sandbox};
 pub use scratch::{copy_dir, write_file, Scratch};

@@ -166,38 +166,24 @@ mod tests {
 
     #[test]
     fn scratch_dirs_are_removed_when_the_test_process_is_killed() {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "--nocapture"])
-            // The test's name as libtest knows it: its path without the crate's name.
-            .arg(format!(
+        let path = super::super::killed_after_saying(
+            &format!(
                 "{}::scratch_dir_of_a_process_about_to_be_killed",
+                // The test's name as libtest knows it: its path without the crate's name.
                 module_path!().split_once("::").unwrap().1
-            ))
-            .env(KILLED_CHILD, "1")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut path = None;
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            if let Some(p) = line.unwrap().strip_prefix("scratch ") {
-                path = Some(PathBuf::from(p));
-                break;
-            }
-        }
-        let path = path.expect("the child prints its scratch directory");
-        assert!(path.is_dir());
-        child.kill().unwrap();
-        child.wait().unwrap();
+            ),
+            KILLED_CHILD,
+            "scratch ",
+            std::time::Duration::from_secs(60),
+        )
+        .map(PathBuf::from)
+        .expect("the child printed its scratch directory within 60 s");
         // A deadline for the reaper to see EOF and remove it; never how fast.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while path.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        assert!(
-            !path.exists(),
-            "{} was left behind by a SIGKILLed test",
-            path.display()
-        );
+        super::super::wait_until(
+            std::time::Duration::from_secs(60),
+            "the scratch directory of a SIGKILLed test removed",
+            || (!path.exists()).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {} was left behind", path.display()));
     }
 }
