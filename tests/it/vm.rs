@@ -292,11 +292,24 @@ fn the_binary_drives_the_guests_systemd_through_the_bridge(vm: &Vm) {
         &dir.join("config"),
     );
     dir.mkdir("state");
-    // Each client's own TCP connection, and so its own bridge in the guest.
+    let bus = vm
+        .bus_address()
+        .unwrap_or_else(|e| panic!("the guest's bus bridge: {e}"));
+    // Only QEMU's forward reaches the bridge: a process in the guest gets no connection, so
+    // no guest user (the Docker tests' callers) can be root on the bus through it.
+    use crate::support::vm::{GUEST_ADDRESS, GUEST_BUS_PORT};
+    for local in ["127.0.0.1", GUEST_ADDRESS] {
+        let tried = vm.sh_ok(&format!(
+            "timeout 5 bash -c 'exec 3<>/dev/tcp/{local}/{GUEST_BUS_PORT}' && echo connected || echo refused"
+        ));
+        assert_eq!(
+            tried.trim(),
+            "refused",
+            "a guest process reached the bus bridge at {local}"
+        );
+    }
+    // Each run is a client of its own: its own TCP connection, and so its own bridge.
     let run = |args: &[&str]| {
-        let bus = vm
-            .bus_address()
-            .unwrap_or_else(|e| panic!("the guest's bus bridge: {e}"));
         let mut cmd = crate::support::ds01(args);
         cmd.arg("--config")
             .arg(dir.join("config/resource-limits.yaml"))

@@ -47,7 +47,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The end of the guest's sshd log (a shell command), for failure reports.
 pub const SSHD_LOG: &str = "timeout 20 journalctl -u ssh.service -n 40 --no-pager; true";
 /// The guest's address on QEMU's user-mode network, where the forwards go.
-const GUEST_ADDRESS: &str = "10.0.2.15";
+pub const GUEST_ADDRESS: &str = "10.0.2.15";
 /// The guest's sshd, where QEMU forwards a port of this machine's loopback.
 const GUEST_SSH_PORT: u16 = 22;
 /// Where the guest's ds01-bus.socket (tests/vm/guest/) listens: a systemd-stdio-bridge for each
