@@ -165,6 +165,8 @@ pub struct Measured {
     placed: String,
     /// The gate's trace lines.
     traces: String,
+    /// How many archive requests (`docker cp`) the gate spliced.
+    spliced: String,
     /// What ran where, for the report's first line.
     platform: String,
     /// What the extra hop's copies cost on this platform, for the CPU table.
@@ -287,7 +289,7 @@ fn report(args: &Args, m: &Measured, load: &str) -> String {
         let _ = writeln!(md, "- *bare relay* (throughput only): a process that copies bytes between the client and the daemon's socket and nothing else (64 KiB at a time, a thread per direction: benches/gate/relay.rs), where the gate runs: what any process in the gate's place costs here.");
     }
     let _ = writeln!(md, "- Create: `POST /v1.41/containers/create` from python3 (a new connection each, as the CLI makes it), {} samples each way, interleaved, after 3 warm-up creates each; the container removed (untimed) after each.", args.creates);
-    let _ = writeln!(md, "- Throughput: `docker load -i` of a {0} MiB image and `docker cp` of a {0} MiB file into and out of a running container, {1} runs each way, whole CLI process; MiB/s of the median.\n", args.mib, args.runs);
+    let _ = writeln!(md, "- Throughput: `docker load -i` of a {0} MiB image and `docker cp` of a {0} MiB file into and out of a running container, {1} runs each way, whole CLI process; MiB/s of the median. The gate splices `docker cp`'s archive requests past hyper (src/gate/bulk.rs: {2} spliced in the run); `load` goes through hyper.\n", args.mib, args.runs, m.spliced);
     let c = |k: &str| numbers(&f[k]["create_ms"]);
     let (d50, d95) = (percentile(c("direct"), 0.5), percentile(c("direct"), 0.95));
     let (g50, g95) = (percentile(c("gate"), 0.5), percentile(c("gate"), 0.95));

@@ -59,6 +59,10 @@ pub fn run(args: &Args) -> Measured {
     let figures = bench.measure(args);
     let log = fs::read_to_string(bench.dir.join("gate.log")).unwrap_or_default();
     let placed = log.lines().filter(|l| l.contains(": placed")).count();
+    let spliced = log
+        .lines()
+        .filter(|l| l.contains("ds01-slices gate: archive spliced by") && l.contains("bytes out"))
+        .count();
     let traces: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("ds01-slices gate: trace by"))
@@ -78,8 +82,9 @@ pub fn run(args: &Args) -> Measured {
         figures,
         placed: placed.to_string(),
         traces: traces.join("\n"),
+        spliced: spliced.to_string(),
         platform,
-        copies: "Every byte the gate passes is read from one socket and written to the other: two more copies by the kernel, on the same CPUs as the daemon and the client.",
+        copies: "`load`'s bytes are read from one socket and written to the other by the gate, two more copies by the kernel; `cp`'s are spliced (socket to pipe to socket, in the kernel); all on the same CPUs as the daemon and the client.",
     }
 }
 

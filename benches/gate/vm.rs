@@ -52,6 +52,9 @@ cp {guest_dir}/measure.py /home/bench/measure.py
         serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
     let placed =
         vm.sh_ok("journalctl --no-pager -o cat -u ds01-gate-bench | grep -c ': placed' || true");
+    let spliced = vm.sh_ok(
+        "journalctl --no-pager -o cat -u ds01-gate-bench | grep 'ds01-slices gate: archive spliced by' | grep -c 'bytes out' || true",
+    );
     let traces = vm.sh_ok(
         "journalctl --no-pager -o cat -u ds01-gate-bench | grep 'ds01-slices gate: trace by' || true",
     );
@@ -59,10 +62,11 @@ cp {guest_dir}/measure.py /home/bench/measure.py
         figures,
         placed: placed.trim().to_owned(),
         traces,
+        spliced: spliced.trim().to_owned(),
         platform: format!(
             "the cgroup v2 test VM ({}), QEMU under TCG (software emulation, 2 vCPUs on a shared 2-core machine): every figure is several times a real server's",
             vm.image.versions().trim().replace('\n', ", ")
         ),
-        copies: "Every byte the gate passes is read from one socket and written to the other, two more copies by the guest's kernel, on the same two emulated vCPUs as the daemon and the client.",
+        copies: "`load`'s bytes are read from one socket and written to the other by the gate, two more copies by the guest's kernel; `cp`'s are spliced (socket to pipe to socket, in the kernel); all on the same two emulated vCPUs as the daemon and the client.",
     }
 }

@@ -101,6 +101,7 @@ async fn run(globals: &Globals, listen: SocketAddr, cache: Duration) -> CliResul
             let asks = asks.clone();
             Some(service_fn(move |req| answer(req, asks.clone())))
         },
+        None,
         move |event| log.say(event),
     ));
     let mut scraper = Scraper {

@@ -9,11 +9,13 @@
 //! - [`admit`]: what becomes of a request the rules apply to (the slice made ready,
 //!   admission, refusals);
 //! - [`proxy`]: the pass-through to the daemon's socket (streams, upgrades);
+//! - [`bulk`]: `docker cp`'s archives, spliced past hyper;
 //! - [`service`]: one request, from the client to the daemon and back.
 
 pub use crate::docker::{DAEMON_SOCKET, GATE_HEADER, USERS_SOCKET};
 
 pub mod admit;
+pub mod bulk;
 pub mod identity;
 pub mod proxy;
 pub mod rules;

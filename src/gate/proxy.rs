@@ -36,9 +36,14 @@ pub fn streamed(body: Incoming) -> Body {
     body.boxed()
 }
 
-/// A Docker-style error: `{"message": "..."}`, which the docker CLI and the SDKs show.
+/// A Docker-style error's body: `{"message": "..."}`, which the docker CLI and the SDKs show.
+pub fn error_body(message: &str) -> String {
+    serde_json::json!({ "message": message }).to_string()
+}
+
+/// A Docker-style error ([`error_body`]).
 pub fn error_response(status: u16, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "message": message }).to_string();
+    let body = error_body(message);
     let mut response = Response::new(full(body));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -70,12 +75,27 @@ impl Daemon {
         }
     }
 
-    /// A new connection to the daemon, ready for one request.
-    pub async fn connect(&self) -> Result<Upstream, ForwardError> {
-        let unreachable = |reason: String| ForwardError::Unreachable {
+    fn unreachable(&self, reason: String) -> ForwardError {
+        ForwardError::Unreachable {
             path: self.socket.clone(),
             reason,
-        };
+        }
+    }
+
+    /// A new stream to the daemon, within [`CONNECT_TIMEOUT`].
+    pub async fn stream(&self) -> Result<tokio::net::UnixStream, ForwardError> {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::UnixStream::connect(&self.socket),
+        )
+        .await
+        .map_err(|_| self.unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| self.unreachable(e.to_string()))
+    }
+
+    /// A new connection to the daemon, ready for one request.
+    pub async fn connect(&self) -> Result<Upstream, ForwardError> {
+        let unreachable = |reason: String| self.unreachable(reason);
         let connect = async {
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await

@@ -1,6 +1,6 @@
 //! The gate on its listener, through the house's HTTP server ([`crate::http`]): the peer of
 //! each accepted connection (`SO_PEERCRED`, as the kernel recorded it at connect time) and its
-//! requests served by [`service::handle`].
+//! requests served by [`service::handle`], or spliced ([`Splicer`]) when they are archives.
 
 use std::convert::Infallible;
 use std::io;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use tokio::net::UnixListener;
 
+use super::bulk::Splicer;
 use super::identity::Peer;
 use super::service::{self, Gate};
 use crate::http::{self, Limits};
@@ -17,8 +18,9 @@ use crate::http::{self, Limits};
 /// What the gate lets its clients cost (each bound explained in [`Limits`]).
 pub fn limits() -> Limits {
     Limits {
-        // Fitted to the unit's LimitNOFILE (8192: about 4000 connections of two descriptors).
-        max_connections: 4096,
+        // Fitted to the unit's LimitNOFILE (8192: 4000 connections of two descriptors, and
+        // the pipes of the exchanges spliced at once, bulk::MAX_SPLICING).
+        max_connections: 4000,
         // The client's and the daemon's.
         descriptors_per_connection: 2,
         // Docker's clients keep idle connections up to 90 s and reconnect when one is closed.
@@ -40,6 +42,8 @@ pub async fn serve(
     on_event: impl Fn(http::Event) + Send + Sync + 'static,
 ) -> io::Result<Infallible> {
     let server = http::Server::new(limits);
+    let splicer: Arc<dyn http::Takeover<tokio::net::UnixStream>> =
+        Arc::new(Splicer::new(Arc::clone(&gate)));
     server
         .serve(
             listener,
@@ -56,6 +60,7 @@ pub async fn serve(
                     async move { Ok::<_, Infallible>(service::handle(gate, peer, req).await) }
                 }))
             },
+            Some(splicer),
             on_event,
         )
         .await

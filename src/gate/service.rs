@@ -70,6 +70,11 @@ impl Gate {
     pub fn daemon(&self) -> &Daemon {
         &self.daemon
     }
+
+    /// For the journal.
+    pub fn tell(&self, event: Event) {
+        (self.events)(event);
+    }
 }
 
 fn what(route: &Route) -> &'static str {

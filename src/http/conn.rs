@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,7 +16,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Uri};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -114,6 +112,8 @@ struct Activity {
     last_moved: AtomicU64,
     /// Requests (and upgraded connections) being answered: [`Busy`] guards alive.
     answering: AtomicUsize,
+    /// Requests hyper has read on the connection.
+    started: AtomicU64,
     close: Notify,
 }
 
@@ -123,6 +123,7 @@ impl Activity {
             epoch,
             last_moved: AtomicU64::new(since(epoch)),
             answering: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             close: Notify::new(),
         }
     }
@@ -174,6 +175,25 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// A byte moved on the connection.
+    pub(super) fn moved(&self) {
+        self.activity.moved();
+    }
+
+    /// Between requests (none being answered): how many have started on the connection.
+    pub(super) fn between_requests(&self) -> Option<u64> {
+        let activity = &self.activity;
+        let started = activity.started.load(Ordering::Acquire);
+        (activity.answering.load(Ordering::Acquire) == 0).then_some(started)
+    }
+
+    /// The connection marked as answering, for as long as the [`Busy`] lives.
+    pub(super) fn busy(self: &Arc<Self>) -> Busy {
+        Busy::new(Arc::clone(self))
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.open().slots.remove(&self.id);
@@ -204,74 +224,6 @@ impl Drop for Busy {
         let activity = &self.0.activity;
         activity.moved();
         activity.answering.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The connection's stream, noting each byte that moves.
-pub(super) struct Watched<I> {
-    io: I,
-    slot: Arc<Slot>,
-}
-
-impl<I> Watched<I> {
-    pub(super) fn new(io: I, slot: Arc<Slot>) -> Watched<I> {
-        Watched { io, slot }
-    }
-
-    fn moved<T>(&self, r: &Poll<io::Result<T>>, amount: impl Fn(&T) -> usize) {
-        if let Poll::Ready(Ok(v)) = r {
-            if amount(v) > 0 {
-                self.slot.activity.moved();
-            }
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        self.moved(&r, |()| read);
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.moved(&r, |n| *n);
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.moved(&r, |n| *n);
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -309,6 +261,7 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(Arc::clone(&self.slot));
+        self.slot.activity.started.fetch_add(1, Ordering::AcqRel);
         let target = target_len(req.uri());
         if target > self.max_target_bytes {
             let mut answer = Response::new(Full::new(Bytes::from(format!(

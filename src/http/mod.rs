@@ -18,10 +18,14 @@
 //!   being answered is never timed out: a stream (`docker logs -f`) lasts as long as it lasts,
 //!   and an upgraded connection is the caller's.
 //!
+//! - a [`Takeover`] may answer a request itself at its start, from the stream (the gate's
+//!   spliced archives); the connection stays counted as answering until it has.
+//!
 //! Nothing here prints: what the loop survives is reported as an [`Event`] for the caller to
 //! log.
 
 mod conn;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -42,8 +46,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener};
 
-use conn::{Admission, Registry, Tracked, Watched};
+use conn::{Admission, Registry, Tracked};
 pub use conn::{Answer, BoxError, Busy};
+use stream::Watched;
+pub use stream::{Peek, Takeover};
 
 /// What one process lets its clients cost. Each bound is explained in the module's doc.
 #[derive(Debug, Clone)]
@@ -81,7 +87,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// 503s being written at once to newcomers past the cap; past that they are closed unanswered
 /// (each 503 holds a descriptor until it is written, at most [`REFUSAL_TIME`]).
 const MAX_REFUSALS: usize = 32;
-const REFUSAL_TIME: Duration = Duration::from_secs(1);
+pub const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Something the server survived, for the caller to log.
 #[derive(Debug)]
@@ -120,7 +126,7 @@ impl fmt::Display for Event {
 
 /// What accepts connections: a TCP or a Unix listener (the gate's comes from systemd).
 pub trait Listener: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Peek + Unpin + Send + 'static;
     type Addr: Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
 }
@@ -166,11 +172,13 @@ impl Server {
     /// listening socket); every other accept error is waited out. `connect` runs on the
     /// accept loop for each accepted connection, sees the stream (peer credentials) and the
     /// peer's address, and gives the connection's service, or None to close it; it must not
-    /// block. `on_event` is called from any task.
+    /// block. `takeover` may answer a request itself at its start ([`Takeover`]). `on_event`
+    /// is called from any task.
     pub async fn serve<L, C, S, B>(
         self,
         listener: L,
         mut connect: C,
+        takeover: Option<Arc<dyn Takeover<L::Io>>>,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> io::Result<Infallible>
     where
@@ -230,7 +238,7 @@ impl Server {
             };
             let idle_timeout = self.limits.idle_timeout;
             let service = Tracked::new(service, Arc::clone(&slot), self.limits.max_target_bytes);
-            let io = TokioIo::new(Watched::new(io, Arc::clone(&slot)));
+            let io = TokioIo::new(Watched::new(io, Arc::clone(&slot), takeover.clone()));
             let http = Arc::clone(&http);
             let upgrades = self.limits.upgrades;
             tokio::spawn(async move {
@@ -298,14 +306,25 @@ where
              Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let _ = tokio::time::timeout(REFUSAL_TIME, async {
-            io.write_all(answer.as_bytes()).await?;
-            io.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            while io.read(&mut sink).await? > 0 {}
-            Ok::<_, io::Error>(())
-        })
-        .await;
+        answer_and_close(&mut io, answer.as_bytes(), REFUSAL_TIME).await;
         refusing.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// Writes `answer` (a whole HTTP answer that says `Connection: close`), ends the writing side,
+/// and reads and throws away what the client still sends until it closes, all within `within`:
+/// closing a socket with unread bytes resets the connection, and the client could lose the
+/// answer before reading it.
+pub async fn answer_and_close<I>(io: &mut I, answer: &[u8], within: Duration)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(within, async {
+        io.write_all(answer).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }

@@ -104,6 +104,7 @@ fn start_on<L: Listener>(listener: L, addr: SocketAddr, limits: Limits) -> Runni
     let task = tokio::spawn(Server::new(limits).serve(
         listener,
         |_, _| Some(service_fn(answer)),
+        None,
         move |e| seen.lock().unwrap().push(e.to_string()),
     ));
     Running { addr, events, task }
@@ -442,7 +443,7 @@ async fn a_listener_that_is_gone_ends_the_loop() {
     let (listener, _, _) = Failing::new(libc::EBADF, 1).await;
     let result = timeout(
         DEADLINE,
-        Server::new(limits()).serve(listener, |_, _| Some(service_fn(answer)), |_| {}),
+        Server::new(limits()).serve(listener, |_, _| Some(service_fn(answer)), None, |_| {}),
     )
     .await
     .unwrap();

@@ -41,7 +41,7 @@ pub fn classify(method: &str, raw_path: &str) -> Result<Route, RouteError> {
     if !method.eq_ignore_ascii_case("POST") {
         return Ok(Route::Other);
     }
-    let path = strip_version(&path);
+    let path = without_version(&path);
     Ok(match path {
         "/containers/create" => Route::ContainerCreate,
         "/build" => Route::Build,
@@ -62,7 +62,7 @@ fn container_action(path: &str, action: &str) -> bool {
 }
 
 /// Without a `/v1.41`-like prefix (digits and dots, as Docker's router takes it).
-fn strip_version(path: &str) -> &str {
+pub fn without_version(path: &str) -> &str {
     let Some(rest) = path.strip_prefix("/v") else {
         return path;
     };

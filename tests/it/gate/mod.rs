@@ -13,6 +13,7 @@ mod clients;
 mod faults;
 mod refusals;
 mod rollout;
+mod splice;
 mod streams;
 mod users;
 
