@@ -221,9 +221,15 @@ async fn chunked(
         if arrived == 0 {
             return Err(Failure::Client(ended()));
         }
-        let mut seen = framing.clone();
-        seen.extend_from_slice(&window[..arrived]);
-        let (framing_len, size) = match bulk::chunk(&seen, after_data).map_err(Failure::Framing)? {
+        // Framing that came in pieces is looked at whole (rare: Go writes a size line at once).
+        let joined;
+        let seen = if framing.is_empty() {
+            &window[..arrived]
+        } else {
+            joined = [&framing[..], &window[..arrived]].concat();
+            &joined[..]
+        };
+        let (framing_len, size) = match bulk::chunk(seen, after_data).map_err(Failure::Framing)? {
             Chunk::Partial => {
                 // All that arrived is framing: consumed, so that the next look waits for more.
                 let start = framing.len();

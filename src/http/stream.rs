@@ -72,7 +72,7 @@ pub(super) struct Watched<I: 'static> {
     io: Option<I>,
     slot: Arc<Slot>,
     takeover: Option<Arc<dyn Takeover<I>>>,
-    /// [`Activity::started`] when the takeover last looked and did not claim.
+    /// How many requests had started when the takeover last looked and did not claim.
     looked_at: Option<u64>,
 }
 

@@ -10,7 +10,7 @@
 //! close`, which Go's server honours and says back), and nothing the client sends after its
 //! body is read, so no second request can ride in behind it.
 
-use super::route::{self, Route};
+use super::route;
 
 /// The most of a request's head looked at; a longer head is not spliced. Docker's clients send
 /// an archive request's head in a few hundred bytes.
@@ -51,7 +51,8 @@ pub fn bulk_request(arrived: &[u8]) -> Option<Bulk> {
         return None;
     };
     let (method, path, version) = (request.method?, request.path?, request.version?);
-    if version != 1 || !is_archive(method, path) {
+    let raw_path = path.split_once('?').map_or(path, |(p, _)| p);
+    if version != 1 || !route::is_archive(method, raw_path) {
         return None;
     }
     let mut length: Option<u64> = None;
@@ -108,28 +109,6 @@ pub fn bulk_request(arrived: &[u8]) -> Option<Bulk> {
         head,
         body,
     })
-}
-
-/// `GET` (copy out of) or `PUT` (copy into) `/containers/{name}/archive`, as the route rules
-/// read the path, and nothing they look into.
-fn is_archive(method: &str, path: &str) -> bool {
-    if method != "GET" && method != "PUT" {
-        return false;
-    }
-    let raw_path = path.split_once('?').map_or(path, |(p, _)| p);
-    if route::classify(method, raw_path) != Ok(Route::Other) {
-        return false;
-    }
-    let Some(decoded) = route::percent_decode(raw_path, false) else {
-        return false;
-    };
-    let Ok(decoded) = String::from_utf8(decoded) else {
-        return false;
-    };
-    route::without_version(&decoded)
-        .strip_prefix("/containers/")
-        .and_then(|rest| rest.strip_suffix("/archive"))
-        .is_some_and(|name| !name.is_empty())
 }
 
 /// What starts a chunk of a chunked body.

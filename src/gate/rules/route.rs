@@ -55,6 +55,20 @@ pub fn classify(method: &str, raw_path: &str) -> Result<Route, RouteError> {
     })
 }
 
+/// `GET` (copy out of) or `PUT` (copy into) `/containers/{name}/archive`: `docker cp`'s
+/// archives, which pass for every caller (the gate splices them: [`super::bulk`]). `raw_path`
+/// without its query.
+pub fn is_archive(method: &str, raw_path: &str) -> bool {
+    if method != "GET" && method != "PUT" {
+        return false;
+    }
+    let Some(decoded) = percent_decode(raw_path, false) else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&decoded);
+    is_canonical(&path) && container_action(without_version(&path), "/archive")
+}
+
 fn container_action(path: &str, action: &str) -> bool {
     path.strip_prefix("/containers/")
         .and_then(|rest| rest.strip_suffix(action))
@@ -62,7 +76,7 @@ fn container_action(path: &str, action: &str) -> bool {
 }
 
 /// Without a `/v1.41`-like prefix (digits and dots, as Docker's router takes it).
-pub fn without_version(path: &str) -> &str {
+fn without_version(path: &str) -> &str {
     let Some(rest) = path.strip_prefix("/v") else {
         return path;
     };

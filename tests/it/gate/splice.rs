@@ -183,11 +183,18 @@ impl Reader<'_> {
     }
 }
 
-/// Sends `bytes` on a new connection to the gate, then reads until the gate closes it.
-fn exchange(gate: &Path, bytes: &[u8]) -> String {
-    let mut conn = UnixStream::connect(gate).unwrap();
+/// A new connection to the gate; a read waits at most 30 s (a gate that never closes fails
+/// the test, never hangs it).
+fn connect(gate: &Path) -> UnixStream {
+    let conn = UnixStream::connect(gate).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    conn
+}
+
+/// Sends `bytes` on a new connection to the gate, then reads until the gate closes it.
+fn exchange(gate: &Path, bytes: &[u8]) -> String {
+    let mut conn = connect(gate);
     conn.write_all(bytes).unwrap();
     read_to_close(&mut conn)
 }
@@ -260,9 +267,7 @@ fn spliced_archives_carry_nothing_behind_them_and_fail_with_an_answer() {
     assert!(got[0].after.is_empty(), "nothing behind the body: {got:?}");
 
     // On a kept-alive connection: a stat through hyper, then the copy out spliced.
-    let mut conn = UnixStream::connect(&gate_socket).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut conn = connect(&gate_socket);
     conn.write_all(format!("HEAD {ARCHIVE} HTTP/1.1\r\nHost: docker\r\n\r\n").as_bytes())
         .unwrap();
     let mut head = [0u8; 4096];
@@ -316,9 +321,7 @@ fn spliced_archives_carry_nothing_behind_them_and_fail_with_an_answer() {
     assert_eq!(got[3].body, None, "{got:?}");
 
     // A daemon that answers before reading the body: its answer reaches the client.
-    let mut conn = UnixStream::connect(&gate_socket).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut conn = connect(&gate_socket);
     conn.write_all(b"PUT /containers/early/archive HTTP/1.1\r\nHost: docker\r\nContent-Length: 67108864\r\n\r\n").unwrap();
     let mut writer = conn.try_clone().unwrap();
     let feeding = std::thread::spawn(move || {
